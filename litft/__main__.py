@@ -1,0 +1,4 @@
+from litft.cli import main
+
+if __name__ == "__main__":
+    main()
