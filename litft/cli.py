@@ -35,7 +35,7 @@ class SaveResolvedConfig(SaveConfigCallback):
         fd, tmp = tempfile.mkstemp(prefix=".config.", suffix=".yaml", dir=out)
         os.close(fd)
         try:
-            self.parser.save(self.config, tmp, skip_none=False, overwrite=True, multifile=False)
+            self.parser.save(self.config, tmp, overwrite=True, multifile=False)
             os.replace(tmp, out / "config.yaml")
         finally:
             if os.path.exists(tmp):
