@@ -55,6 +55,7 @@ class LitFTDataModule(pl.LightningDataModule):
         max_samples: Use at most this many records per dataset (None = all).
         on_bad_record: error (stop on the first bad record) or skip (skip and count bad records).
         pad_to_multiple_of: Pad batch width to a multiple of this (None = longest in batch).
+        group_by_length: Batch rows of similar length together (less padding, faster); ignored when packing.
     """
 
     def __init__(
@@ -79,6 +80,7 @@ class LitFTDataModule(pl.LightningDataModule):
         max_samples: int | None = None,
         on_bad_record: str = "error",
         pad_to_multiple_of: int | None = None,
+        group_by_length: bool = False,
     ):
         super().__init__()
         if on_bad_record not in ("error", "skip"):
@@ -95,6 +97,7 @@ class LitFTDataModule(pl.LightningDataModule):
         self.train_on_prompt, self.mask_history = train_on_prompt, mask_history
         self.mix_strategy, self.interleave_probs, self.max_samples = mix_strategy, interleave_probs, max_samples
         self.on_bad_record, self.pad_to_multiple_of = on_bad_record, pad_to_multiple_of
+        self.group_by_length = group_by_length
         self._tokenizer = None
         self.train_rows: list[dict[str, Any]] | None = None
         self.val_rows: list[dict[str, Any]] | None = None
@@ -186,8 +189,10 @@ class LitFTDataModule(pl.LightningDataModule):
         if self.train_rows is None:
             self.setup("fit")
         rank, world = self._rank_world()
+        lengths = [len(r["input_ids"]) for r in self.train_rows] if self.group_by_length and not self.packing else None
         sampler = ResumableBatchSampler(
-            len(self.train_rows), self.batch_size, shuffle=True, seed=self.seed, rank=rank, world_size=world
+            len(self.train_rows), self.batch_size, shuffle=True, seed=self.seed, rank=rank, world_size=world,
+            lengths=lengths,
         )
         if len(sampler) == 0:
             raise LitFTError(f"data: {len(self.train_rows)} training rows are too few for {world} ranks")

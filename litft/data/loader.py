@@ -35,9 +35,16 @@ class ResumableBatchSampler(Sampler[list[int]]):
         rank: int = 0,
         world_size: int = 1,
         drop_last: bool = False,
+        lengths: Sequence[int] | None = None,
+        group_batches: int = 50,
     ):
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
+        if lengths is not None and len(lengths) != num_rows:
+            raise ValueError(f"lengths has {len(lengths)} entries for {num_rows} rows")
+        # Length grouping: within each run of ``group_batches`` batches, rows are sorted by length, so a padded
+        # batch holds rows of similar length; the batches are then shuffled so step lengths stay random.
+        self.lengths, self.group_batches = lengths, max(1, group_batches)
         self.num_rows, self.batch_size, self.shuffle, self.seed = num_rows, batch_size, shuffle, seed
         self.rank, self.world_size, self.drop_last = rank, world_size, drop_last
         self.epoch = 0
@@ -57,10 +64,24 @@ class ResumableBatchSampler(Sampler[list[int]]):
 
     def batches(self, epoch: int | None = None) -> list[list[int]]:
         """All batches of an epoch for this rank, in order."""
-        idx = self._rank_indices(self.epoch if epoch is None else epoch)
+        epoch = self.epoch if epoch is None else epoch
+        idx = self._rank_indices(epoch)
+        if self.lengths is not None:
+            idx = self._grouped(idx)
         out = [idx[i : i + self.batch_size] for i in range(0, len(idx), self.batch_size)]
+        if self.lengths is not None and self.shuffle:
+            gen = torch.Generator().manual_seed(self.seed + epoch + 1_000_003)
+            full = [b for b in out if len(b) == self.batch_size]
+            out = [full[i] for i in torch.randperm(len(full), generator=gen).tolist()] + out[len(full) :]
         if self.drop_last and out and len(out[-1]) < self.batch_size:
             out.pop()
+        return out
+
+    def _grouped(self, idx: list[int]) -> list[int]:
+        span = self.batch_size * self.group_batches
+        out: list[int] = []
+        for start in range(0, len(idx), span):
+            out += sorted(idx[start : start + span], key=lambda i: -self.lengths[i])
         return out
 
     def __len__(self) -> int:
