@@ -36,9 +36,11 @@ def test_real_llamafactory_registry(tiny_qwen2):
     )
     dm.setup()
     assert dm.stats.per_dataset == {"alpaca_en_demo": 20, "alpaca_zh_demo": 20, "identity": 20, "c4_demo": 20, "wiki_demo": 20}
-    # plain text rows are trained on every token
+    # plain text rows are trained on every token; documents longer than cutoff_len are split into chunks
     text_rows = [r for r in dm.train_rows if r["labels"][0] != -100]
-    assert len(text_rows) == 40 and all(r["labels"] == r["input_ids"] for r in text_rows)
+    assert all(r["labels"] == r["input_ids"] for r in text_rows)
+    assert dm.stats.chunked == 40 and len(text_rows) > 40
+    assert all(len(r["input_ids"]) <= 128 for r in dm.train_rows)
 
 
 @pytest.mark.parametrize("name,what", [("dpo_en_demo", "preference"), ("kto_en_demo", "KTO")])
