@@ -61,7 +61,14 @@ class Stats:
 def conversations(entry: DatasetEntry, *, on_bad_record: str = "error", stats: Stats | None = None) -> list[Conversation]:
     """The entry's records as conversations (``num_samples`` applied)."""
     out: list[Conversation] = []
-    for source, records in iter_sources(entry):
+    bad_lines: list[int] | None = [] if on_bad_record == "skip" else None
+    for source, records in iter_sources(entry, bad_lines):
+        if bad_lines:
+            if stats is not None:
+                stats.records += len(bad_lines)
+                stats.skipped += len(bad_lines)
+            log.warning("%s: skipped %d malformed JSON line(s)", source, len(bad_lines))
+            bad_lines.clear()
         if not records:
             raise DataError("no records", file=source)
         fmt, guessed_columns = entry.formatting, entry.columns
