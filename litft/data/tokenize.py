@@ -18,7 +18,7 @@ from typing import Any
 from litft.data.conversation import Conversation
 from litft.data.formats import FORMATS, RecordError
 from litft.data.registry import DatasetEntry, _guess_format, iter_sources
-from litft.data.templates import IGNORE_INDEX, encode_conversation
+from litft.data.templates import IGNORE_INDEX, encode_many
 from litft.errors import DataError, LitFTError
 
 log = logging.getLogger(__name__)
@@ -141,10 +141,9 @@ def encode_all(
     """Tokenize and truncate; rows are {input_ids, labels}."""
     stats = stats if stats is not None else Stats()
     rows = []
-    for conv in convs:
-        ids, labels = encode_conversation(
-            tokenizer, conv, template=template, train_on_prompt=train_on_prompt, mask_history=mask_history
-        )
+    convs = list(convs)
+    encoded = encode_many(tokenizer, convs, template=template, train_on_prompt=train_on_prompt, mask_history=mask_history)
+    for conv, (ids, labels) in zip(convs, encoded):
         if conv.text is not None and len(ids) > cutoff_len:
             stats.chunked += 1
             for k in range(0, len(ids), cutoff_len):
