@@ -72,3 +72,43 @@ def test_wait_for_polls_until_ready_and_reports_failure(tmp_path):
     threading.Timer(0.5, lambda: cache.mark_failed(other, "bad.json, record 3: boom")).start()
     with pytest.raises(LitFTError, match="record 3: boom"):
         cache.wait_for(other, poll_s=0.1)
+
+
+def test_only_the_preparing_rank_tokenizes(tmp_path, tiny_qwen2, monkeypatch):
+    """Rank 1 of 2 never builds the dataset: it waits (polling, no timeout) for rank 0's cache."""
+    from types import SimpleNamespace
+
+    data = write_alpaca(tmp_path / "a.json", 8)
+    rank0, rank1 = _dm(data, tiny_qwen2), _dm(data, tiny_qwen2)
+    rank0.trainer = SimpleNamespace(global_rank=0, local_rank=0, world_size=2)
+    rank1.trainer = SimpleNamespace(global_rank=1, local_rank=1, world_size=2)
+    assert rank0.prepare_data_per_node is False  # shared filesystem: Lightning prepares on global rank 0 only
+    built = []
+    original = LitFTDataModule.build
+
+    def build(self):
+        built.append(self.trainer.global_rank)
+        time.sleep(1.0)
+        return original(self)
+
+    monkeypatch.setattr(LitFTDataModule, "build", build)
+    waiter = threading.Thread(target=rank1.setup)
+    waiter.start()
+    time.sleep(0.5)
+    assert waiter.is_alive()  # rank 1 is waiting for the cache
+    rank0.setup()
+    waiter.join(timeout=60)
+    assert built == [0]
+    assert [r["input_ids"] for r in rank1.train_rows] == [r["input_ids"] for r in rank0.train_rows]
+    # each rank's loader gets a disjoint half of the rows
+    firsts = [{tuple(b["input_ids"][i].tolist()) for b in dm.train_dataloader() for i in range(len(b["input_ids"]))} for dm in (rank0, rank1)]
+    assert not firsts[0] & firsts[1] and len(firsts[0]) == len(firsts[1]) == 4
+
+
+def test_per_node_preparation(tmp_path, tiny_qwen2):
+    from types import SimpleNamespace
+
+    dm = _dm(write_alpaca(tmp_path / "a.json", 4), tiny_qwen2, shared_filesystem=False)
+    assert dm.prepare_data_per_node is True
+    dm.trainer = SimpleNamespace(global_rank=2, local_rank=0, world_size=4)
+    assert dm._is_preparer()  # local rank 0 of the second node

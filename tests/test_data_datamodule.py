@@ -99,3 +99,16 @@ def test_lightning_resumes_on_the_exact_next_batch(tmp_path, tiny_qwen2, alpaca_
         pair = full.targets[g : g + 2]
         assert pair[0][0] == pair[1][0] == pair[0][1] + pair[1][1]
     assert full.targets[10][0] == full.targets[10][1]  # the epoch's last step has one micro-batch
+
+
+def test_interleave_and_concat(tiny_qwen2, tmp_path):
+    from litft.data.tokenize import mix
+
+    a, b = list(range(10)), list(range(100, 103))
+    assert mix([a, b]) == a + b
+    under = mix([a, b], strategy="interleave_under", seed=1)
+    assert set(under) <= set(a + b) and len([x for x in under if x >= 100]) <= 3
+    over = mix([a, b], strategy="interleave_over", probs=[0.5, 0.5], seed=1)
+    assert set(a) <= set(over) and set(b) <= set(over)
+    with pytest.raises(LitFTError, match="mix_strategy"):
+        mix([a, b], strategy="zip")
