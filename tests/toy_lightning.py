@@ -1,0 +1,52 @@
+"""A tiny LightningModule + loaders with the litft batch layout, for callback tests (no transformers)."""
+
+from __future__ import annotations
+
+import lightning.pytorch as pl
+import torch
+from torch.utils.data import DataLoader
+
+
+class ToyModule(pl.LightningModule):
+    """Embedding + linear LM over token ids; logs ``train_loss`` / ``val_loss`` like LitFTModule."""
+
+    def __init__(self, vocab: int = 16, lr: float = 0.5, nan_at_step: int | None = None):
+        super().__init__()
+        self.emb = torch.nn.Embedding(vocab, 8)
+        self.head = torch.nn.Linear(8, vocab)
+        self.lr, self.nan_at_step = lr, nan_at_step
+
+    def _loss(self, batch):
+        logits = self.head(self.emb(batch["input_ids"][:, :-1]))
+        return torch.nn.functional.cross_entropy(logits.flatten(0, 1), batch["labels"][:, 1:].flatten(), ignore_index=-100)
+
+    def training_step(self, batch, batch_idx):
+        loss = self._loss(batch)
+        if self.nan_at_step is not None and self.global_step >= self.nan_at_step:
+            loss = loss * float("nan")
+        self.log("train_loss", loss, prog_bar=True)
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        self.log("val_loss", self._loss(batch))
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=self.lr)
+
+
+def toy_batches(n: int = 8, pad_per_row: int = 2, length: int = 6, rows: int = 2) -> list[dict]:
+    """Batches of ``rows`` sequences 0,1,2,… (learnable), each right-padded with ``pad_per_row`` zeros."""
+    out = []
+    for i in range(n):
+        ids = torch.stack([(torch.arange(length) + i + r) % 15 + 1 for r in range(rows)])
+        mask = torch.ones_like(ids)
+        if pad_per_row:
+            ids[:, -pad_per_row:] = 0
+            mask[:, -pad_per_row:] = 0
+        labels = ids.masked_fill(mask == 0, -100)
+        out.append({"input_ids": ids, "attention_mask": mask, "labels": labels})
+    return out
+
+
+def loader(batches: list[dict]) -> DataLoader:
+    return DataLoader(batches, batch_size=None)
