@@ -50,3 +50,44 @@ def toy_batches(n: int = 8, pad_per_row: int = 2, length: int = 6, rows: int = 2
 
 def loader(batches: list[dict]) -> DataLoader:
     return DataLoader(batches, batch_size=None)
+
+
+class StatefulLoader:
+    """Yields the batches in order; ``state_dict`` = batches handed out so far (Lightning prefetches one)."""
+
+    def __init__(self, batches: list[dict]):
+        self.batches, self.consumed = batches, 0
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self):
+        start, self.consumed = (self.consumed, self.consumed) if self.consumed < len(self.batches) else (0, 0)
+        for k in range(start, len(self.batches)):
+            self.consumed = k + 1
+            yield self.batches[k]
+        self.consumed = 0
+
+    def state_dict(self) -> dict:
+        return {"consumed": self.consumed}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.consumed = state["consumed"]
+
+
+class DropoutToy(ToyModule):
+    """ToyModule with dropout, so the RNG stream matters for the losses; records each step's loss."""
+
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        self.drop = torch.nn.Dropout(0.3)
+        self.step_losses: list[tuple[int, float]] = []
+
+    def _loss(self, batch):
+        logits = self.head(self.drop(self.emb(batch["input_ids"][:, :-1])))
+        return torch.nn.functional.cross_entropy(logits.flatten(0, 1), batch["labels"][:, 1:].flatten(), ignore_index=-100)
+
+    def training_step(self, batch, batch_idx):
+        loss = super().training_step(batch, batch_idx)
+        self.step_losses.append((self.global_step, loss.item()))
+        return loss
