@@ -8,7 +8,7 @@ from torch.utils.data import DataLoader
 
 
 class ToyModule(pl.LightningModule):
-    """Embedding + linear LM over token ids; logs ``train_loss`` / ``val_loss`` like LitFTModule."""
+    """Embedding + linear LM over token ids; logs ``train/loss`` / ``val/loss`` like LitFTModule."""
 
     def __init__(self, vocab: int = 16, lr: float = 0.5, nan_at_step: int | None = None):
         super().__init__()
@@ -24,11 +24,11 @@ class ToyModule(pl.LightningModule):
         loss = self._loss(batch)
         if self.nan_at_step is not None and self.global_step >= self.nan_at_step:
             loss = loss * float("nan")
-        self.log("train_loss", loss, prog_bar=True)
+        self.log("train/loss", loss, prog_bar=True)
         return loss
 
     def validation_step(self, batch, batch_idx):
-        self.log("val_loss", self._loss(batch))
+        self.log("val/loss", self._loss(batch))
 
     def configure_optimizers(self):
         return torch.optim.SGD(self.parameters(), lr=self.lr)

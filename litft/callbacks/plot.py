@@ -35,7 +35,7 @@ class LossPlot(pl.Callback):
         filename: output file, relative to ``trainer.default_root_dir`` unless absolute.
     """
 
-    def __init__(self, train_key: str = "train_loss", val_key: str = "val_loss", filename: str = "loss.png"):
+    def __init__(self, train_key: str = "train/loss", val_key: str = "val/loss", filename: str = "loss.png"):
         super().__init__()
         self.train_key, self.val_key, self.filename = train_key, val_key, filename
         self.train: list[tuple[int, float]] = []
