@@ -98,11 +98,11 @@ def load_for_inference(model_cfg: Any, adapter: Optional[str] = None, *, device:
     return model, tokenizer
 
 
-def encode_messages(tokenizer, messages: list[dict], template: Optional[str] = None) -> list[int]:
+def encode_messages(tokenizer, messages: list[dict], template: Optional[str] = None, tools: Optional[str] = None) -> list[int]:
     """Prompt ids for ``messages`` ending with the assistant's turn open, as in training."""
     from litft.data.templates import encode_prompt
 
-    return list(encode_prompt(tokenizer, messages, template=template))
+    return list(encode_prompt(tokenizer, messages, template=template, tools=tools))
 
 
 @torch.no_grad()
