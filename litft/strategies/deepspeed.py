@@ -42,14 +42,10 @@ def pin_deepspeed_accelerator(accelerator: str) -> None:
     os.environ["_LITFT_DS_ACCELERATOR"] = wanted  # marks the value as ours, so a later choice may replace it
     import sys
 
-    if "deepspeed.accelerator.real_accelerator" in sys.modules:
-        from deepspeed.accelerator import real_accelerator
-
-        ds_acc = real_accelerator.ds_accelerator
-        if ds_acc is not None and ds_acc.device_name() != wanted:
-            # DeepSpeed was imported (and guessed) before the accelerator was known: reset its choice.
-            real_accelerator.ds_accelerator = None
-            real_accelerator.get_accelerator()
+    real = sys.modules.get("deepspeed.accelerator.real_accelerator")
+    if real is not None and real.ds_accelerator is not None and real.ds_accelerator.device_name() != wanted:
+        # DeepSpeed was imported (and guessed) before the accelerator was known: it picks again from the env.
+        real.ds_accelerator = None
 
 
 class LitFTDeepSpeedStrategy(DeepSpeedStrategy):
