@@ -61,6 +61,11 @@ class LitFTDeepSpeedStrategy(DeepSpeedStrategy):
 
             pin_deepspeed_accelerator(resolve_accelerator("auto"))
         super().__init__(*args, exclude_frozen_parameters=exclude_frozen_parameters, **kwargs)
+        offload = (self.config.get("zero_optimization") or {}).get("offload_optimizer") or {}
+        if offload.get("device", "none") != "none":
+            # The optimizer comes from configure_optimizers (torch AdamW...), which DeepSpeed refuses with offload
+            # unless told otherwise. With LoRA the optimizer state is small, so a torch optimizer on CPU is fine.
+            self.config.setdefault("zero_force_ds_cpu_optimizer", False)
 
     @property
     def _on_cuda(self) -> bool:
