@@ -51,7 +51,9 @@ ClusterName=litft
 SlurmctldHost=$host
 SlurmctldPort=$CTLD_PORT
 AuthType=auth/munge
-AuthInfo=socket=$DIR/munge/munge.socket.2
+# cred_expire: step credential lifetime, and how long a requeued job waits before it may start again
+# (default 120 s; short here so that the preemption test is quick).
+AuthInfo=socket=$DIR/munge/munge.socket.2,cred_expire=10
 CredType=cred/munge
 SlurmUser=root
 SlurmdUser=root
