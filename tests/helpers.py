@@ -133,3 +133,13 @@ def write_alpaca(path: str | Path, n: int = 32, *, with_system: bool = False) ->
     path = Path(path)
     path.write_text(json.dumps(records, ensure_ascii=False, indent=1), encoding="utf-8")
     return path
+
+
+def shared_dir() -> Path:
+    """The project's shared folder (real LLaMA-Factory data): $LITFT_SHARED, else <repo>/../shared, else /work/shared."""
+    import os
+
+    if os.environ.get("LITFT_SHARED"):
+        return Path(os.environ["LITFT_SHARED"])
+    candidate = Path(__file__).resolve().parents[1].parent / "shared"
+    return candidate if candidate.is_dir() else Path("/work/shared")

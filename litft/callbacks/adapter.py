@@ -1,0 +1,49 @@
+"""Writes the trained adapter to <output_dir>/adapter in PEFT format at the end of fit."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import lightning.pytorch as L
+
+log = logging.getLogger(__name__)
+
+
+def save_adapter(pl_module, target: str | os.PathLike) -> Path:
+    """Save pl_module's PEFT adapter (and tokenizer) to ``target`` atomically: a crash leaves the old one."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        pl_module.model.save_pretrained(tmp, safe_serialization=True)
+        pl_module.tokenizer.save_pretrained(tmp)
+        old = None
+        if target.exists():
+            old = target.with_name(f".{target.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(target, old)
+        os.replace(tmp, target)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+class SaveAdapter(L.Callback):
+    """At the end of fit, write the adapter to ``<trainer.default_root_dir>/<dirname>``."""
+
+    def __init__(self, dirname: str = "adapter"):
+        self.dirname = dirname
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if getattr(pl_module, "lora", None) is None or trainer.global_step == 0:
+            return
+        if trainer.is_global_zero:
+            path = save_adapter(pl_module, Path(trainer.default_root_dir) / self.dirname)
+            log.info("Adapter written to %s", path)
+        trainer.strategy.barrier("litft-save-adapter")

@@ -1,0 +1,132 @@
+"""``python -m litft``: Lightning's fit / validate / test / predict, plus litft's own commands.
+
+Lightning subcommands go through :class:`LitFTCLI` (a LightningCLI). Every other command lives in
+its own module ``litft/commands/<name>.py`` with ``add_arguments(parser)``, ``run(cli)`` and
+``NEEDS_TRAINER``; it gets the same config parsing (``--config``, dotted overrides) as ``fit``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import sys
+import tempfile
+from pathlib import Path
+from types import ModuleType
+
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+
+from litft.errors import LitFTError
+
+LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
+# name -> module under litft.commands (one line per command)
+EXTRA_COMMANDS: dict[str, str] = {}
+
+log = logging.getLogger("litft")
+
+
+class SaveResolvedConfig(SaveConfigCallback):
+    """Writes the resolved config to ``<output_dir>/config.yaml`` (atomically), for reproduction."""
+
+    def save_config(self, trainer, pl_module, stage) -> None:
+        out = Path(trainer.default_root_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".config.", suffix=".yaml", dir=out)
+        os.close(fd)
+        try:
+            self.parser.save(self.config, tmp, skip_none=False, overwrite=True, multifile=False)
+            os.replace(tmp, out / "config.yaml")
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+
+
+class LitFTCLI(LightningCLI):
+    """LightningCLI with litft's model, data module and trainer, and the links that keep them consistent."""
+
+    def __init__(self, *args, command: ModuleType | None = None, **kwargs):
+        from litft import accelerators, strategies
+        from litft.data.datamodule import LitFTDataModule
+        from litft.model.module import LitFTModule
+        from litft.trainer import LitFTTrainer
+
+        accelerators.register()
+        strategies.register()
+        self.command = command
+        kwargs.setdefault("save_config_callback", SaveResolvedConfig)
+        kwargs.setdefault("save_config_kwargs", {"overwrite": True, "save_to_log_dir": False})
+        kwargs.setdefault("parser_kwargs", {"default_env": False})
+        super().__init__(
+            LitFTModule,
+            LitFTDataModule,
+            *args,
+            trainer_class=LitFTTrainer,
+            auto_configure_optimizers=False,
+            **kwargs,
+        )
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_argument("--output_dir", type=str, default="outputs/run", help="Where the run writes everything.")
+        parser.link_arguments("output_dir", "trainer.default_root_dir")
+        # The tokenizer always comes from the model.
+        parser.link_arguments("model.name_or_path", "data.tokenizer")
+        parser.link_arguments("model.gguf_file", "data.gguf_file")
+        parser.link_arguments("model.trust_remote_code", "data.trust_remote_code")
+        if self.command is not None:
+            self.command.add_arguments(parser)
+
+    def instantiate_classes(self) -> None:
+        if self.command is None or getattr(self.command, "NEEDS_TRAINER", False):
+            return super().instantiate_classes()
+        # Commands that run no Trainer (export, generate, slurm, ...) must work on a login node without GPUs.
+        self.config_init = self.parser.instantiate_classes(self.config)
+        self.datamodule = self._get(self.config_init, "data")
+        self.model = self._get(self.config_init, "model")
+        self.trainer = None
+
+
+def _setup_logging() -> None:
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("[litft] %(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False
+
+
+def _usage() -> str:
+    names = ", ".join(LIGHTNING_COMMANDS + tuple(EXTRA_COMMANDS))
+    return f"usage: python -m litft {{{names}}} --config CONFIG.yaml [--key.sub value ...]"
+
+
+def run(argv: list[str]) -> int:
+    """Run one litft command; returns the exit code."""
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        if argv:
+            print("Each command takes --help.")
+        return 0 if argv else 2
+    name, rest = argv[0], argv[1:]
+    if name in LIGHTNING_COMMANDS:
+        LitFTCLI(args=argv)
+        return 0
+    if name in EXTRA_COMMANDS:
+        command = importlib.import_module(f"litft.commands.{EXTRA_COMMANDS[name]}")
+        cli = LitFTCLI(args=rest, run=False, command=command)
+        return int(command.run(cli) or 0)
+    print(f"litft: error: unknown command '{name}'\n{_usage()}", file=sys.stderr)
+    return 2
+
+
+def main(argv: list[str] | None = None) -> None:
+    _setup_logging()
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        code = run(argv)
+    except LitFTError as err:
+        print(f"litft: error: {err}", file=sys.stderr)
+        code = 2
+    except KeyboardInterrupt:
+        print("litft: interrupted", file=sys.stderr)
+        code = 130
+    sys.exit(code)

@@ -1,0 +1,164 @@
+"""A resumable, shard-aware training loader that adds ``num_target_tokens`` to every batch.
+
+:class:`ResumableBatchSampler` decides the order of the batches of an epoch deterministically: a permutation
+from ``torch.Generator().manual_seed(seed + epoch)``, then each rank takes its own disjoint, contiguous share
+(the remainder that does not divide evenly over ranks is left out this epoch; it differs each epoch), then
+consecutive batches. :class:`ResumableLoader` wraps a ``DataLoader`` built on it and exposes
+``state_dict`` / ``load_state_dict`` with (epoch, batches consumed, seed): Lightning saves that state in
+its checkpoints and restores it before iterating, and the loader then starts on exactly the next batch
+(skipping happens on indices, no data is loaded for skipped batches).
+
+``num_target_tokens`` (README batch contract): trained positions (``labels[:, 1:] != -100``) summed over
+the micro-batches of the current optimizer step on this rank. It is computed from per-row target counts
+stored with the dataset, so it is known before the step's later micro-batches are loaded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+
+class ResumableBatchSampler(Sampler[list[int]]):
+    """Batches of dataset indices for one rank, deterministic in (seed, epoch)."""
+
+    def __init__(
+        self,
+        num_rows: int,
+        batch_size: int,
+        *,
+        shuffle: bool = True,
+        seed: int = 42,
+        rank: int = 0,
+        world_size: int = 1,
+        drop_last: bool = False,
+    ):
+        if batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
+        self.num_rows, self.batch_size, self.shuffle, self.seed = num_rows, batch_size, shuffle, seed
+        self.rank, self.world_size, self.drop_last = rank, world_size, drop_last
+        self.epoch = 0
+        self.start_batch = 0  # batches of this epoch already consumed (resume)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _rank_indices(self, epoch: int) -> list[int]:
+        if self.shuffle:
+            gen = torch.Generator().manual_seed(self.seed + epoch)
+            order = torch.randperm(self.num_rows, generator=gen).tolist()
+        else:
+            order = list(range(self.num_rows))
+        per_rank = self.num_rows // self.world_size if self.world_size > 1 else self.num_rows
+        return order[self.rank * per_rank : (self.rank + 1) * per_rank]
+
+    def batches(self, epoch: int | None = None) -> list[list[int]]:
+        """All batches of an epoch for this rank, in order."""
+        idx = self._rank_indices(self.epoch if epoch is None else epoch)
+        out = [idx[i : i + self.batch_size] for i in range(0, len(idx), self.batch_size)]
+        if self.drop_last and out and len(out[-1]) < self.batch_size:
+            out.pop()
+        return out
+
+    def __len__(self) -> int:
+        per_rank = self.num_rows // self.world_size if self.world_size > 1 else self.num_rows
+        if self.drop_last:
+            return per_rank // self.batch_size
+        return (per_rank + self.batch_size - 1) // self.batch_size
+
+    def __iter__(self) -> Iterator[list[int]]:
+        yield from self.batches()[self.start_batch :]
+
+
+class ResumableLoader:
+    """Iterable over training batches (dicts of tensors) with a resumable position.
+
+    Args:
+        dataset: map-style dataset of rows (dicts with ``input_ids``, ``labels``, ...).
+        targets: trained positions per row (``labels[1:] != -100``), used for ``num_target_tokens``.
+        collate_fn: turns a list of rows into a batch dict.
+        batch_sampler: a :class:`ResumableBatchSampler`.
+        accumulate_grad_batches: a callable returning the current gradient accumulation (read lazily
+            from the trainer), or an int.
+    """
+
+    def __init__(
+        self,
+        dataset: Dataset,
+        targets: Sequence[int],
+        collate_fn: Callable[[list[Any]], dict[str, Any]],
+        batch_sampler: ResumableBatchSampler,
+        *,
+        accumulate_grad_batches: Callable[[], int] | int = 1,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+    ):
+        self.dataset, self.targets, self.collate_fn = dataset, targets, collate_fn
+        self.batch_sampler = batch_sampler
+        self._accumulate = accumulate_grad_batches
+        self.num_workers, self.pin_memory = num_workers, pin_memory
+        self.epoch = 0
+        self.consumed = 0  # batches of ``epoch`` already yielded
+        # Lightning calls ``loader.sampler.set_epoch(epoch)`` at the start of every epoch: route it here.
+        self.sampler = self
+
+    def set_epoch(self, epoch: int) -> None:
+        if epoch != self.epoch:
+            self.epoch, self.consumed = epoch, 0
+
+    @property
+    def accumulate_grad_batches(self) -> int:
+        acc = self._accumulate() if callable(self._accumulate) else self._accumulate
+        return max(1, int(acc or 1))
+
+    def __len__(self) -> int:
+        return len(self.batch_sampler)
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "batches_consumed": self.consumed, "seed": self.batch_sampler.seed}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        if state.get("seed", self.batch_sampler.seed) != self.batch_sampler.seed:
+            # A different seed means a different order: continuing "at batch k" would be meaningless.
+            self.epoch, self.consumed = int(state["epoch"]), 0
+            return
+        self.epoch, self.consumed = int(state["epoch"]), int(state["batches_consumed"])
+
+    def _step_targets(self, batches: list[list[int]]) -> list[int]:
+        """num_target_tokens for each batch of the epoch: the sum over its accumulation group."""
+        acc = self.accumulate_grad_batches
+        per_batch = [sum(self.targets[i] for i in b) for b in batches]
+        out = []
+        for g in range(0, len(per_batch), acc):
+            total = sum(per_batch[g : g + acc])
+            out += [total] * len(per_batch[g : g + acc])
+        return out
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        sampler = self.batch_sampler
+        sampler.set_epoch(self.epoch)
+        if self.consumed >= len(sampler):  # the saved epoch was complete: start the next one
+            self.epoch, self.consumed = self.epoch + 1, 0
+            sampler.set_epoch(self.epoch)
+        epoch, start = self.epoch, self.consumed
+        step_targets = self._step_targets(sampler.batches(epoch))
+        sampler.start_batch = start
+        loader = DataLoader(
+            self.dataset,
+            batch_sampler=sampler,
+            collate_fn=self.collate_fn,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+        )
+        try:
+            for k, batch in enumerate(loader, start=start):
+                batch["num_target_tokens"] = torch.tensor(step_targets[k], dtype=torch.long)
+                self.consumed = k + 1
+                yield batch
+        finally:
+            sampler.start_batch = 0
+        if self.consumed >= len(sampler):
+            self.epoch, self.consumed = epoch + 1, 0

@@ -1,0 +1,151 @@
+"""From registry entries to tokenized rows: read → format → encode → truncate, with statistics.
+
+Truncation policy (``cutoff_len``): a sample longer than ``cutoff_len`` keeps its first ``cutoff_len`` tokens
+when at least one trained token remains among them (counted as *truncated*); when the prompt alone fills
+``cutoff_len`` nothing would be trained, so the sample is dropped (counted as *dropped*, never cut to a
+target-less row). Samples with no trained token at all are dropped too.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from litft.data.conversation import Conversation
+from litft.data.formats import FORMATS, RecordError
+from litft.data.registry import DatasetEntry, _guess_format, iter_sources
+from litft.data.templates import IGNORE_INDEX, encode_conversation
+from litft.errors import DataError, LitFTError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Stats:
+    """Figures reported by ``prepare`` and logged by the data module."""
+
+    records: int = 0
+    """Raw records read."""
+    skipped: int = 0
+    """Bad records skipped (data.on_bad_record: skip)."""
+    samples: int = 0
+    """Samples kept after truncation."""
+    tokens: int = 0
+    """Tokens in the kept samples."""
+    trained_tokens: int = 0
+    """Trained (label != -100) tokens in the kept samples."""
+    truncated: int = 0
+    """Samples cut to cutoff_len."""
+    dropped: int = 0
+    """Samples dropped (prompt alone fills cutoff_len, or nothing to train)."""
+    rows: int = 0
+    """Training rows (== samples unless packed)."""
+    packing_efficiency: float | None = None
+    """Real tokens / (rows × cutoff_len) when packed."""
+    per_dataset: dict[str, int] = field(default_factory=dict)
+    """Samples per dataset name."""
+
+    def merge(self, other: "Stats") -> None:
+        for k in ("records", "skipped", "samples", "tokens", "trained_tokens", "truncated", "dropped"):
+            setattr(self, k, getattr(self, k) + getattr(other, k))
+        for k, v in other.per_dataset.items():
+            self.per_dataset[k] = self.per_dataset.get(k, 0) + v
+
+
+def conversations(entry: DatasetEntry, *, on_bad_record: str = "error", stats: Stats | None = None) -> list[Conversation]:
+    """The entry's records as conversations (``num_samples`` applied)."""
+    out: list[Conversation] = []
+    for source, records in iter_sources(entry):
+        if not records:
+            raise DataError("no records", file=source)
+        fmt, guessed_columns = entry.formatting, entry.columns
+        if fmt == "auto":
+            first = records[0] if isinstance(records[0], dict) else {}
+            fmt, guessed_columns = _guess_format(first)
+        fn = FORMATS[fmt]
+        for i, record in enumerate(records):
+            if stats is not None:
+                stats.records += 1
+            try:
+                if not isinstance(record, dict):
+                    raise RecordError(f"expected an object, got {type(record).__name__}", None)
+                out.append(fn(record, columns=guessed_columns, tags=entry.tags))
+            except RecordError as err:
+                if on_bad_record == "skip":
+                    if stats is not None:
+                        stats.skipped += 1
+                    continue
+                raise DataError(str(err), file=source, record=i, field=err.field) from None
+    if entry.num_samples is not None:
+        n = int(entry.num_samples)
+        rng = random.Random(0)
+        idx = list(range(len(out)))
+        if n <= len(out):
+            idx = sorted(rng.sample(idx, n))
+        else:
+            idx = idx * (n // len(out)) + sorted(rng.sample(idx, n % len(out)))
+        out = [out[i] for i in idx]
+    return out
+
+
+def mix(parts: list[list[Any]], *, strategy: str = "concat", probs: list[float] | None = None, seed: int = 42) -> list[Any]:
+    """Concatenate datasets, or interleave them (``interleave_under``: stop when the first runs out;
+    ``interleave_over``: go on until all are used, restarting the exhausted ones)."""
+    if strategy == "concat" or len(parts) == 1:
+        return [x for p in parts for x in p]
+    if strategy not in ("interleave_under", "interleave_over"):
+        raise LitFTError(f"data.mix_strategy: unknown '{strategy}' (concat, interleave_under, interleave_over)")
+    if probs is None:
+        probs = [1.0 / len(parts)] * len(parts)
+    if len(probs) != len(parts) or any(p < 0 for p in probs) or sum(probs) <= 0:
+        raise LitFTError("data.interleave_probs: one non-negative probability per dataset")
+    rng = random.Random(seed)
+    pos = [0] * len(parts)
+    done = [False] * len(parts)
+    out = []
+    while True:
+        k = rng.choices(range(len(parts)), weights=probs)[0]
+        if pos[k] >= len(parts[k]):
+            done[k] = True
+            if strategy == "interleave_under" or all(done[j] or probs[j] == 0 for j in range(len(parts))):
+                break
+            pos[k] = 0
+        out.append(parts[k][pos[k]])
+        pos[k] += 1
+    return out
+
+
+def encode_all(
+    convs: Iterable[Conversation],
+    tokenizer,
+    *,
+    template: str | None,
+    cutoff_len: int,
+    train_on_prompt: bool = False,
+    mask_history: bool = False,
+    stats: Stats | None = None,
+) -> list[dict[str, list[int]]]:
+    """Tokenize and truncate; rows are {input_ids, labels}."""
+    stats = stats if stats is not None else Stats()
+    rows = []
+    for conv in convs:
+        ids, labels = encode_conversation(
+            tokenizer, conv, template=template, train_on_prompt=train_on_prompt, mask_history=mask_history
+        )
+        if len(ids) > cutoff_len:
+            ids, labels = ids[:cutoff_len], labels[:cutoff_len]
+            if all(x == IGNORE_INDEX for x in labels[1:]):
+                stats.dropped += 1
+                continue
+            stats.truncated += 1
+        elif all(x == IGNORE_INDEX for x in labels[1:]):
+            stats.dropped += 1
+            continue
+        rows.append({"input_ids": ids, "labels": labels})
+        stats.samples += 1
+        stats.tokens += len(ids)
+        stats.trained_tokens += sum(1 for x in labels if x != IGNORE_INDEX)
+    return rows

@@ -1,0 +1,32 @@
+"""bitsandbytes quantization of the frozen base model (QLoRA), through transformers' BitsAndBytesConfig."""
+
+from __future__ import annotations
+
+import torch
+
+from litft.model.config import QuantizationConfig
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "uint8": torch.uint8}
+
+
+def bnb_config(quant: QuantizationConfig, *, model_dtype: torch.dtype, sharded: bool = False):
+    """transformers.BitsAndBytesConfig for ``quant``.
+
+    sharded: ZeRO-3 / FSDP shard the quantized weights, which needs them stored in the compute dtype.
+    """
+    from transformers import BitsAndBytesConfig
+
+    if quant.bits == 8:
+        return BitsAndBytesConfig(load_in_8bit=True)
+    compute = model_dtype if quant.compute_dtype == "auto" else _DTYPES[quant.compute_dtype]
+    if quant.quant_storage == "auto":
+        storage = compute if sharded else torch.uint8
+    else:
+        storage = _DTYPES[quant.quant_storage]
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=quant.quant_type,
+        bnb_4bit_use_double_quant=quant.double_quant,
+        bnb_4bit_compute_dtype=compute,
+        bnb_4bit_quant_storage=storage,
+    )

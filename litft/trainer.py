@@ -1,0 +1,57 @@
+"""LitFTTrainer: Lightning's Trainer with litft's defaults (precision "auto", default callbacks)."""
+
+from __future__ import annotations
+
+from typing import Literal, Union
+
+import lightning.pytorch as L
+from lightning.pytorch.accelerators import Accelerator
+from lightning.pytorch.callbacks import Callback, ProgressBar
+
+from litft.accelerators import default_precision
+
+_Precision = Union[
+    Literal["auto", "32-true", "bf16-mixed", "bf16-true", "16-mixed", "16-true", "64-true"],
+    Literal[32, 16, 64, "32", "16", "64", "bf16"],
+]
+
+
+def default_callbacks() -> list[Callback]:
+    """Callbacks every litft run has unless the config already lists one of the same class."""
+    from litft.callbacks.adapter import SaveAdapter
+
+    callbacks: list[Callback] = [SaveAdapter()]
+    try:
+        from lightning.pytorch.callbacks import RichProgressBar
+
+        callbacks.append(RichProgressBar(leave=True))
+    except (ImportError, ModuleNotFoundError):  # rich missing: Lightning's tqdm bar
+        pass
+    return callbacks
+
+
+class LitFTTrainer(L.Trainer):
+    """Lightning's Trainer; ``precision: auto`` picks bf16-mixed where bf16 is fast (recent GPUs, NPUs), else 32-true.
+
+    litft's default callbacks (adapter export, progress bar, ...) are added to ``callbacks`` unless a callback
+    of the same kind is already there.
+    """
+
+    def __init__(
+        self,
+        *args,
+        accelerator: Union[str, Accelerator] = "auto",
+        precision: _Precision = "auto",
+        callbacks: Union[list[Callback], Callback, None] = None,
+        **kwargs,
+    ):
+        if precision == "auto":
+            precision = default_precision(accelerator)
+        callbacks = [callbacks] if isinstance(callbacks, Callback) else list(callbacks or [])
+        for extra in default_callbacks():
+            kind = ProgressBar if isinstance(extra, ProgressBar) else type(extra)
+            if kwargs.get("enable_progress_bar") is False and kind is ProgressBar:
+                continue
+            if not any(isinstance(c, kind) for c in callbacks):
+                callbacks.append(extra)
+        super().__init__(*args, accelerator=accelerator, precision=precision, callbacks=callbacks, **kwargs)

@@ -1,0 +1,110 @@
+"""Exact tokenization and masking: ids equal apply_chat_template, trained tokens = assistant content + EOT."""
+
+from __future__ import annotations
+
+import pytest
+from transformers import AutoTokenizer
+
+from litft.data.conversation import Conversation, Turn
+from litft.data.templates import IGNORE_INDEX, TEMPLATES, encode_conversation, encode_prompt
+
+
+def _ids(x):
+    return list(x["input_ids"]) if hasattr(x, "keys") else list(x)
+
+
+def _chat_ids(tok, messages, **kw):
+    return _ids(tok.apply_chat_template(messages, tokenize=True, **kw))
+
+
+def _trained_runs(tok, ids, labels):
+    runs, cur = [], []
+    for i, lab in zip(ids, labels):
+        if lab != IGNORE_INDEX:
+            assert lab == i
+            cur.append(i)
+        elif cur:
+            runs.append(tok.decode(cur))
+            cur = []
+    if cur:
+        runs.append(tok.decode(cur))
+    return runs
+
+
+MULTI = Conversation(
+    turns=[
+        Turn("user", "What is 2 plus 2?"),
+        Turn("assistant", "4"),
+        Turn("user", "And 3 plus 3?"),
+        Turn("assistant", "The answer is 6."),
+    ],
+    system="Be brief.",
+)
+SINGLE = Conversation(turns=[Turn("user", "hi"), Turn("assistant", "Hello! How can I help you today?")])
+
+
+@pytest.fixture(scope="module")
+def toks(tiny_llama, tiny_qwen2):
+    return {"llama": AutoTokenizer.from_pretrained(tiny_llama), "qwen2": AutoTokenizer.from_pretrained(tiny_qwen2)}
+
+
+@pytest.mark.parametrize("arch,eot", [("llama", "<|eot_id|>"), ("qwen2", "<|im_end|>")])
+@pytest.mark.parametrize("conv", [MULTI, SINGLE], ids=["multi", "single"])
+def test_ids_equal_chat_template_and_mask_is_exact(toks, arch, eot, conv):
+    tok = toks[arch]
+    messages = conv.messages()
+    ids, labels = encode_conversation(tok, conv)
+    assert ids == _chat_ids(tok, messages)
+    # Independent expectation, built token-wise: each assistant turn's trained ids start right after the
+    # generation prompt and are exactly tokenize(content + EOT).
+    expected = [IGNORE_INDEX] * len(ids)
+    offset = len(messages) - len(conv.turns)
+    for i, turn in enumerate(conv.turns):
+        if turn.role != "assistant":
+            continue
+        start = len(_chat_ids(tok, messages[: offset + i], add_generation_prompt=True))
+        piece = tok(turn.content + eot, add_special_tokens=False)["input_ids"]
+        assert ids[start : start + len(piece)] == piece
+        expected[start : start + len(piece)] = piece
+    assert labels == expected
+    assert _trained_runs(tok, ids, labels) == [t.content + eot for t in conv.turns if t.role == "assistant"]
+
+
+def test_chatml_trailing_newline_not_trained(toks):
+    tok = toks["qwen2"]
+    ids, labels = encode_conversation(tok, SINGLE)
+    eot = tok.convert_tokens_to_ids("<|im_end|>")
+    last_eot = max(i for i, x in enumerate(ids) if x == eot)
+    assert labels[last_eot] == eot
+    assert tok.decode(ids[last_eot + 1 :]) == "\n"
+    assert all(x == IGNORE_INDEX for x in labels[last_eot + 1 :])
+
+
+def test_mask_history_and_train_on_prompt(toks):
+    tok = toks["qwen2"]
+    ids, labels = encode_conversation(tok, MULTI, mask_history=True)
+    assert _trained_runs(tok, ids, labels) == ["The answer is 6.<|im_end|>"]
+    ids2, labels2 = encode_conversation(tok, MULTI, train_on_prompt=True)
+    assert ids2 == ids and labels2 == ids
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_encode_prompt_is_training_prefix(toks, arch):
+    tok = toks[arch]
+    messages = MULTI.messages()[:-1]  # ends with the second user turn
+    prompt = encode_prompt(tok, messages)
+    assert prompt == _chat_ids(tok, messages, add_generation_prompt=True)
+    ids, labels = encode_conversation(tok, MULTI)
+    assert ids[: len(prompt)] == prompt
+    assert labels[len(prompt) - 1] == IGNORE_INDEX and labels[len(prompt)] != IGNORE_INDEX
+
+
+def test_smollm2_default_system_prompt(smollm2):
+    from litft.model.loading import load_tokenizer
+
+    tok = load_tokenizer(smollm2[0], gguf_file=smollm2[1])
+    for conv in (SINGLE, MULTI):
+        ids, labels = encode_conversation(tok, conv)
+        assert ids == _chat_ids(tok, conv.messages())
+        assert _trained_runs(tok, ids, labels) == [t.content + "<|im_end|>" for t in conv.turns if t.role == "assistant"]
+    assert "You are a helpful AI assistant named SmolLM" in tok.decode(encode_prompt(tok, [{"role": "user", "content": "hi"}]))
