@@ -21,7 +21,9 @@ from litft.errors import LitFTError
 
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
 # name -> module under litft.commands (one line per command)
-EXTRA_COMMANDS: dict[str, str] = {}
+EXTRA_COMMANDS: dict[str, str] = {
+    "slurm": "slurm",
+}
 
 log = logging.getLogger("litft")
 
