@@ -29,6 +29,7 @@ EXTRA_COMMANDS: dict[str, str] = {
     "chat": "chat",
     "predict": "predict",
     "evaluate": "evaluate",
+    "slurm": "slurm",
 }
 
 log = logging.getLogger("litft")
