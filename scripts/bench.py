@@ -147,7 +147,7 @@ def run_litft(args, *, grouped: bool, packing: bool = False) -> dict:
 
     timer = _litft_step_timer()
     original = litft_trainer.default_callbacks
-    litft_trainer.default_callbacks = lambda: original() + [timer]  # the CLI builds the trainer; add our timer
+    litft_trainer.default_callbacks = lambda *a, **k: original(*a, **k) + [timer]  # the CLI builds the trainer
     out = tempfile.mkdtemp(prefix="litft-bench-")
     config = {
         "output_dir": out,
@@ -394,7 +394,7 @@ def run_micro(args) -> dict:
     dm = LitFTDataModule(dataset="alpaca_en_demo", dataset_dir=str(data_dir()), tokenizer=path,
                          cutoff_len=args.cutoff, batch_size=4, max_samples=args.max_samples)
     dm.setup("fit")
-    rows = random.Random(0).sample(dm.train_rows, 4)
+    rows = [dict(dm.train_rows[i]) for i in random.Random(0).sample(range(len(dm.train_rows)), 4)]
     batch = dm.collator()(rows)
     real = int(batch["attention_mask"].sum())
     results: dict = {"batch_shape": list(batch["input_ids"].shape), "real_tokens": real,
