@@ -29,8 +29,9 @@ REPO = Path(__file__).resolve().parents[1]
 STEPS = 4
 LOSS_RTOL = 1e-4
 """Per-step loss, relative: measured differences are ~1e-6 (float summation order)."""
-WEIGHT_ATOL = 1e-5
-"""Final adapter weights, absolute (LoRA weights are ~1e-2; measured differences ~1e-7)."""
+WEIGHT_ATOL = 1e-4
+"""Final adapter weights, absolute: 1% of one Adam step at lr 1e-2 (weights reach ~0.15). Measured on CPU:
+ZeRO-3 ~1e-5 (Adam turns summation-order noise in near-zero gradients into lr-sized steps), DDP less."""
 
 
 def _free_port() -> int:
@@ -87,6 +88,12 @@ def _adapter(out: Path) -> dict[str, torch.Tensor]:
     return load_file(out / "adapter" / "adapter_model.safetensors")
 
 
+def _report(name: str, losses: list[float], ref_losses: list[float], a: dict, b: dict) -> None:
+    loss_diff = max(abs(x - y) / abs(y) for x, y in zip(losses, ref_losses))
+    weight_diff = max((a[k] - b[k]).abs().max().item() for k in b)
+    print(f"\n{name}: max loss rel diff {loss_diff:.2e}, max adapter abs diff {weight_diff:.2e}")
+
+
 def _assert_same_adapter(a: dict, b: dict) -> None:
     assert sorted(a) == sorted(b) and len(a) > 0
     for key in a:
@@ -125,6 +132,7 @@ def test_two_processes_match_one(setup_dirs, reference, strategy):
     config = _write_config(out, model, data, strategy=strategy, devices=2, batch=2)
     _fit(config)
     ref_losses, ref_adapter = reference
+    _report(strategy, _losses(out), ref_losses, _adapter(out), ref_adapter)
     torch.testing.assert_close(torch.tensor(_losses(out)), torch.tensor(ref_losses), rtol=LOSS_RTOL, atol=0)
     _assert_same_adapter(_adapter(out), ref_adapter)
 
@@ -148,5 +156,6 @@ def test_two_nodes_on_loopback(setup_dirs, reference):
     logs = [p.communicate(timeout=600)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], "\n----\n".join(log[-4000:] for log in logs)
     ref_losses, ref_adapter = reference
+    _report("two nodes", _losses(out), ref_losses, _adapter(out), ref_adapter)
     torch.testing.assert_close(torch.tensor(_losses(out)), torch.tensor(ref_losses), rtol=LOSS_RTOL, atol=0)
     _assert_same_adapter(_adapter(out), ref_adapter)
