@@ -231,6 +231,44 @@ def test_two_node_ddp_job_fine_tunes(cluster, jobs):
     assert weights and all(k.endswith(("lora_A.weight", "lora_B.weight")) for k in weights)
 
 
+_CHECK = "import sys; from litft.slurm import check_allocation; check_allocation(int(sys.argv[1]), int(sys.argv[2])); print('ok')"
+
+
+def _srun_check(cluster: Cluster, num_nodes: int, devices: int) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["srun", "-N2", "--ntasks-per-node=1", sys.executable, "-c", _CHECK, str(num_nodes), str(devices)],
+        env=cluster.env, capture_output=True, text=True, timeout=120,
+    )
+
+
+def test_allocation_check_in_real_job_steps(cluster, jobs, tmp_path):
+    """The SLURM variables litft reads are the ones a real srun / batch step sets (runs once the plain
+    job has freed its CPUs)."""
+    cluster.wait_gone(jobs["plain"][0], timeout=300)
+    ok = _srun_check(cluster, 2, 1)
+    assert (ok.returncode, ok.stdout) == (0, "ok\nok\n"), ok.stderr
+    bad = _srun_check(cluster, 2, 2)
+    assert bad.returncode != 0 and "ok" not in bad.stdout
+    assert bad.stderr.count("LitFTError: SLURM job ") == 2, bad.stderr
+    assert "does not match the trainer: --ntasks-per-node=1 but trainer.devices=2" in bad.stderr
+    # Through the real command line: each task stops at once with one line (exit 2), no rendezvous hang.
+    config = jobs["plain"][1].parent / "config.yaml"
+    fit = subprocess.run(
+        ["srun", "-N2", "--ntasks-per-node=1", "-J", "litft", sys.executable, "-m", "litft", "fit", "--config",
+         str(config), "--trainer.num_nodes", "1", "--output_dir", str(tmp_path / "mismatch")],
+        env=cluster.env, capture_output=True, text=True, timeout=300,
+    )
+    errors = [line for line in fit.stdout.splitlines() + fit.stderr.splitlines() if line.startswith("litft: error:")]
+    assert errors == ["litft: error: SLURM job " + errors[0].split()[4] + " does not match the trainer: "
+                      "--nodes=2 but trainer.num_nodes=1"] * 2, fit.stderr[-3000:]
+    assert "exit code 2" in fit.stderr and "Traceback" not in fit.stderr
+    # The batch script itself is not a step started by srun.
+    log = tmp_path / "batch.out"
+    cluster.slurm("sbatch", "--wait", "-N2", "--ntasks-per-node=1", f"--output={log}",
+                  f"--wrap={sys.executable} -c \"{_CHECK}\" 2 1", check=False)
+    assert "litft was not started with srun" in log.read_text(), log.read_text()
+
+
 def test_preempted_job_is_requeued_and_resumes(cluster, jobs):
     job, out, log_file = jobs["preempt"]
     end = time.monotonic() + 300
