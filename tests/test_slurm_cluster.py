@@ -11,6 +11,8 @@ cpu variant) and train a tiny Llama with LoRA over gloo, one task on each of n1 
 
 from __future__ import annotations
 
+import contextlib
+import io
 import math
 import os
 import re
@@ -166,7 +168,7 @@ HOLD_AT, MAX_STEPS = 4, 12
 
 @pytest.fixture(scope="module")
 def jobs(cluster, tiny_llama, tmp_path_factory):
-    """Both jobs, submitted at once with `python -m litft slurm` (they share the cluster: 1 CPU per node each):
+    """Both jobs, submitted with `litft slurm` (they run side by side: 1 CPU per node each):
     'plain' trains 4 steps; 'preempt' holds at step HOLD_AT until the test signals it."""
     root = tmp_path_factory.mktemp("slurm-jobs")
     data = str(write_alpaca(root / "alpaca.json", n=64))
@@ -175,24 +177,24 @@ def jobs(cluster, tiny_llama, tmp_path_factory):
         "preempt": _config(root / "preempt", tiny_llama, data, max_steps=MAX_STEPS, hold_at=HOLD_AT),
     }
     # Each job gets its own rendezvous port (free now): another test session's cluster on this machine
-    # numbers its jobs from 1 too, and Lightning's default port derives from the job id.
-    ports = dict(zip(configs, _free_ports(len(configs))))
-    procs = {
-        name: subprocess.Popen(
-            [sys.executable, "-m", "litft", "slurm", "--config", str(config), "--nodes", "2", "--devices", "1",
-             "--job_name", name],
-            cwd=REPO, env={**cluster.env, "MASTER_PORT": str(ports[name])}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )
-        for name, config in configs.items()
-    }
+    # numbers its jobs from 1 too, and Lightning's default port derives from the job id. Submitted from
+    # this process (Lightning is imported already); sbatch hands this environment to the job.
+    from litft.cli import main
+
     submitted = {}
-    for name, proc in procs.items():
-        out, err = proc.communicate(timeout=300)
-        assert proc.returncode == 0, err[-3000:]
-        m = re.search(r"Submitted batch job (\d+)", out)
-        assert m, out
+    for (name, config), port in zip(configs.items(), _free_ports(len(configs))):
+        out = io.StringIO()
+        with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(out):
+            for key, value in {**cluster.env, "MASTER_PORT": str(port)}.items():
+                mp.setenv(key, value)
+            mp.chdir(REPO)
+            with pytest.raises(SystemExit) as done:
+                main(["slurm", "--config", str(config), "--nodes", "2", "--devices", "1", "--job_name", name])
+        assert done.value.code == 0, out.getvalue()
+        m = re.search(r"Submitted batch job (\d+)", out.getvalue())
+        assert m, out.getvalue()
         job = m.group(1)
-        submitted[name] = (job, configs[name].parent / "out", configs[name].parent / "out" / "slurm" / f"{name}-{job}.out")
+        submitted[name] = (job, config.parent / "out", config.parent / "out" / "slurm" / f"{name}-{job}.out")
     yield submitted
     for job, _, _ in submitted.values():
         cluster.slurm("scancel", job, check=False)
