@@ -6,7 +6,7 @@ import dataclasses
 import logging
 import random
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import lightning.pytorch as pl
 from torch.utils.data import DataLoader
@@ -71,10 +71,10 @@ class LitFTDataModule(pl.LightningDataModule):
         packing: bool = False,
         train_on_prompt: bool = False,
         mask_history: bool = False,
-        mix_strategy: str = "concat",
+        mix_strategy: Literal["concat", "interleave_under", "interleave_over"] = "concat",
         interleave_probs: list[float] | None = None,
         max_samples: int | None = None,
-        on_bad_record: str = "error",
+        on_bad_record: Literal["error", "skip"] = "error",
         pad_to_multiple_of: int | None = None,
         attn_implementation: str | None = None,
         shared_filesystem: bool = True,
