@@ -19,10 +19,17 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveCon
 
 from litft.errors import LitFTError
 
-LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
+# Lightning's own "predict" is replaced by litft's predict command (batched generation to JSONL).
+LIGHTNING_COMMANDS = ("fit", "validate", "test")
 # name -> module under litft.commands (one line per command)
 EXTRA_COMMANDS: dict[str, str] = {
     "prepare": "prepare",
+    "export": "export",
+    "generate": "generate",
+    "chat": "chat",
+    "predict": "predict",
+    "evaluate": "evaluate",
+    "slurm": "slurm",
 }
 
 log = logging.getLogger("litft")

@@ -1,1 +1,1 @@
-"""litft commands beyond fit/validate/test/predict: one module each (see litft/cli.py)."""
+"""litft's extra commands: one module each (add_arguments, run, NEEDS_TRAINER), registered in litft/cli.py."""
