@@ -92,3 +92,22 @@ def test_packed_logits_equal_alone(tiny_model, attn):
                 break
     assert checked == len(samples)
     torch.testing.assert_close(packed_loss, alone_total, rtol=1e-5, atol=1e-4)
+
+
+def test_position_ids_alone_carry_the_boundaries(tiny_qwen2):
+    """The varlen (flash attention) path gets position_ids only: transformers derives the same sample
+    boundaries from them (checked here with sdpa and use_cache=False, the setting the module trains with)."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_qwen2, dtype=torch.float32, attn_implementation="sdpa")
+    samples = _samples(model.config.vocab_size, seed=1)
+    packed, _ = pack(samples, 40)
+    batch = PackedCollator(pad_token_id=0, attn_implementation="flash_attention_2")(packed)
+    assert "attention_mask" not in batch
+    with torch.no_grad():
+        logits = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).logits
+        row = batch["position_ids"][0].tolist()
+        starts = [i for i, p in enumerate(row) if p == 0] + [len(packed[0]["input_ids"])]
+        for a, b in zip(starts, starts[1:]):
+            alone = model(input_ids=batch["input_ids"][:1, a:b]).logits[0]
+            torch.testing.assert_close(logits[0, a:b], alone, rtol=1e-5, atol=1e-5)
