@@ -36,6 +36,7 @@ def test_pack_rows_positions_and_first_labels():
     row = next(r for r in packed if len(r["input_ids"]) == 7)
     assert row == {"input_ids": [6, 7, 8, 9, 1, 2, 3], "labels": [IGN, IGN, 8, 9, IGN, 2, 3], "position_ids": [0, 1, 2, 3, 0, 1, 2]}
     mask = block_causal_mask(torch.tensor([row["position_ids"]]))[0, 0] == 0
+    assert torch.equal(block_causal_mask(torch.tensor([row["position_ids"]]), torch.bool)[0, 0], mask)
     expected = torch.zeros(7, 7, dtype=torch.bool)
     expected[:4, :4] = torch.ones(4, 4).tril().bool()
     expected[4:, 4:] = torch.ones(3, 3).tril().bool()
@@ -65,7 +66,8 @@ def test_packed_logits_equal_alone(tiny_model, attn):
     samples = _samples(model.config.vocab_size)
     packed, _ = pack(samples, 24)
     assert len(packed) >= 2 and any(len(r["position_ids"]) < 24 for r in packed)  # the batch is padded
-    batch = PackedCollator(pad_token_id=0)(packed)
+    batch = PackedCollator(pad_token_id=0, attn_implementation=attn)(packed)
+    assert batch["attention_mask"].dtype == (torch.bool if attn == "sdpa" else torch.float32)
     with torch.no_grad():
         out = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], attention_mask=batch["attention_mask"])
         logits = out.logits
