@@ -113,3 +113,28 @@ def test_position_ids_alone_carry_the_boundaries(tiny_qwen2):
         for a, b in zip(starts, starts[1:]):
             alone = model(input_ids=batch["input_ids"][:1, a:b]).logits[0]
             torch.testing.assert_close(logits[0, a:b], alone, rtol=1e-5, atol=1e-5)
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=200, deadline=None)
+@given(lengths=st.lists(st.integers(2, 32), min_size=1, max_size=60), capacity=st.integers(32, 64))
+def test_fuzz_packing_invariants(lengths, capacity):
+    rows = [{"input_ids": [k + 1] * n, "labels": [k + 1] * n} for k, n in enumerate(lengths)]
+    packed, eff = pack(rows, capacity)
+    assert all(len(r["input_ids"]) <= capacity for r in packed)
+    assert sum(len(r["input_ids"]) for r in packed) == sum(lengths)
+    assert eff == pytest.approx(sum(lengths) / (len(packed) * capacity))
+    # best fit never needs more rows than twice the lower bound
+    assert len(packed) <= 2 * -(-sum(lengths) // capacity)
+    seen = []
+    for r in packed:
+        starts = [i for i, p in enumerate(r["position_ids"]) if p == 0]
+        for a, b in zip(starts, starts[1:] + [len(r["input_ids"])]):
+            sample = r["input_ids"][a:b]
+            assert len(set(sample)) == 1 and r["position_ids"][a:b] == list(range(b - a))
+            assert r["labels"][a] == IGN and r["labels"][a + 1 : b] == sample[1:]
+            seen.append(sample[0])
+    assert sorted(seen) == list(range(1, len(lengths) + 1))
