@@ -199,7 +199,7 @@ class LitFTDataModule(pl.LightningDataModule):
     def _write_cache(self, path: Path) -> None:
         try:
             train, val, stats = self.build()
-            cache.write(path, {"train": train, "val": val}, dataclasses.asdict(stats))
+            cache.write(path, {"train": train, "val": val}, dataclasses.asdict(stats), overwrite=self.overwrite_cache)
         except Exception as err:
             cache.mark_failed(path, str(err).splitlines()[0] if str(err) else type(err).__name__)
             raise
