@@ -64,6 +64,11 @@ def test_lora_checkpoint_holds_adapter_optimizer_and_run_state_only(tmp_path, ti
     assert sum(s["exp_avg"].numel() + s["exp_avg_sq"].numel() for s in state.values()) == 2 * n_adapter
     assert ckpt["global_step"] == 4 and ckpt["lr_schedulers"] and ckpt["litft_rng_states"]
     assert "combined_loader" in ckpt["loops"]["fit_loop"]["state_dict"]  # the data position
+    # The throughput callback counted the whole model and used the adapter formula (4N FLOPs per token).
+    from litft.callbacks.throughput import Throughput
+
+    [tp] = [cb for cb in cli.trainer.callbacks if isinstance(cb, Throughput)]
+    assert tp.flops_per_token == 4 * n_base and tp.last_metrics["tokens_per_sec"] > 0
     base_bytes = (Path(tiny_llama) / "model.safetensors").stat().st_size
     assert ckpt_path.stat().st_size < base_bytes / 3, (ckpt_path.stat().st_size, base_bytes)
 
