@@ -23,11 +23,13 @@ from litft.errors import LitFTError
 LIGHTNING_COMMANDS = ("fit", "validate", "test")
 # name -> module under litft.commands (one line per command)
 EXTRA_COMMANDS: dict[str, str] = {
+    "prepare": "prepare",
     "export": "export",
     "generate": "generate",
     "chat": "chat",
     "predict": "predict",
     "evaluate": "evaluate",
+    "slurm": "slurm",
 }
 
 log = logging.getLogger("litft")
@@ -42,7 +44,7 @@ class SaveResolvedConfig(SaveConfigCallback):
         fd, tmp = tempfile.mkstemp(prefix=".config.", suffix=".yaml", dir=out)
         os.close(fd)
         try:
-            self.parser.save(self.config, tmp, skip_none=False, overwrite=True, multifile=False)
+            self.parser.save(self.config, tmp, overwrite=True, multifile=False)
             os.replace(tmp, out / "config.yaml")
         finally:
             if os.path.exists(tmp):

@@ -9,6 +9,7 @@ from lightning.pytorch.accelerators import Accelerator
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, ProgressBar
 
 from litft.accelerators import default_precision
+from litft.slurm import check_allocation
 
 _Precision = Union[
     Literal["auto", "32-true", "bf16-mixed", "bf16-true", "16-mixed", "16-true", "64-true"],
@@ -50,6 +51,8 @@ class LitFTTrainer(L.Trainer):
         callbacks: Union[list[Callback], Callback, None] = None,
         **kwargs,
     ):
+        # Inside a SLURM job: refuse an allocation that disagrees with num_nodes/devices (else DDP hangs).
+        check_allocation(kwargs.get("num_nodes", 1), kwargs.get("devices", "auto"))
         if precision == "auto":
             precision = default_precision(accelerator)
         callbacks = [callbacks] if isinstance(callbacks, Callback) else list(callbacks or [])

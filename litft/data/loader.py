@@ -1,7 +1,7 @@
 """A resumable, shard-aware training loader that adds ``num_target_tokens`` to every batch.
 
 :class:`ResumableBatchSampler` decides the order of the batches of an epoch deterministically: a permutation
-from ``torch.Generator().manual_seed(seed + epoch)``, then each rank takes its own disjoint, contiguous share
+from ``torch.Generator().manual_seed(seed + epoch)``, then each rank takes its own disjoint, strided share
 (the remainder that does not divide evenly over ranks is left out this epoch; it differs each epoch), then
 consecutive batches. :class:`ResumableLoader` wraps a ``DataLoader`` built on it and exposes
 ``state_dict`` / ``load_state_dict`` with (epoch, batches consumed, seed): Lightning saves that state in
@@ -53,7 +53,9 @@ class ResumableBatchSampler(Sampler[list[int]]):
         else:
             order = list(range(self.num_rows))
         per_rank = self.num_rows // self.world_size if self.world_size > 1 else self.num_rows
-        return order[self.rank * per_rank : (self.rank + 1) * per_rank]
+        # Strided, not contiguous: batch k of every rank together is batch k of a single process with
+        # batch_size * world_size, so a run on N ranks sees the same global batches as one process.
+        return order[self.rank : per_rank * self.world_size : self.world_size]
 
     def batches(self, epoch: int | None = None) -> list[list[int]]:
         """All batches of an epoch for this rank, in order."""

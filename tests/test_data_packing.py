@@ -1,0 +1,94 @@
+"""Packing: best-fit decreasing, restarting positions, and the proof that a packed sample's logits and loss
+equal those of the sample run alone (tiny Llama and Qwen2, fp32, sdpa and eager)."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from litft.data.packing import PackedCollator, best_fit_decreasing, block_causal_mask, pack
+
+IGN = -100
+
+
+def test_best_fit_decreasing():
+    lengths = [7, 5, 4, 3, 3, 2, 1]
+    bins = best_fit_decreasing(lengths, 10)
+    assert sorted(i for b in bins for i in b) == list(range(7))
+    assert all(sum(lengths[i] for i in b) <= 10 for b in bins)
+    assert len(bins) == 3  # 25 tokens in rows of 10: the optimum
+    assert bins[0][0] == 0  # longest first
+    with pytest.raises(ValueError):
+        best_fit_decreasing([11], 10)
+
+
+def test_pack_rows_positions_and_first_labels():
+    rows = [
+        {"input_ids": [1, 2, 3], "labels": [1, 2, 3]},
+        {"input_ids": [4, 5], "labels": [IGN, 5]},
+        {"input_ids": [6, 7, 8, 9], "labels": [6, IGN, 8, 9]},
+    ]
+    packed, eff = pack(rows, 8)
+    assert len(packed) == 2 and eff == pytest.approx(9 / 16)
+    row = next(r for r in packed if len(r["input_ids"]) == 7)
+    assert row == {"input_ids": [6, 7, 8, 9, 1, 2, 3], "labels": [IGN, IGN, 8, 9, IGN, 2, 3], "position_ids": [0, 1, 2, 3, 0, 1, 2]}
+    mask = block_causal_mask(torch.tensor([row["position_ids"]]))[0, 0] == 0
+    expected = torch.zeros(7, 7, dtype=torch.bool)
+    expected[:4, :4] = torch.ones(4, 4).tril().bool()
+    expected[4:, 4:] = torch.ones(3, 3).tril().bool()
+    assert torch.equal(mask, expected)
+
+
+def _samples(vocab, seed=0):
+    rng = random.Random(seed)
+    out = []
+    for n in (9, 5, 12, 7, 3, 10):
+        ids = [rng.randrange(10, vocab) for _ in range(n)]
+        cut = rng.randrange(1, n)
+        out.append({"input_ids": ids, "labels": [IGN] * cut + ids[cut:]})
+    return out
+
+
+def _alone_loss_sum(logits, labels):
+    return F.cross_entropy(logits[:-1], torch.tensor(labels[1:]), ignore_index=IGN, reduction="sum")
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_packed_logits_equal_alone(tiny_model, attn):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32, attn_implementation=attn)
+    model.train()  # as in training (a KV cache is still created: use_cache defaults to True)
+    samples = _samples(model.config.vocab_size)
+    packed, _ = pack(samples, 24)
+    assert len(packed) >= 2 and any(len(r["position_ids"]) < 24 for r in packed)  # the batch is padded
+    batch = PackedCollator(pad_token_id=0)(packed)
+    with torch.no_grad():
+        out = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], attention_mask=batch["attention_mask"])
+        logits = out.logits
+        # the model's own loss over the packed batch equals the sum of the samples' losses
+        packed_loss = F.cross_entropy(
+            logits[:, :-1].reshape(-1, logits.shape[-1]), batch["labels"][:, 1:].reshape(-1), ignore_index=IGN, reduction="sum"
+        )
+        alone_total = 0.0
+        checked = 0
+        for s in samples:
+            alone = model(input_ids=torch.tensor([s["input_ids"]])).logits[0]
+            alone_total = alone_total + _alone_loss_sum(alone, s["labels"])
+            # find the sample in the packed rows
+            for r, row in enumerate(packed):
+                ids = row["input_ids"]
+                for start in (i for i, p in enumerate(row["position_ids"]) if p == 0):
+                    if ids[start : start + len(s["input_ids"])] == s["input_ids"]:
+                        got = logits[r, start : start + len(s["input_ids"])]
+                        torch.testing.assert_close(got, alone, rtol=1e-5, atol=1e-5)
+                        checked += 1
+                        break
+                else:
+                    continue
+                break
+    assert checked == len(samples)
+    torch.testing.assert_close(packed_loss, alone_total, rtol=1e-5, atol=1e-4)
