@@ -23,7 +23,7 @@ METRICS = ("rouge1", "rouge2", "rougeL")
 
 
 def add_arguments(parser) -> None:
-    add_prediction_arguments(parser)
+    add_prediction_arguments(parser, adapter_help="PEFT adapter of the fine-tuned model (default: <output_dir>/adapter).")
     parser.add_argument("--predictions", type=str, nargs="+", default=None,
                         help="JSONL files with prediction and reference fields to score (skips generation).")
     parser.add_argument("--labels", type=str, nargs="+", default=None, help="Column names for --predictions files.")
