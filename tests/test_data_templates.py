@@ -182,3 +182,15 @@ def test_fuzz_equality_and_masks(toks, conv, arch):
     expected = "".join(t.content + eot for t in conv.turns if t.role == "assistant")
     # a token straddling the template/content boundary may carry template whitespace, never other text
     assert trained_text.replace("\n", "").replace(" ", "") == expected.replace("\n", "").replace(" ", "")
+
+
+def test_template_that_cannot_render_gives_one_line(toks):
+    from litft.errors import LitFTError
+
+    tok = toks["qwen2"]
+    strict = tok.chat_template.replace("{% for message in messages %}", "{% for message in messages %}{% if message['role'] == 'tool' %}{{ raise_exception('no tools') }}{% endif %}")
+    tok2 = type(tok).from_pretrained(tok.name_or_path)
+    tok2.chat_template = strict
+    conv = Conversation(turns=[Turn("user", "q"), Turn("assistant", "a"), Turn("tool", "r"), Turn("assistant", "b")])
+    with pytest.raises(LitFTError, match="cannot render a conversation with roles user/assistant/tool/assistant: no tools"):
+        encode_conversation(tok2, conv)

@@ -1,8 +1,8 @@
 """On-disk cache of the tokenized (and packed) dataset, keyed by a fingerprint.
 
 The fingerprint covers the data file contents (sha256), the registry entries, the rendered template, the
-tokenizer (vocabulary, special tokens, chat template) and every option that changes the rows (lengths,
-masking, packing, split, seed). The cache lives in ``cache_root()/data/<fingerprint>/``: ``train/`` and
+tokenizer (vocabulary, special tokens, chat template), every option that changes the rows (lengths,
+masking, packing, split, seed) and the source of the pipeline modules themselves. The cache lives in ``cache_root()/data/<fingerprint>/``: ``train/`` and
 ``val/`` Arrow datasets (``datasets.save_to_disk``, memory-mapped on load) and ``stats.json``. It is
 written to a temporary folder and renamed into place, so a reader sees all of it or nothing.
 
@@ -60,10 +60,19 @@ def tokenizer_digest(tokenizer) -> str:
     return h.hexdigest()
 
 
+def code_digest() -> str:
+    """A digest of the pipeline's own source, so a fix in litft's data code never reuses stale rows."""
+    h = hashlib.sha256()
+    for name in ("registry.py", "formats.py", "conversation.py", "templates.py", "tokenize.py", "packing.py"):
+        h.update((Path(__file__).parent / name).read_bytes())
+    return h.hexdigest()
+
+
 def fingerprint(entries, tokenizer, options: dict[str, Any], files: list[Path]) -> str:
     """The cache key (24 hex digits)."""
     payload = {
         "version": CACHE_VERSION,
+        "code": code_digest(),
         "entries": [e.describe() for e in entries],
         "files": {str(p.resolve()): _file_digest(p) for p in files},
         "tokenizer": tokenizer_digest(tokenizer),

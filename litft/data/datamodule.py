@@ -6,7 +6,7 @@ import dataclasses
 import logging
 import random
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import lightning.pytorch as pl
 from torch.utils.data import DataLoader
@@ -71,10 +71,10 @@ class LitFTDataModule(pl.LightningDataModule):
         packing: bool = False,
         train_on_prompt: bool = False,
         mask_history: bool = False,
-        mix_strategy: str = "concat",
+        mix_strategy: Literal["concat", "interleave_under", "interleave_over"] = "concat",
         interleave_probs: list[float] | None = None,
         max_samples: int | None = None,
-        on_bad_record: str = "error",
+        on_bad_record: Literal["error", "skip"] = "error",
         pad_to_multiple_of: int | None = None,
         attn_implementation: str | None = None,
         shared_filesystem: bool = True,
@@ -245,6 +245,10 @@ class LitFTDataModule(pl.LightningDataModule):
         trainer = self.trainer
         return int(getattr(trainer, "accumulate_grad_batches", 1) or 1) if trainer is not None else 1
 
+    def _epoch_batches(self):
+        trainer = self.trainer
+        return getattr(trainer, "num_training_batches", None) if trainer is not None else None
+
     def collator(self, *, packed: bool | None = None):
         if self.packing if packed is None else packed:
             return PackedCollator(self.tokenizer.pad_token_id, attn_implementation=self.attn_implementation)
@@ -268,6 +272,7 @@ class LitFTDataModule(pl.LightningDataModule):
             sampler,
             accumulate_grad_batches=self._accumulate,
             num_workers=self.num_workers,
+            epoch_batches=self._epoch_batches,
         )
 
     def val_dataloader(self):
