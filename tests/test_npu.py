@@ -247,3 +247,14 @@ def test_several_npus_use_litft_ddp_over_hccl(fake_npu, devices, num_nodes, worl
     # `strategy: ddp` written in the YAML resolves to the same class
     kw = trainer_kwargs(accelerator="npu", devices=2, strategy="ddp", precision="32-true")
     assert type(Trainer(**kw, logger=False).strategy) is LitFTDDPStrategy
+
+
+def test_litft_trainer_resolves_npu_flags(fake_npu):
+    """The CLI's trainer applies all of the above: `accelerator: npu, devices: 1` really runs on npu:0."""
+    from litft.trainer import LitFTTrainer
+
+    trainer = LitFTTrainer(accelerator="npu", devices=1, logger=False, enable_progress_bar=False)
+    assert trainer.strategy.root_device == torch.device("npu", 0)
+    assert (trainer.precision_plugin.device, trainer.precision) == ("npu", "bf16-mixed")
+    trainer = LitFTTrainer(accelerator="npu", devices=2, strategy="ddp", precision="32-true", logger=False)
+    assert type(trainer.strategy) is LitFTDDPStrategy and trainer.strategy._get_process_group_backend() == "hccl"
