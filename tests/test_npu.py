@@ -26,6 +26,11 @@ from litft.errors import LitFTError
 from litft.strategies import LitFTDDPStrategy, backend_for_device, trainer_kwargs
 from litft.strategies.ddp import device_stream_context
 
+# The stand-in renames torch's private-use device to "npu": process-wide and irreversible, and afterwards
+# torch.optim's accelerator check fails in every later test of the process. tests/conftest.py therefore runs
+# the tests marked npu_standin after all others.
+pytestmark = pytest.mark.npu_standin
+
 
 class FakeNPU:
     """Stand-in for ``torch.npu`` (torch_npu's namespace): the subset litft calls, with a call log."""
