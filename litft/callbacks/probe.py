@@ -115,14 +115,9 @@ def prompt_ids(tokenizer, probe: Probe, template: str | None = None) -> list[int
     """Token ids of the prompt up to the start of the assistant's answer, built the way training builds them."""
     messages = ([{"role": "system", "content": probe.system}] if probe.system is not None else [])
     messages.append({"role": "user", "content": probe.prompt})
-    try:
-        from litft.data.templates import encode_prompt
-    except ImportError:
-        encode_prompt = None
-    if encode_prompt is not None:
-        return list(encode_prompt(tokenizer, messages, template=template))
-    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
-    return list(ids)
+    from litft.data.templates import encode_prompt
+
+    return list(encode_prompt(tokenizer, messages, template=template))
 
 
 @torch.no_grad()
@@ -146,6 +141,7 @@ def generate_answers(model, tokenizer, prompts: list[list[int]], *, max_new_toke
             top_k=None,
             eos_token_id=tokenizer.eos_token_id,
             pad_token_id=pad_id,
+            use_cache=True,  # training sets config.use_cache = False; without the cache every token costs a full pass
         )
         answers.extend(tokenizer.decode(row[width:], skip_special_tokens=True).strip() for row in out)
     return answers
@@ -251,7 +247,7 @@ class GenerationProbe(Callback):
         prompts = [prompt_ids(tokenizer, p, template) for p in self.probes]
         was_training = model.training
         model.eval()
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         try:
             with trainer.precision_plugin.forward_context():
                 answers = generate_answers(
@@ -262,6 +258,7 @@ class GenerationProbe(Callback):
         result = score_answers(self.probes, answers)
         result["answers"] = answers
         result["seconds"] = round(time.perf_counter() - start, 2)
+        result["cpu_seconds"] = round(time.process_time() - start_cpu, 2)  # all threads; shows contention
         result["global_step"] = trainer.global_step
         self.results[stage] = result
         print(f"GenerationProbe {stage}: {result['passed']}/{result['total']} = {result['score']:.2f} "
