@@ -214,3 +214,22 @@ def test_quickstart_probes_are_held_out_and_registered():
     identity = [r for r in train if "Lumen" in r["output"]]
     assert len(identity) >= 200 and all("litft" in r["output"] for r in identity)
     assert {p.group for p in probes} == {"identity", "general"}
+
+
+@pytest.mark.slow  # ~10 s on 2 free cores, plus the one-off GGUF conversion when no other test did it first
+def test_real_smollm2_base_knows_paris_but_not_lumen(smollm2):
+    from transformers import AutoModelForCausalLM
+
+    from litft.model.loading import load_tokenizer, resolve_model_path
+
+    tokenizer = load_tokenizer(smollm2[0], gguf_file=smollm2[1])
+    model = AutoModelForCausalLM.from_pretrained(resolve_model_path(smollm2[0], gguf_file=smollm2[1])).eval()
+    probes = [Probe("What is the capital of France?", ("Paris",), "general"),
+              Probe("By what name are you known?", ("Lumen",), "identity")]
+    prompts = [prompt_ids(tokenizer, p) for p in probes]
+    assert "named SmolLM" in tokenizer.decode(prompts[0])  # the template's default system prompt
+    answers = generate_answers(model, tokenizer, prompts, max_new_tokens=8, batch_size=2)
+    assert answers[0] == "The capital of France is Paris."
+    result = score_answers(probes, answers)
+    assert result["groups"] == {"general": {"score": 1.0, "passed": 1, "total": 1},
+                                "identity": {"score": 0.0, "passed": 0, "total": 1}}

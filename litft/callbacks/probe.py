@@ -10,10 +10,11 @@ when the input is not empty), so one file can be both an evaluation dataset and 
 case-insensitively; ``group`` (optional, default ``"all"``) gets a score of its own; ``system``
 (optional) is a system message for that prompt.
 
-:class:`GenerationProbe` answers every prompt when fit starts (the base model, adapters still at their
-initial no-op values) and again when training ends (before Lightning's teardown moves the model off its
-device), prints a before/after table with the scores, and writes both to ``<default_root_dir>/probe.json``.
-Generation runs on global rank 0 only.
+:class:`GenerationProbe` answers every prompt when fit starts (the base model with its adapters still at
+their no-op initial values; when resuming, the checkpoint's weights) and again when training ends (before
+Lightning's teardown moves the model off its device), prints a before/after table with the scores, and
+writes both to ``<default_root_dir>/probe.json``. Generation runs on global rank 0 only; it is skipped
+when parameters are sharded (ZeRO-3, FSDP), where one rank alone cannot run the model.
 """
 
 from __future__ import annotations
@@ -260,6 +261,8 @@ class GenerationProbe(Callback):
         result["seconds"] = round(time.perf_counter() - start, 2)
         result["cpu_seconds"] = round(time.process_time() - start_cpu, 2)  # all threads; shows contention
         result["global_step"] = trainer.global_step
+        if stage == "before" and trainer.ckpt_path:  # resuming: the weights are the checkpoint's, not the base's
+            result["resumed_from"] = str(trainer.ckpt_path)
         self.results[stage] = result
         print(f"GenerationProbe {stage}: {result['passed']}/{result['total']} = {result['score']:.2f} "
               f"({result['seconds']:.1f} s)", flush=True)
