@@ -19,9 +19,18 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveCon
 
 from litft.errors import LitFTError
 
-LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
+# Lightning's own "predict" is replaced by litft's predict command (batched generation to JSONL).
+LIGHTNING_COMMANDS = ("fit", "validate", "test")
 # name -> module under litft.commands (one line per command)
-EXTRA_COMMANDS: dict[str, str] = {}
+EXTRA_COMMANDS: dict[str, str] = {
+    "prepare": "prepare",
+    "export": "export",
+    "generate": "generate",
+    "chat": "chat",
+    "predict": "predict",
+    "evaluate": "evaluate",
+    "slurm": "slurm",
+}
 
 log = logging.getLogger("litft")
 
@@ -73,6 +82,8 @@ class LitFTCLI(LightningCLI):
         parser.link_arguments("model.name_or_path", "data.tokenizer")
         parser.link_arguments("model.gguf_file", "data.gguf_file")
         parser.link_arguments("model.trust_remote_code", "data.trust_remote_code")
+        # Packed batches: varlen position_ids for flash attention, a 4-D block mask otherwise.
+        parser.link_arguments("model.attn_implementation", "data.attn_implementation")
         if self.command is not None:
             self.command.add_arguments(parser)
 

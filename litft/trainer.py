@@ -6,9 +6,10 @@ from typing import Literal, Union
 
 import lightning.pytorch as L
 from lightning.pytorch.accelerators import Accelerator
-from lightning.pytorch.callbacks import Callback, ProgressBar
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint, ProgressBar
 
-from litft.accelerators import default_precision
+from litft.strategies import trainer_kwargs
+from litft.slurm import check_allocation
 
 _Precision = Union[
     Literal["auto", "32-true", "bf16-mixed", "bf16-true", "16-mixed", "16-true", "64-true"],
@@ -16,11 +17,16 @@ _Precision = Union[
 ]
 
 
-def default_callbacks() -> list[Callback]:
+def default_callbacks(enable_checkpointing: bool = True) -> list[Callback]:
     """Callbacks every litft run has unless the config already lists one of the same class."""
     from litft.callbacks.adapter import SaveAdapter
+    from litft.callbacks.checkpoint import LitFTCheckpoint
+    from litft.callbacks.plot import LossPlot
+    from litft.callbacks.throughput import Throughput
 
-    callbacks: list[Callback] = [SaveAdapter()]
+    callbacks: list[Callback] = [SaveAdapter(), LossPlot(), Throughput()]
+    if enable_checkpointing:
+        callbacks.append(LitFTCheckpoint(every_n_train_steps=100))
     try:
         from lightning.pytorch.callbacks import RichProgressBar
 
@@ -45,13 +51,23 @@ class LitFTTrainer(L.Trainer):
         callbacks: Union[list[Callback], Callback, None] = None,
         **kwargs,
     ):
-        if precision == "auto":
-            precision = default_precision(accelerator)
+        # Inside a SLURM job: refuse an allocation that disagrees with num_nodes/devices (else DDP hangs).
+        check_allocation(kwargs.get("num_nodes", 1), kwargs.get("devices", "auto"))
+        # accelerator/precision "auto" (NPUs included), NPU single-device/DDP/autocast, DeepSpeed on cpu/npu,
+        # one-line errors for impossible combinations: litft.strategies.trainer_kwargs is the one place for it.
+        resolved = trainer_kwargs(
+            accelerator=accelerator,
+            precision=precision,
+            strategy=kwargs.pop("strategy", "auto"),
+            devices=kwargs.pop("devices", "auto"),
+            num_nodes=kwargs.pop("num_nodes", 1),
+            plugins=kwargs.pop("plugins", None),
+        )
         callbacks = [callbacks] if isinstance(callbacks, Callback) else list(callbacks or [])
-        for extra in default_callbacks():
-            kind = ProgressBar if isinstance(extra, ProgressBar) else type(extra)
+        for extra in default_callbacks(kwargs.get("enable_checkpointing") is not False):
+            kind = ProgressBar if isinstance(extra, ProgressBar) else ModelCheckpoint if isinstance(extra, ModelCheckpoint) else type(extra)
             if kwargs.get("enable_progress_bar") is False and kind is ProgressBar:
                 continue
             if not any(isinstance(c, kind) for c in callbacks):
                 callbacks.append(extra)
-        super().__init__(*args, accelerator=accelerator, precision=precision, callbacks=callbacks, **kwargs)
+        super().__init__(*args, callbacks=callbacks, **resolved, **kwargs)

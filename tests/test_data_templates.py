@@ -108,3 +108,89 @@ def test_smollm2_default_system_prompt(smollm2):
         assert ids == _chat_ids(tok, conv.messages())
         assert _trained_runs(tok, ids, labels) == [t.content + "<|im_end|>" for t in conv.turns if t.role == "assistant"]
     assert "You are a helpful AI assistant named SmolLM" in tok.decode(encode_prompt(tok, [{"role": "user", "content": "hi"}]))
+
+
+# ---------------------------------------------------------------- named templates
+@pytest.mark.parametrize(
+    "name,eot,first",
+    [
+        ("chatml", "<|im_end|>", "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\n"),
+        ("qwen", "<|im_end|>", "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\n"),
+        ("llama3", "<|eot_id|>", "<|start_header_id|>system<|end_header_id|>\n\nBe brief.<|eot_id|>"),
+        ("phi", "<|end|>", "<|system|>\nBe brief.<|end|>\n<|user|>\n"),
+        ("alpaca", "<|im_end|>", "Be brief.\n\n### Instruction:\nWhat is 2 plus 2?\n\n### Response:\n"),
+        ("llama2", "<|im_end|>", "[INST] <<SYS>>\nBe brief.\n<</SYS>>\n\nWhat is 2 plus 2? [/INST]"),
+        ("empty", "<|im_end|>", "Be brief.What is 2 plus 2?"),
+    ],
+)
+def test_named_templates_mask_content_and_eot(toks, name, eot, first):
+    tok = toks["qwen2"]  # eos <|im_end|>; named templates use eos where they have no end-of-turn of their own
+    assert name in TEMPLATES
+    ids, labels = encode_conversation(tok, MULTI, template=name)
+    assert tok.decode(ids).startswith(first)
+    runs = _trained_runs(tok, ids, labels)
+    sep = " " if name == "llama2" else ""
+    assert [r.strip() if name == "llama2" else r for r in runs] == [t.content + sep + eot for t in MULTI.turns if t.role == "assistant"]
+    prompt = encode_prompt(tok, MULTI.messages()[:-1], template=name)
+    assert ids[: len(prompt)] == prompt
+
+
+def test_tokenizer_without_template_needs_a_named_one(tmp_path):
+    from litft.errors import LitFTError
+    from tests.helpers import build_tokenizer
+
+    tok = build_tokenizer(tmp_path, template="none")
+    with pytest.raises(LitFTError, match="no chat template: set data.template"):
+        encode_conversation(tok, SINGLE)
+    ids, labels = encode_conversation(tok, SINGLE, template="alpaca")
+    assert _trained_runs(tok, ids, labels) == ["Hello! How can I help you today?<|endoftext|>"]
+
+
+def test_plain_text_is_all_trained(toks):
+    tok = toks["llama"]
+    ids, labels = encode_conversation(tok, Conversation(text="The quick brown fox."))
+    assert labels == ids and ids[-1] == tok.eos_token_id
+
+
+# ---------------------------------------------------------------- fuzz: equality and mask invariants
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_text = st.text(alphabet=st.sampled_from(list("abcdefgh XYZ0189.,!?\n你好") ), max_size=20)
+_conv = st.builds(
+    lambda system, pairs: Conversation(
+        turns=[Turn(r, c) for q, a in pairs for r, c in (("user", q), ("assistant", a))], system=system or None
+    ),
+    st.one_of(st.none(), _text),
+    st.lists(st.tuples(_text, _text), min_size=1, max_size=3),
+)
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(conv=_conv, arch=st.sampled_from(["llama", "qwen2"]))
+def test_fuzz_equality_and_masks(toks, conv, arch):
+    tok = toks[arch]
+    eot = tok.eos_token
+    ids, labels = encode_conversation(tok, conv)
+    assert ids == _chat_ids(tok, conv.messages())
+    # every assistant turn's end-of-turn token is trained, and nothing else but assistant text is
+    eot_id = tok.convert_tokens_to_ids(eot)
+    n_assistant = sum(t.role == "assistant" for t in conv.turns)
+    trained_eots = [i for i, lab in enumerate(labels) if lab == eot_id]
+    assert len(trained_eots) == n_assistant
+    trained_text = "".join(_trained_runs(tok, ids, labels))
+    expected = "".join(t.content + eot for t in conv.turns if t.role == "assistant")
+    # a token straddling the template/content boundary may carry template whitespace, never other text
+    assert trained_text.replace("\n", "").replace(" ", "") == expected.replace("\n", "").replace(" ", "")
+
+
+def test_template_that_cannot_render_gives_one_line(toks):
+    from litft.errors import LitFTError
+
+    tok = toks["qwen2"]
+    strict = tok.chat_template.replace("{% for message in messages %}", "{% for message in messages %}{% if message['role'] == 'tool' %}{{ raise_exception('no tools') }}{% endif %}")
+    tok2 = type(tok).from_pretrained(tok.name_or_path)
+    tok2.chat_template = strict
+    conv = Conversation(turns=[Turn("user", "q"), Turn("assistant", "a"), Turn("tool", "r"), Turn("assistant", "b")])
+    with pytest.raises(LitFTError, match="cannot render a conversation with roles user/assistant/tool/assistant: no tools"):
+        encode_conversation(tok2, conv)

@@ -2,33 +2,25 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
-from typing import Any
+from pathlib import Path
+from typing import Any, Literal
 
 import lightning.pytorch as pl
 from torch.utils.data import DataLoader
 
+from litft.data import cache
 from litft.data.collate import PadCollator, count_targets
 from litft.data.loader import ResumableBatchSampler, ResumableLoader
-from litft.data.registry import resolve
+from litft.data.packing import PackedCollator, pack
+from litft.data.registry import data_files, resolve
+from litft.data.templates import resolve_template
 from litft.data.tokenize import Stats, conversations, encode_all, mix
 from litft.errors import LitFTError
 
 log = logging.getLogger(__name__)
-
-
-class _Rows:
-    """A list of row dicts as a map-style dataset."""
-
-    def __init__(self, rows: list[dict[str, Any]]):
-        self.rows = rows
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        return self.rows[i]
 
 
 class LitFTDataModule(pl.LightningDataModule):
@@ -55,6 +47,11 @@ class LitFTDataModule(pl.LightningDataModule):
         max_samples: Use at most this many records per dataset (None = all).
         on_bad_record: error (stop on the first bad record) or skip (skip and count bad records).
         pad_to_multiple_of: Pad batch width to a multiple of this (None = longest in batch).
+        attn_implementation: The model's attention implementation (linked from model.attn_implementation): with
+            flash_attention_2/3 packed batches carry position_ids only (varlen), otherwise a 4-D block mask.
+        shared_filesystem: All nodes see the same cache folder: prepare once (global rank 0). False: once per
+            node (local rank 0).
+        overwrite_cache: Rebuild the tokenized dataset even when a cached copy exists.
     """
 
     def __init__(
@@ -74,11 +71,14 @@ class LitFTDataModule(pl.LightningDataModule):
         packing: bool = False,
         train_on_prompt: bool = False,
         mask_history: bool = False,
-        mix_strategy: str = "concat",
+        mix_strategy: Literal["concat", "interleave_under", "interleave_over"] = "concat",
         interleave_probs: list[float] | None = None,
         max_samples: int | None = None,
-        on_bad_record: str = "error",
+        on_bad_record: Literal["error", "skip"] = "error",
         pad_to_multiple_of: int | None = None,
+        attn_implementation: str | None = None,
+        shared_filesystem: bool = True,
+        overwrite_cache: bool = False,
     ):
         super().__init__()
         if on_bad_record not in ("error", "skip"):
@@ -95,10 +95,16 @@ class LitFTDataModule(pl.LightningDataModule):
         self.train_on_prompt, self.mask_history = train_on_prompt, mask_history
         self.mix_strategy, self.interleave_probs, self.max_samples = mix_strategy, interleave_probs, max_samples
         self.on_bad_record, self.pad_to_multiple_of = on_bad_record, pad_to_multiple_of
+        self.attn_implementation, self.shared_filesystem = attn_implementation, shared_filesystem
+        self.overwrite_cache = overwrite_cache
+        # Lightning runs prepare_data on global rank 0 only, or on local rank 0 of every node.
+        self.prepare_data_per_node = not shared_filesystem
         self._tokenizer = None
-        self.train_rows: list[dict[str, Any]] | None = None
-        self.val_rows: list[dict[str, Any]] | None = None
+        self.train_rows = None  # a sequence of row dicts (an Arrow dataset once cached)
+        self.val_rows = None
         self.stats: Stats | None = None
+        self.cache_dir: Path | None = None
+        self.cache_hit: bool | None = None
 
     # ------------------------------------------------------------------ tokenizer
     @property
@@ -147,6 +153,12 @@ class LitFTDataModule(pl.LightningDataModule):
         val = encode_all(val_convs, self.tokenizer, stats=Stats(), **kw)
         if not train:
             raise LitFTError(f"data: no training samples left from '{self.dataset}' (all dropped or empty)")
+        if self.packing:
+            train, stats.packing_efficiency = pack(train, self.cutoff_len)
+            val, _ = pack(val, self.cutoff_len) if val else (val, None)
+        for rows in (train, val):
+            for r in rows:
+                r["num_targets"] = count_targets(r["labels"])
         stats.rows = len(train)
         return train, val, stats
 
@@ -158,14 +170,68 @@ class LitFTDataModule(pl.LightningDataModule):
             raise LitFTError(f"data.val_size={self.val_size} leaves no training records (of {n})")
         return max(k, 1)
 
+    def _options(self) -> dict[str, Any]:
+        """Everything besides data files and tokenizer that changes the rows (part of the fingerprint)."""
+        jinja, eot = resolve_template(self.tokenizer, self.template) if self.template or self.tokenizer.chat_template else (None, None)
+        keys = ("cutoff_len", "val_size", "seed", "packing", "train_on_prompt", "mask_history", "mix_strategy",
+                "interleave_probs", "max_samples", "on_bad_record")
+        return {"template": [self.template, jinja, eot], **{k: getattr(self, k) for k in keys}}
+
+    def cache_path(self) -> Path:
+        """``cache_root()/data/<fingerprint>`` for the current configuration."""
+        if self.cache_dir is None:
+            from litft.model.loading import cache_root
+
+            entries = resolve(self.dataset, self.dataset_dir)
+            files = [f for e in entries if e.file_name for f in data_files(e)]
+            key = cache.fingerprint(entries, self.tokenizer, self._options(), files)
+            self.cache_dir = cache_root() / "data" / key
+        return self.cache_dir
+
+    def _is_preparer(self) -> bool:
+        trainer = self.trainer
+        if trainer is None or int(getattr(trainer, "world_size", 1)) <= 1:
+            return True
+        if self.shared_filesystem:
+            return int(trainer.global_rank) == 0
+        return int(trainer.local_rank) == 0
+
+    def _write_cache(self, path: Path) -> None:
+        try:
+            train, val, stats = self.build()
+            cache.write(path, {"train": train, "val": val}, dataclasses.asdict(stats))
+        except Exception as err:
+            cache.mark_failed(path, str(err).splitlines()[0] if str(err) else type(err).__name__)
+            raise
+
+    def prepare_data(self) -> None:
+        """Tokenize once and write the cache (Lightning calls this on the preparing rank only)."""
+        path = self.cache_path()
+        if self.overwrite_cache or not cache.is_ready(path):
+            self._write_cache(path)
+            self.cache_hit = False
+            self.overwrite_cache = False  # setup() must not rebuild it again
+
     def setup(self, stage: str | None = None) -> None:
         if self.train_rows is not None:
             return
-        self.train_rows, self.val_rows, self.stats = self.build()
+        path = self.cache_path()
+        if cache.is_ready(path) and not self.overwrite_cache:
+            if self.cache_hit is None:
+                self.cache_hit = True
+                log.info("data: reusing the cached dataset %s", path)
+        elif self._is_preparer():
+            self.prepare_data()
+        else:
+            cache.wait_for(path)
+        splits, stats = cache.load(path)
+        self.train_rows, self.val_rows = splits["train"], splits.get("val") or []
+        self.stats = Stats(**stats)
         s = self.stats
         log.info(
-            "data: %d records → %d samples (%d tokens, %d trained; %d truncated, %d dropped, %d skipped)",
-            s.records, s.samples, s.tokens, s.trained_tokens, s.truncated, s.dropped, s.skipped,
+            "data: %d records → %d samples, %d rows (%d tokens, %d trained; %d truncated, %d dropped, %d skipped)%s",
+            s.records, s.samples, s.rows, s.tokens, s.trained_tokens, s.truncated, s.dropped, s.skipped,
+            f"; packing efficiency {s.packing_efficiency:.1%}" if s.packing_efficiency is not None else "",
         )
 
     # ------------------------------------------------------------------ loaders
@@ -179,7 +245,13 @@ class LitFTDataModule(pl.LightningDataModule):
         trainer = self.trainer
         return int(getattr(trainer, "accumulate_grad_batches", 1) or 1) if trainer is not None else 1
 
-    def collator(self) -> PadCollator:
+    def _epoch_batches(self):
+        trainer = self.trainer
+        return getattr(trainer, "num_training_batches", None) if trainer is not None else None
+
+    def collator(self, *, packed: bool | None = None):
+        if self.packing if packed is None else packed:
+            return PackedCollator(self.tokenizer.pad_token_id, attn_implementation=self.attn_implementation)
         return PadCollator(self.tokenizer.pad_token_id, pad_to_multiple_of=self.pad_to_multiple_of)
 
     def train_dataloader(self) -> ResumableLoader:
@@ -191,13 +263,16 @@ class LitFTDataModule(pl.LightningDataModule):
         )
         if len(sampler) == 0:
             raise LitFTError(f"data: {len(self.train_rows)} training rows are too few for {world} ranks")
+        rows = self.train_rows
+        targets = rows["num_targets"] if hasattr(rows, "column_names") else [r["num_targets"] for r in rows]
         return ResumableLoader(
-            _Rows(self.train_rows),
-            [count_targets(r["labels"]) for r in self.train_rows],
+            rows,
+            list(targets),
             self.collator(),
             sampler,
             accumulate_grad_batches=self._accumulate,
             num_workers=self.num_workers,
+            epoch_batches=self._epoch_batches,
         )
 
     def val_dataloader(self):
@@ -206,7 +281,7 @@ class LitFTDataModule(pl.LightningDataModule):
         if not self.val_rows:
             return []
         return DataLoader(
-            _Rows(self.val_rows),
+            self.val_rows,
             batch_size=self.eval_batch_size,
             shuffle=False,
             collate_fn=self.collator(),

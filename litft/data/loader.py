@@ -1,7 +1,7 @@
 """A resumable, shard-aware training loader that adds ``num_target_tokens`` to every batch.
 
 :class:`ResumableBatchSampler` decides the order of the batches of an epoch deterministically: a permutation
-from ``torch.Generator().manual_seed(seed + epoch)``, then each rank takes its own disjoint, contiguous share
+from ``torch.Generator().manual_seed(seed + epoch)``, then each rank takes its own disjoint, strided share
 (the remainder that does not divide evenly over ranks is left out this epoch; it differs each epoch), then
 consecutive batches. :class:`ResumableLoader` wraps a ``DataLoader`` built on it and exposes
 ``state_dict`` / ``load_state_dict`` with (epoch, batches consumed, seed): Lightning saves that state in
@@ -53,7 +53,9 @@ class ResumableBatchSampler(Sampler[list[int]]):
         else:
             order = list(range(self.num_rows))
         per_rank = self.num_rows // self.world_size if self.world_size > 1 else self.num_rows
-        return order[self.rank * per_rank : (self.rank + 1) * per_rank]
+        # Strided, not contiguous: batch k of every rank together is batch k of a single process with
+        # batch_size * world_size, so a run on N ranks sees the same global batches as one process.
+        return order[self.rank : per_rank * self.world_size : self.world_size]
 
     def batches(self, epoch: int | None = None) -> list[list[int]]:
         """All batches of an epoch for this rank, in order."""
@@ -83,6 +85,8 @@ class ResumableLoader:
         batch_sampler: a :class:`ResumableBatchSampler`.
         accumulate_grad_batches: a callable returning the current gradient accumulation (read lazily
             from the trainer), or an int.
+        epoch_batches: a callable returning how many batches the trainer runs per epoch (it may stop
+            early with ``limit_train_batches``), so the last accumulation group ends where it steps.
     """
 
     def __init__(
@@ -95,11 +99,13 @@ class ResumableLoader:
         accumulate_grad_batches: Callable[[], int] | int = 1,
         num_workers: int = 0,
         pin_memory: bool = False,
+        epoch_batches: Callable[[], int | float | None] | None = None,
     ):
         self.dataset, self.targets, self.collate_fn = dataset, targets, collate_fn
         self.batch_sampler = batch_sampler
         self._accumulate = accumulate_grad_batches
         self.num_workers, self.pin_memory = num_workers, pin_memory
+        self._epoch_batches = epoch_batches  # batches the trainer runs per epoch (limit_train_batches)
         self.epoch = 0
         self.consumed = 0  # batches of ``epoch`` already yielded
         # Lightning calls ``loader.sampler.set_epoch(epoch)`` at the start of every epoch: route it here.
@@ -131,6 +137,10 @@ class ResumableLoader:
         """num_target_tokens for each batch of the epoch: the sum over its accumulation group."""
         acc = self.accumulate_grad_batches
         per_batch = [sum(self.targets[i] for i in b) for b in batches]
+        limit = self._epoch_batches() if self._epoch_batches is not None else None
+        if isinstance(limit, int) and 0 < limit < len(per_batch):
+            # The trainer stops the epoch early and steps on its last batch: groups end there.
+            per_batch = per_batch[:limit] + [0] * (len(per_batch) - limit)
         out = []
         for g in range(0, len(per_batch), acc):
             total = sum(per_batch[g : g + acc])

@@ -162,8 +162,12 @@ def resolve(dataset: str, dataset_dir: str | os.PathLike = "data") -> list[Datas
             candidates = [Path(name).expanduser(), Path(dataset_dir) / name]
             path = next((p for p in candidates if p.exists()), None)
             if path is None:
-                known = ", ".join(sorted(registry)) if registry else f"none: no {info_file}"
-                raise LitFTError(f"data.dataset: unknown dataset '{name}': not in {info_file} and not a file (known: {known[:300]})")
+                names_known = sorted(registry)
+                known = ", ".join(names_known[:15]) + (f", ... ({len(names_known)} in all)" if len(names_known) > 15 else "")
+                raise LitFTError(
+                    f"data.dataset: unknown dataset '{name}': not in {info_file} and not a file"
+                    + (f" (known: {known})" if registry else "")
+                )
             entry = DatasetEntry(name=name, file_name=str(path.resolve()), formatting="auto", dataset_dir=dataset_dir)
         check_sft(entry)
         entries.append(entry)
@@ -198,23 +202,64 @@ def _read_text(path: Path) -> str:
     return text
 
 
-def _read_json(path: Path) -> list[Any]:
+def _line_col(text: str, pos: int) -> str:
+    line = text.count("\n", 0, pos) + 1
+    return f"line {line} column {pos - (text.rfind(chr(10), 0, pos) + 1) + 1}"
+
+
+def _parse_json_array(text: str, path: Path, bad: list[int] | None) -> list[Any]:
+    """Parse a JSON array element by element, so a syntax error names the record it is in."""
+    decoder = json.JSONDecoder()
+    ws = " \t\r\n"
+    pos = text.index("[") + 1
+    records: list[Any] = []
+    n = len(text)
+
+    def skip(p: int) -> int:
+        while p < n and text[p] in ws:
+            p += 1
+        return p
+
+    pos = skip(pos)
+    if pos < n and text[pos] == "]":
+        pos += 1
+    else:
+        while True:
+            try:
+                value, pos = decoder.raw_decode(text, pos)
+            except ValueError as err:
+                msg = getattr(err, "msg", str(err))
+                raise DataError(f"malformed JSON ({msg} at {_line_col(text, getattr(err, 'pos', pos))})", file=str(path), record=len(records)) from None
+            records.append(value)
+            pos = skip(pos)
+            if pos < n and text[pos] == ",":
+                pos = skip(pos + 1)
+                continue
+            if pos < n and text[pos] == "]":
+                pos += 1
+                break
+            raise DataError(f"malformed JSON (expected ',' or ']' after the record at {_line_col(text, pos)})", file=str(path), record=len(records) - 1)
+    if text[pos:].strip():
+        raise DataError(f"malformed JSON (extra data after the list at {_line_col(text, skip(pos))})", file=str(path))
+    return records
+
+
+def _read_json(path: Path, bad: list[int] | None = None) -> list[Any]:
+    """Records of a JSON list (or an object of column lists) or of JSON lines. ``bad``: when given, malformed
+    JSON lines are skipped and their record indices appended to it instead of raising."""
     text = _read_text(path)
     stripped = text.lstrip()
-    if path.suffix.lower() == ".json" and stripped.startswith("["):
+    if stripped.startswith("["):
+        return _parse_json_array(text, path, bad)
+    if stripped.startswith("{") and path.suffix.lower() == ".json":
         try:
             data = json.loads(text)
-        except ValueError as err:
-            raise DataError(f"malformed JSON: {err}", file=str(path)) from None
-        if not isinstance(data, list):
-            raise DataError("expected a list of records", file=str(path))
-        return data
-    if path.suffix.lower() == ".json" and stripped.startswith("{"):
-        try:
-            data = json.loads(text)
-            return [data] if not isinstance(data, dict) or not all(isinstance(v, list) for v in data.values()) else _columns_to_rows(data, path)
         except ValueError:
-            pass  # JSON lines in a .json file
+            data = None  # JSON lines in a .json file
+        if isinstance(data, dict):
+            if data and all(isinstance(v, list) for v in data.values()):
+                return _columns_to_rows(data, path)
+            return [data]
     records = []
     for lineno, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
@@ -222,6 +267,9 @@ def _read_json(path: Path) -> list[Any]:
         try:
             records.append(json.loads(line))
         except ValueError as err:
+            if bad is not None:
+                bad.append(len(records) + len(bad))
+                continue
             raise DataError(f"malformed JSON on line {lineno}: {err}", file=str(path), record=len(records)) from None
     return records
 
@@ -247,11 +295,11 @@ def _read_with_datasets(path: Path, kind: str) -> list[dict]:
     return ds.to_list()
 
 
-def read_file(path: Path) -> list[Any]:
-    """Raw records of one local file."""
+def read_file(path: Path, bad: list[int] | None = None) -> list[Any]:
+    """Raw records of one local file (``bad``: see :func:`_read_json`)."""
     kind = FILE_TYPES[path.suffix.lower()]
     if kind == "json":
-        return _read_json(path)
+        return _read_json(path, bad)
     if kind == "text":
         text = _read_text(path)
         return [{"text": line} for line in text.splitlines() if line.strip()]
@@ -284,10 +332,10 @@ def read_hub(entry: DatasetEntry) -> list[dict]:
     return ds.to_list()
 
 
-def iter_sources(entry: DatasetEntry) -> Iterator[tuple[str, list[Any]]]:
+def iter_sources(entry: DatasetEntry, bad: list[int] | None = None) -> Iterator[tuple[str, list[Any]]]:
     """(source name, raw records) for each file of the entry, or the hub dataset."""
     if entry.file_name:
         for path in data_files(entry):
-            yield str(path), read_file(path)
+            yield str(path), read_file(path, bad)
     else:
         yield entry.hf_hub_url or entry.ms_hub_url or entry.name, read_hub(entry)

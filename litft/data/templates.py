@@ -135,9 +135,17 @@ def resolve_template(tokenizer, template: str | None) -> tuple[str, str | None]:
 
 def _render(tokenizer, jinja: str, messages, tools, *, add_generation_prompt: bool) -> str:
     kwargs = {"tools": tools} if tools else {}
-    return tokenizer.apply_chat_template(
-        messages, chat_template=jinja, tokenize=False, add_generation_prompt=add_generation_prompt, **kwargs
-    )
+    try:
+        return tokenizer.apply_chat_template(
+            messages, chat_template=jinja, tokenize=False, add_generation_prompt=add_generation_prompt, **kwargs
+        )
+    except Exception as err:  # noqa: BLE001 - jinja raises TemplateError / exceptions raised by the template itself
+        roles = "/".join(m["role"] for m in messages)
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise LitFTError(
+            f"the chat template cannot render a conversation with roles {roles}: {first} "
+            f"(set data.template to one of {', '.join(sorted(TEMPLATES))}, or fix the data)"
+        ) from None
 
 
 def _special_strings(tokenizer) -> list[str]:
@@ -201,10 +209,70 @@ def render_with_spans(
 def _render_end(tokenizer, jinja, messages, tools, index, full, start) -> int:
     """Where assistant message ``index`` ends in ``full``: the length of the rendering up to and including it
     when that rendering is a prefix of ``full``, else the end of ``full``."""
+    if index + 1 == len(messages):  # the last message: its rendering is the whole conversation
+        return len(full)
     upto = _render(tokenizer, jinja, messages[: index + 1], tools, add_generation_prompt=False)
     if full.startswith(upto) and len(upto) > start:
         return len(upto)
     return len(full)
+
+
+def _text_ids(tokenizer, ids: list[int]) -> list[int]:
+    """A plain document's ids: BOS when the tokenizer adds one, the text, EOS."""
+    if tokenizer.bos_token_id is not None and getattr(tokenizer, "add_bos_token", False):
+        ids = [tokenizer.bos_token_id] + list(ids)
+    if tokenizer.eos_token_id is not None:
+        ids = list(ids) + [tokenizer.eos_token_id]
+    return list(ids)
+
+
+def _labels(ids: list[int], offsets, spans: list[tuple[int, int, int]]) -> list[int]:
+    labels = [IGNORE_INDEX] * len(ids)
+    k = 0
+    for j, (s, e) in enumerate(offsets):
+        e = max(e, s + 1)  # zero-width offsets count as their start character
+        while k < len(spans) and spans[k][1] <= s:
+            k += 1
+        # A token is trained when it overlaps a trained span (a token holding the template's space and the
+        # content's first word is trained: it carries content).
+        if k < len(spans) and s < spans[k][1] and e > spans[k][0]:
+            labels[j] = ids[j]
+    return labels
+
+
+def encode_many(
+    tokenizer,
+    conversations: Sequence[Conversation],
+    *,
+    template: str | None = None,
+    train_on_prompt: bool = False,
+    mask_history: bool = False,
+    batch_size: int = 256,
+) -> list[tuple[list[int], list[int]]]:
+    """:func:`encode_conversation` for many conversations, tokenizing in batches (much faster)."""
+    out: list[tuple[list[int], list[int]]] = []
+    for b in range(0, len(conversations), batch_size):
+        chunk = conversations[b : b + batch_size]
+        texts, spans = [], []
+        for conv in chunk:
+            if conv.text is not None:
+                texts.append(conv.text)
+                spans.append(None)
+            else:
+                full, sp = render_with_spans(tokenizer, conv, template=template)
+                texts.append(full)
+                spans.append(sp[-1:] if mask_history and sp else sp)
+        enc = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
+        for ids, offsets, sp in zip(enc["input_ids"], enc["offset_mapping"], spans):
+            ids = list(ids)
+            if sp is None:
+                ids = _text_ids(tokenizer, ids)
+                out.append((ids, list(ids)))
+            elif train_on_prompt:
+                out.append((ids, list(ids)))
+            else:
+                out.append((ids, _labels(ids, offsets, sp)))
+    return out
 
 
 def encode_conversation(
@@ -220,31 +288,9 @@ def encode_conversation(
     train_on_prompt: train on every token (prompt included). mask_history: train on the last assistant
     turn only. A plain-text record (``conversation.text``) is the text plus EOS, all trained.
     """
-    if conversation.text is not None:
-        ids = tokenizer(conversation.text, add_special_tokens=False)["input_ids"]
-        if tokenizer.bos_token_id is not None and getattr(tokenizer, "add_bos_token", False):
-            ids = [tokenizer.bos_token_id] + ids
-        if tokenizer.eos_token_id is not None:
-            ids = ids + [tokenizer.eos_token_id]
-        return ids, list(ids)
-    full, spans = render_with_spans(tokenizer, conversation, template=template)
-    enc = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
-    ids, offsets = enc["input_ids"], enc["offset_mapping"]
-    if train_on_prompt:
-        return list(ids), list(ids)
-    if mask_history and spans:
-        spans = spans[-1:]
-    labels = [IGNORE_INDEX] * len(ids)
-    k = 0
-    for j, (s, e) in enumerate(offsets):
-        e = max(e, s + 1)  # zero-width offsets count as their start character
-        while k < len(spans) and spans[k][1] <= s:
-            k += 1
-        # A token is trained when it overlaps a trained span (a token holding the template's space and the
-        # content's first word is trained: it carries content).
-        if k < len(spans) and s < spans[k][1] and e > spans[k][0]:
-            labels[j] = ids[j]
-    return list(ids), labels
+    return encode_many(
+        tokenizer, [conversation], template=template, train_on_prompt=train_on_prompt, mask_history=mask_history
+    )[0]
 
 
 def encode_prompt(tokenizer, messages: Sequence[dict], *, template: str | None = None, tools: str | None = None) -> list[int]:

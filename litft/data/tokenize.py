@@ -1,6 +1,7 @@
 """From registry entries to tokenized rows: read → format → encode → truncate, with statistics.
 
-Truncation policy (``cutoff_len``): a sample longer than ``cutoff_len`` keeps its first ``cutoff_len`` tokens
+Truncation policy (``cutoff_len``): a plain-text document (continued pre-training) longer than ``cutoff_len``
+is split into consecutive chunks of ``cutoff_len`` tokens, all kept. A conversation longer than ``cutoff_len`` keeps its first ``cutoff_len`` tokens
 when at least one trained token remains among them (counted as *truncated*); when the prompt alone fills
 ``cutoff_len`` nothing would be trained, so the sample is dropped (counted as *dropped*, never cut to a
 target-less row). Samples with no trained token at all are dropped too.
@@ -17,7 +18,7 @@ from typing import Any
 from litft.data.conversation import Conversation
 from litft.data.formats import FORMATS, RecordError
 from litft.data.registry import DatasetEntry, _guess_format, iter_sources
-from litft.data.templates import IGNORE_INDEX, encode_conversation
+from litft.data.templates import IGNORE_INDEX, encode_many
 from litft.errors import DataError, LitFTError
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,8 @@ class Stats:
     """Trained (label != -100) tokens in the kept samples."""
     truncated: int = 0
     """Samples cut to cutoff_len."""
+    chunked: int = 0
+    """Plain-text documents longer than cutoff_len, split into several samples."""
     dropped: int = 0
     """Samples dropped (prompt alone fills cutoff_len, or nothing to train)."""
     rows: int = 0
@@ -49,7 +52,7 @@ class Stats:
     """Samples per dataset name."""
 
     def merge(self, other: "Stats") -> None:
-        for k in ("records", "skipped", "samples", "tokens", "trained_tokens", "truncated", "dropped"):
+        for k in ("records", "skipped", "samples", "tokens", "trained_tokens", "truncated", "chunked", "dropped"):
             setattr(self, k, getattr(self, k) + getattr(other, k))
         for k, v in other.per_dataset.items():
             self.per_dataset[k] = self.per_dataset.get(k, 0) + v
@@ -58,7 +61,14 @@ class Stats:
 def conversations(entry: DatasetEntry, *, on_bad_record: str = "error", stats: Stats | None = None) -> list[Conversation]:
     """The entry's records as conversations (``num_samples`` applied)."""
     out: list[Conversation] = []
-    for source, records in iter_sources(entry):
+    bad_lines: list[int] | None = [] if on_bad_record == "skip" else None
+    for source, records in iter_sources(entry, bad_lines):
+        if bad_lines:
+            if stats is not None:
+                stats.records += len(bad_lines)
+                stats.skipped += len(bad_lines)
+            log.warning("%s: skipped %d malformed JSON line(s)", source, len(bad_lines))
+            bad_lines.clear()
         if not records:
             raise DataError("no records", file=source)
         fmt, guessed_columns = entry.formatting, entry.columns
@@ -131,10 +141,20 @@ def encode_all(
     """Tokenize and truncate; rows are {input_ids, labels}."""
     stats = stats if stats is not None else Stats()
     rows = []
-    for conv in convs:
-        ids, labels = encode_conversation(
-            tokenizer, conv, template=template, train_on_prompt=train_on_prompt, mask_history=mask_history
-        )
+    convs = list(convs)
+    encoded = encode_many(tokenizer, convs, template=template, train_on_prompt=train_on_prompt, mask_history=mask_history)
+    for conv, (ids, labels) in zip(convs, encoded):
+        if conv.text is not None and len(ids) > cutoff_len:
+            stats.chunked += 1
+            for k in range(0, len(ids), cutoff_len):
+                piece = ids[k : k + cutoff_len]
+                if len(piece) < 2:
+                    continue
+                rows.append({"input_ids": piece, "labels": list(piece)})
+                stats.samples += 1
+                stats.tokens += len(piece)
+                stats.trained_tokens += len(piece)
+            continue
         if len(ids) > cutoff_len:
             ids, labels = ids[:cutoff_len], labels[:cutoff_len]
             if all(x == IGNORE_INDEX for x in labels[1:]):

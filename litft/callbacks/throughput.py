@@ -1,0 +1,135 @@
+"""Real (non-padding) tokens per second and model FLOPs utilisation (MFU).
+
+Tokens are counted from each batch: the 2-D ``attention_mask`` sum for padded rows, all ``input_ids`` for packed
+rows (which carry ``position_ids`` and no 2-D mask). FLOPs per token follow the usual estimates with N the number
+of model parameters: LoRA/frozen-base ≈ 4N (forward 2N + backward through the activations 2N), full fine-tune 6N
+(+ weight gradients 2N), +2N with activation recomputation (gradient checkpointing). MFU is reported only where the
+peak is known: CUDA GPUs through Lightning's table, Ascend NPUs through the small table below, or ``peak_flops``.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Optional
+
+import lightning.pytorch as pl
+import torch
+
+# Dense 16-bit peak FLOP/s per device of Ascend NPUs (vendor-published figures, approximate; override with
+# peak_flops). Matched by prefix of the lower-cased torch.npu.get_device_name(), most specific first.
+NPU_PEAK_FLOPS: dict[str, float] = {
+    "ascend910b": 313e12,
+    "ascend910": 256e12,
+}
+
+
+def count_tokens(batch: Any) -> int:
+    """Non-padding tokens in a batch dict (see the module docstring)."""
+    if not isinstance(batch, dict) or "input_ids" not in batch:
+        return 0
+    mask = batch.get("attention_mask")
+    if isinstance(mask, torch.Tensor) and mask.dim() == 2:
+        return int(mask.sum().item())
+    return int(batch["input_ids"].numel())
+
+
+def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
+    """(all parameters, trainable parameters); 4-bit packed weights are counted at their logical size."""
+    total = trainable = 0
+    for p in model.parameters():
+        quant_state = getattr(p, "quant_state", None)
+        n = int(torch.Size(quant_state.shape).numel()) if quant_state is not None else p.numel()
+        total += n
+        if p.requires_grad:
+            trainable += n
+    return total, trainable
+
+
+def flops_per_token(n_params: int, *, full: bool, recompute: bool) -> int:
+    """4N (adapter training), 6N (full fine-tune), +2N with activation recomputation."""
+    return (6 if full else 4) * n_params + (2 * n_params if recompute else 0)
+
+
+def compute_dtype(trainer: "pl.Trainer", model: torch.nn.Module) -> torch.dtype:
+    precision = str(trainer.precision)
+    if "bf16" in precision:
+        return torch.bfloat16
+    if precision.startswith("16"):
+        return torch.float16
+    dtypes = [p.dtype for p in model.parameters() if p.is_floating_point()]
+    return max(set(dtypes), key=dtypes.count) if dtypes else torch.float32
+
+
+def peak_flops_per_device(device: torch.device, dtype: torch.dtype) -> Optional[float]:
+    """Theoretical peak FLOP/s of one device for ``dtype``, or None when unknown (CPU, unlisted chips)."""
+    if device.type == "cuda":
+        from lightning.fabric.utilities.throughput import get_available_flops
+
+        if dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32:
+            dtype = "tf32"
+        try:
+            flops = get_available_flops(device, dtype)
+        except Exception:  # unknown chip/dtype combination
+            return None
+        return float(flops) if flops else None
+    if device.type == "npu" and dtype in (torch.bfloat16, torch.float16):
+        try:
+            name = torch.npu.get_device_name(device).lower().replace(" ", "")  # type: ignore[attr-defined]
+        except Exception:
+            return None
+        for prefix, flops in NPU_PEAK_FLOPS.items():
+            if name.startswith(prefix):
+                return flops
+    return None
+
+
+class Throughput(pl.Callback):
+    """Log ``tokens_per_sec`` (real tokens over all ranks, shown on the progress bar) and ``mfu`` every
+    ``log_every_n_steps`` optimizer steps (default: the trainer's).
+
+    Args:
+        log_every_n_steps: window length in optimizer steps (None: ``trainer.log_every_n_steps``).
+        peak_flops: peak FLOP/s of one device, overriding the built-in tables (e.g. for an unlisted chip).
+        full_finetune: None to detect (every parameter trainable → 6N), else force 6N (True) or 4N (False).
+    """
+
+    def __init__(self, log_every_n_steps: Optional[int] = None, peak_flops: Optional[float] = None,
+                 full_finetune: Optional[bool] = None):
+        super().__init__()
+        self.log_every_n_steps = log_every_n_steps
+        self.peak_flops = peak_flops
+        self.full_finetune = full_finetune
+        self.flops_per_token: Optional[int] = None
+        self.peak: Optional[float] = None
+        self._tokens = 0
+        self._t0: Optional[float] = None
+        self._last_step = -1
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        # Here, not in setup(): LitFTModule builds its model in configure_model(), after the setup hooks.
+        total, trainable = count_parameters(pl_module)
+        full = self.full_finetune if self.full_finetune is not None else (trainable == total)
+        inner = getattr(pl_module, "model", None) or pl_module
+        recompute = bool(getattr(inner, "is_activation_checkpointing", None)
+                         or getattr(inner, "is_gradient_checkpointing", False))
+        self.flops_per_token = flops_per_token(total, full=full, recompute=recompute)
+        self.peak = self.peak_flops or peak_flops_per_device(pl_module.device, compute_dtype(trainer, pl_module))
+        self._t0, self._tokens, self._last_step = time.perf_counter(), 0, trainer.global_step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self._tokens += count_tokens(batch)
+        every = self.log_every_n_steps or max(1, trainer.log_every_n_steps)
+        step = trainer.global_step
+        if step == self._last_step or step % every != 0:
+            return
+        elapsed = time.perf_counter() - self._t0
+        tokens = trainer.strategy.reduce(torch.tensor(float(self._tokens), device=pl_module.device), reduce_op="sum")
+        tokens_per_sec = float(tokens) / max(elapsed, 1e-9)
+        metrics = {"tokens_per_sec": tokens_per_sec}
+        if self.peak and self.flops_per_token:
+            metrics["mfu"] = tokens_per_sec * self.flops_per_token / (self.peak * trainer.world_size)
+        pl_module.log("tokens_per_sec", tokens_per_sec, prog_bar=True, on_step=True, on_epoch=False, rank_zero_only=True)
+        if "mfu" in metrics:
+            pl_module.log("mfu", metrics["mfu"], prog_bar=False, on_step=True, on_epoch=False, rank_zero_only=True)
+        self.last_metrics = metrics
+        self._t0, self._tokens, self._last_step = time.perf_counter(), 0, step

@@ -1,0 +1,80 @@
+"""``python -m litft prepare --config X.yaml [--preview N]``: run the data pipeline only.
+
+Tokenizes (and packs) the configured datasets, writes the cache that ``fit`` will reuse, and prints the
+figures: records, samples, rows, tokens, trained tokens, truncated, dropped, skipped, packing efficiency.
+``--preview N`` prints N rendered training samples with the trained spans between « and ».
+"""
+
+from __future__ import annotations
+
+from litft.data.templates import IGNORE_INDEX
+
+NEEDS_TRAINER = False
+OPEN, CLOSE = "«", "»"
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--preview", type=int, default=0, help="Print this many rendered samples with the trained spans marked «like this».")
+
+
+def render_marked(tokenizer, input_ids, labels) -> str:
+    """The decoded sample with every run of trained tokens wrapped in « »."""
+    out, run, trained = [], [], None
+    for tok, lab in zip(input_ids, labels):
+        is_trained = lab != IGNORE_INDEX
+        if trained is not None and is_trained != trained:
+            text = tokenizer.decode(run)
+            out.append(f"{OPEN}{text}{CLOSE}" if trained else text)
+            run = []
+        run.append(tok)
+        trained = is_trained
+    if run:
+        text = tokenizer.decode(run)
+        out.append(f"{OPEN}{text}{CLOSE}" if trained else text)
+    return "".join(out)
+
+
+def _samples(row):
+    """The samples of a row (several when packed: split where position_ids restart at 0)."""
+    ids, labels = list(row["input_ids"]), list(row["labels"])
+    pos = row.get("position_ids")
+    if pos is None:
+        return [(ids, labels)]
+    starts = [i for i, p in enumerate(pos) if p == 0] + [len(ids)]
+    return [(ids[a:b], labels[a:b]) for a, b in zip(starts, starts[1:])]
+
+
+def run(cli) -> int:
+    dm = cli.datamodule
+    dm.setup("fit")
+    s, path = dm.stats, dm.cache_dir
+    print(f"cache: {'reused' if dm.cache_hit else 'wrote'} {path}")
+    for name, n in s.per_dataset.items():
+        print(f"dataset {name}: {n} records")
+    lines = [
+        ("records", s.records),
+        ("skipped (bad records)", s.skipped),
+        ("samples", s.samples),
+        ("rows", s.rows),
+        ("validation rows", len(dm.val_rows)),
+        ("tokens", s.tokens),
+        ("trained tokens", s.trained_tokens),
+        ("truncated", s.truncated),
+        ("chunked (long text)", s.chunked),
+        ("dropped", s.dropped),
+    ]
+    for label, value in lines:
+        print(f"{label}: {value}")
+    if s.packing_efficiency is not None:
+        print(f"packing efficiency: {s.packing_efficiency:.1%} (real tokens / rows x cutoff_len {dm.cutoff_len})")
+    shown = 0
+    for i in range(len(dm.train_rows)):
+        if shown >= cli.config.preview:
+            break
+        for ids, labels in _samples(dm.train_rows[i]):
+            if shown >= cli.config.preview:
+                break
+            print(f"\n--- sample {shown} ({len(ids)} tokens, {sum(x != IGNORE_INDEX for x in labels)} trained) ---")
+            print(render_marked(dm.tokenizer, ids, labels))
+            shown += 1
+    return 0

@@ -1,0 +1,109 @@
+"""Packing: several samples per row of ``cutoff_len`` tokens, with no attention across samples.
+
+* Rows are filled by best-fit decreasing (longest sample first, into the fullest row it still fits).
+* Each sample's ``position_ids`` restart at 0, and its first label is -100, so no sample is trained to
+  predict its first token from the previous sample's last one.
+* Attention: with a varlen flash attention implementation (``flash_attention_2``/``_3``) the batch carries
+  ``position_ids`` only and transformers derives the sequence boundaries from them. Elsewhere the collator
+  builds a 4-D block-diagonal causal mask, one block per sample: boolean (``True`` = may attend, what
+  transformers itself gives SDPA) for ``sdpa`` and other implementations, additive float32 (``0`` / ``finfo.min``)
+  for ``eager``, which adds the mask to the scores. We do not rely on transformers' detection of
+  packed sequences from ``position_ids`` on those backends: it is skipped whenever a KV cache exists, and
+  models create one in training unless ``use_cache=False``, which would silently let samples attend to
+  each other.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from litft.data.templates import IGNORE_INDEX
+
+VARLEN_IMPLEMENTATIONS = ("flash_attention_2", "flash_attention_3", "kernels-community/flash-attn", "kernels-community/vllm-flash-attn3")
+
+
+def best_fit_decreasing(lengths: Sequence[int], capacity: int) -> list[list[int]]:
+    """Indices grouped into bins of total length <= capacity (every length must be <= capacity)."""
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    free: list[tuple[int, int]] = []  # (remaining capacity, bin id), sorted
+    bins: list[list[int]] = []
+    for i in order:
+        n = lengths[i]
+        if n > capacity:
+            raise ValueError(f"sample of {n} tokens exceeds the row capacity {capacity}")
+        k = bisect.bisect_left(free, (n, -1))
+        if k < len(free):
+            room, b = free.pop(k)
+        else:
+            room, b = capacity, len(bins)
+            bins.append([])
+        bins[b].append(i)
+        if room - n > 0:
+            bisect.insort(free, (room - n, b))
+    return bins
+
+
+def pack(rows: Sequence[dict[str, list[int]]], capacity: int) -> tuple[list[dict[str, list[int]]], float]:
+    """Packed rows ({input_ids, labels, position_ids}) and the packing efficiency (real tokens / capacity)."""
+    bins = best_fit_decreasing([len(r["input_ids"]) for r in rows], capacity)
+    packed = []
+    total = 0
+    for b in bins:
+        ids: list[int] = []
+        labels: list[int] = []
+        pos: list[int] = []
+        for i in b:
+            r = rows[i]
+            n = len(r["input_ids"])
+            ids += r["input_ids"]
+            labels += [IGNORE_INDEX] + list(r["labels"][1:])
+            pos += list(range(n))
+            total += n
+        packed.append({"input_ids": ids, "labels": labels, "position_ids": pos})
+    efficiency = total / (len(bins) * capacity) if bins else 0.0
+    return packed, efficiency
+
+
+def block_causal_mask(position_ids: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """(batch, 1, L, L) mask: position i may attend j iff j <= i and both are in the same sample (samples
+    start where position_ids == 0). ``dtype=torch.bool``: True = may attend; a float dtype: additive."""
+    seq = (position_ids == 0).cumsum(-1)  # sample index per position
+    same = seq[:, :, None] == seq[:, None, :]
+    L = position_ids.shape[-1]
+    causal = torch.ones(L, L, dtype=torch.bool, device=position_ids.device).tril()
+    allowed = same & causal
+    if dtype == torch.bool:
+        return allowed[:, None]
+    mask = torch.zeros(allowed.shape, dtype=dtype, device=position_ids.device)
+    mask.masked_fill_(~allowed, torch.finfo(dtype).min)
+    return mask[:, None]
+
+
+class PackedCollator:
+    """Stacks packed rows (padding the batch to its longest row; the padding is a sample of its own)."""
+
+    def __init__(self, pad_token_id: int, *, attn_implementation: str | None = None):
+        self.pad_token_id = pad_token_id
+        self.varlen = attn_implementation in VARLEN_IMPLEMENTATIONS
+        self.mask_dtype = torch.float32 if attn_implementation == "eager" else torch.bool
+
+    def __call__(self, rows: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        width = max(len(r["input_ids"]) for r in rows)
+        n = len(rows)
+        input_ids = torch.full((n, width), self.pad_token_id, dtype=torch.long)
+        labels = torch.full((n, width), IGNORE_INDEX, dtype=torch.long)
+        position_ids = torch.zeros((n, width), dtype=torch.long)
+        for i, r in enumerate(rows):
+            k = len(r["input_ids"])
+            input_ids[i, :k] = torch.as_tensor(r["input_ids"])
+            labels[i, :k] = torch.as_tensor(r["labels"])
+            position_ids[i, :k] = torch.as_tensor(r["position_ids"])
+            position_ids[i, k:] = torch.arange(width - k)
+        batch = {"input_ids": input_ids, "labels": labels, "position_ids": position_ids}
+        if not self.varlen:
+            batch["attention_mask"] = block_causal_mask(position_ids, self.mask_dtype)
+        return batch

@@ -1,0 +1,212 @@
+"""SLURM: sbatch scripts rendered from a config, and the allocation check run inside a job.
+
+One template serves three variants (cpu, gpu, npu); `slurm/gpu.sbatch` and `slurm/npu.sbatch` are this
+template rendered with :func:`template_spec` (a test keeps them in sync). Rendezvous and requeue are
+Lightning's (`SLURMEnvironment`): every task started by `srun` reads its rank from SLURM, the main
+address comes from `MASTER_ADDR` (the template sets it to the first node of the allocation), the port is
+15000 + the last 4 digits of the job id unless `MASTER_PORT` is set. On `SIGUSR1` (sent 90 s before the
+time limit by `--signal=SIGUSR1@90`, or by `scancel --signal=USR1 JOBID`) every rank saves
+`<default_root_dir>/hpc_ckpt_N.ckpt`, rank 0 runs `scontrol requeue`, and the requeued job resumes from
+the newest `hpc_ckpt_*.ckpt`.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from litft.errors import LitFTError
+
+VARIANTS = ("cpu", "gpu", "npu")
+
+# Job names with which Lightning deliberately ignores SLURM (interactive allocations).
+_INTERACTIVE_JOB_NAMES = ("bash", "interactive")
+
+
+@dataclass
+class SbatchSpec:
+    """What an sbatch script needs to know; everything else lives in the config file."""
+
+    variant: str = "gpu"
+    """cpu, gpu (CUDA) or npu (Ascend: sources CANN's set_env.sh, exports ASCEND_RT_VISIBLE_DEVICES, hccl)."""
+    nodes: int = 1
+    """#SBATCH --nodes: must equal trainer.num_nodes."""
+    devices: int = 1
+    """#SBATCH --ntasks-per-node (one task per device): must equal trainer.devices."""
+    config: str | None = None
+    """Config path run by `srun python -m litft fit --config`; None: the script's first argument (required)."""
+    job_name: str = "litft"
+    """#SBATCH --job-name (also names the log file)."""
+    partition: str | None = None
+    """#SBATCH --partition; None: the cluster's default partition."""
+    time: str | None = None
+    """#SBATCH --time, e.g. 1-00:00:00; None: the partition's default limit."""
+    log_dir: str | None = None
+    """Folder of the per-job log <job_name>-<job id>.out (must exist); None: the submission folder."""
+    workdir: str | None = None
+    """#SBATCH --chdir: relative paths in the config resolve from here; None: the submission folder."""
+    python: str = "python"
+    """Default interpreter of the job (the PYTHON environment variable overrides it at run time)."""
+    fit_args: list[str] = field(default_factory=list)
+    """Extra arguments after `fit --config CONFIG`, e.g. ["--trainer.devices", "4"]."""
+
+
+def template_spec(variant: str) -> SbatchSpec:
+    """The spec of the shipped template slurm/<variant>.sbatch: one node, one device, config as $1."""
+    return SbatchSpec(variant=variant)
+
+
+def render_sbatch(spec: SbatchSpec) -> str:
+    """The sbatch script for `spec`: nodes/ntasks-per-node from the spec, srun, SIGUSR1@90, requeue."""
+    if spec.variant not in VARIANTS:
+        raise LitFTError(f"unknown SLURM variant {spec.variant!r}: expected one of {', '.join(VARIANTS)}")
+    if spec.nodes < 1 or spec.devices < 1:
+        raise LitFTError(f"nodes and devices must be >= 1, got nodes={spec.nodes} devices={spec.devices}")
+    q = shlex.quote
+    sb = [
+        f"--job-name={spec.job_name}",
+        f"--nodes={spec.nodes}",
+        f"--ntasks-per-node={spec.devices}",
+    ]
+    if spec.variant == "gpu":
+        sb.append(f"--gres=gpu:{spec.devices}")
+    elif spec.variant == "npu":
+        sb.append(f"--gres=npu:{spec.devices}")
+    if spec.partition:
+        sb.append(f"--partition={spec.partition}")
+    if spec.time:
+        sb.append(f"--time={spec.time}")
+    log = f"{spec.log_dir.rstrip('/')}/%x-%j.out" if spec.log_dir else "%x-%j.out"
+    sb.append(f"--output={log}")
+    sb.append("--open-mode=append")  # a requeued job appends to the same log
+    if spec.workdir:
+        sb.append(f"--chdir={spec.workdir}")
+    sb += ["--signal=SIGUSR1@90", "--requeue"]
+
+    usage = f"usage: sbatch [--nodes=N --ntasks-per-node=D ...] slurm/{spec.variant}.sbatch CONFIG.yaml"
+    config_line = (
+        f"CONFIG=${{1:-{q(spec.config)}}}" if spec.config else f'CONFIG=${{1:?"{usage}"}}'
+    )
+    lines = [
+        "#!/bin/bash",
+        f"# litft on SLURM ({spec.variant}): one task per device, started by srun.",
+        "# --nodes must equal trainer.num_nodes and --ntasks-per-node trainer.devices (litft checks both).",
+        "# SIGUSR1 90 s before the time limit: Lightning saves hpc_ckpt_N.ckpt in the output dir and requeues",
+        "# the job, which resumes from it.",
+        *(f"#SBATCH {s}" for s in sb),
+        "set -euo pipefail",
+        "",
+        config_line,
+        f"PYTHON=${{PYTHON:-{q(spec.python)}}}",
+        "",
+    ]
+    if spec.variant == "npu":
+        lines += [
+            "# Ascend CANN: runtime, compiler and HCCL libraries (ASCEND_TOOLKIT_HOME overrides the path).",
+            "set +u",
+            'source "${ASCEND_TOOLKIT_HOME:-/usr/local/Ascend/ascend-toolkit}/set_env.sh"',
+            "set -u",
+            "# Cards 0..D-1 of each node; task i uses card i (SLURM_LOCALID). Ids must be ascending.",
+            'export ASCEND_RT_VISIBLE_DEVICES=${ASCEND_RT_VISIBLE_DEVICES:-$(seq -s, 0 $((SLURM_NTASKS_PER_NODE - 1)))}',
+            "# Collectives over HCCL (litft's npu accelerator uses backend hccl); slow first rendezvous is normal.",
+            "export HCCL_CONNECT_TIMEOUT=${HCCL_CONNECT_TIMEOUT:-1200}",
+            "export HCCL_EXEC_TIMEOUT=${HCCL_EXEC_TIMEOUT:-1200}",
+            "",
+        ]
+    lines += [
+        "# Rendezvous on the first node of the allocation, by the address SLURM itself uses for it.",
+        'MAIN_NODE=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n1)',
+        "MAIN_ADDR=$(scontrol show node \"$MAIN_NODE\" | grep -o 'NodeAddr=[^ ]*' | cut -d= -f2 || true)",
+        'export MASTER_ADDR=${MASTER_ADDR:-${MAIN_ADDR:-$MAIN_NODE}}',
+        "",
+        'echo "litft: job $SLURM_JOB_ID (restart ${SLURM_RESTART_COUNT:-0}) on $SLURM_JOB_NODELIST,'
+        ' main $MASTER_ADDR, config $CONFIG"',
+        'srun --kill-on-bad-exit=1 "$PYTHON" -m litft fit --config "$CONFIG"'
+        + "".join(f" {q(a)}" for a in spec.fit_args),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def device_count(devices: object) -> int | None:
+    """The number of devices per node that Lightning's `devices` means; None when it depends on the
+    machine ("auto", -1)."""
+    if isinstance(devices, bool):
+        raise LitFTError(f"trainer.devices: expected a number or a list of device ids, got {devices!r}")
+    if isinstance(devices, int):
+        return None if devices == -1 else devices
+    if isinstance(devices, (list, tuple)):
+        return len(devices)
+    if isinstance(devices, str):
+        s = devices.strip()
+        if s in ("auto", "-1"):
+            return None
+        if "," in s:
+            return len([d for d in s.split(",") if d.strip()])
+        if s.isdigit():
+            return int(s)
+    raise LitFTError(f"trainer.devices: expected a number or a list of device ids, got {devices!r}")
+
+
+def check_allocation(num_nodes: int, devices: object, env: Mapping[str, str] | None = None) -> None:
+    """Inside a SLURM job, raise LitFTError (one line) when the allocation and the trainer disagree.
+
+    Does nothing outside SLURM (no SLURM_NTASKS) and in interactive allocations (job name bash or
+    interactive, which Lightning ignores too). Otherwise the process must have been started by srun,
+    the job's node count must equal `num_nodes`, its tasks per node the devices per node, and the number
+    of tasks num_nodes x devices. Without this check a mismatch hangs at the rendezvous.
+    """
+    env = os.environ if env is None else env
+    if "SLURM_NTASKS" not in env or env.get("SLURM_JOB_NAME") in _INTERACTIVE_JOB_NAMES:
+        return
+    job = env.get("SLURM_JOB_ID", "?")
+    if "SLURM_STEP_ID" not in env and "SLURM_STEPID" not in env:
+        raise LitFTError(
+            f"SLURM job {job}: litft was not started with srun (one process per device); "
+            "run `srun python -m litft fit --config ...` in the batch script"
+        )
+    per_node = device_count(devices)
+    ntasks = int(env["SLURM_NTASKS"])
+    nnodes = int(env.get("SLURM_NNODES") or env.get("SLURM_JOB_NUM_NODES") or 1)
+    tasks_per_node = env.get("SLURM_NTASKS_PER_NODE")
+    problems = []
+    if nnodes != num_nodes:
+        problems.append(f"--nodes={nnodes} but trainer.num_nodes={num_nodes}")
+    if tasks_per_node is None:
+        if ntasks > 1:
+            problems.append(f"--ntasks={ntasks} without --ntasks-per-node (use --ntasks-per-node=trainer.devices)")
+    elif per_node is not None and int(tasks_per_node) != per_node:
+        problems.append(f"--ntasks-per-node={tasks_per_node} but trainer.devices={devices}")
+    if per_node is not None and not problems and ntasks != num_nodes * per_node:
+        problems.append(f"srun started {ntasks} tasks but trainer.num_nodes x trainer.devices = {num_nodes * per_node}")
+    if problems:
+        raise LitFTError(f"SLURM job {job} does not match the trainer: {'; '.join(problems)}")
+
+
+def config_devices(devices: object, requested: int | None, where: str) -> tuple[int, list[str]]:
+    """Devices per node for an sbatch script from trainer.devices and --devices, plus the fit arguments
+    that make the job agree; LitFTError when the two disagree or neither gives a number."""
+    count = device_count(devices)
+    if count is None:
+        if requested is None:
+            raise LitFTError(f"{where}: trainer.devices is {devices!r}; give --devices N (tasks per node)")
+        return requested, ["--trainer.devices", str(requested)]
+    if requested is not None and requested != count:
+        raise LitFTError(
+            f"{where}: --devices {requested} disagrees with trainer.devices={devices!r}; change one of them"
+        )
+    return count, []
+
+
+def variant_for(accelerator: object) -> str:
+    """The sbatch variant for trainer.accelerator: npu, cpu, or gpu (cuda, gpu, auto)."""
+    name = accelerator if isinstance(accelerator, str) else type(accelerator).__name__
+    name = name.lower()
+    if "npu" in name:
+        return "npu"
+    if name == "cpu" or name.startswith("cpuaccelerator"):
+        return "cpu"
+    return "gpu"
+

@@ -1,0 +1,66 @@
+"""DDP with the process-group backend chosen per device, and without CUDA streams on NPU/CPU."""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from typing import Any
+
+import torch
+from lightning.fabric.utilities.distributed import _init_dist_connection
+from lightning.fabric.utilities.seed import reset_seed
+from lightning.pytorch.strategies import DDPStrategy
+from torch.nn.parallel import DistributedDataParallel
+
+from litft.accelerators.npu import npu_module
+
+BACKENDS = {"cuda": "nccl", "npu": "hccl", "cpu": "gloo"}
+"""torch.distributed backend per device type (anything else falls back to gloo)."""
+
+
+def backend_for_device(device: torch.device | str) -> str:
+    """nccl on CUDA, hccl on Ascend NPU, gloo on CPU."""
+    return BACKENDS.get(torch.device(device).type, "gloo")
+
+
+def device_stream_context(device: torch.device):
+    """A side stream for wrapping a model in DDP: torch.cuda on CUDA, torch.npu on NPU, none on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.stream(torch.cuda.Stream())
+    if device.type == "npu":
+        npu = npu_module()
+        return npu.stream(npu.Stream())
+    return nullcontext()
+
+
+class LitFTDDPStrategy(DDPStrategy):
+    """Lightning's DDP, with the backend picked per device (nccl/hccl/gloo) and NPU-safe model wrapping.
+
+    Stock DDP wraps the model in ``torch.cuda.stream(...)`` whenever the device is not a CPU, which raises on
+    the CPU-only torch of Ascend hosts, and on Lightning <= 2.5 picks gloo for unknown devices.
+    """
+
+    def _get_process_group_backend(self) -> str:
+        return self._process_group_backend or backend_for_device(self.root_device)
+
+    def setup_distributed(self) -> None:
+        if self.root_device.type != "npu":
+            return super().setup_distributed()
+        # Same as DDPStrategy.setup_distributed, without binding device_id (hccl binds through set_device).
+        reset_seed()
+        self.set_world_ranks()
+        self._process_group_backend = self._get_process_group_backend()
+        assert self.cluster_environment is not None
+        _init_dist_connection(self.cluster_environment, self._process_group_backend, timeout=self._timeout)
+
+    def _setup_model(self, model: torch.nn.Module) -> DistributedDataParallel:
+        device_ids = self.determine_ddp_device_ids()
+        with device_stream_context(self.root_device):
+            return DistributedDataParallel(module=model, device_ids=device_ids, **self._ddp_kwargs)
+
+    @classmethod
+    def register_strategies(cls, strategy_registry: Any) -> None:
+        for name, fup in (("ddp", None), ("ddp_find_unused_parameters_true", True),
+                          ("ddp_find_unused_parameters_false", False)):
+            kwargs = {} if fup is None else {"find_unused_parameters": fup}
+            strategy_registry.register(name, cls, description=f"litft {cls.__name__}", override=True,
+                                       start_method="popen", **kwargs)

@@ -1,0 +1,185 @@
+"""DeepSpeed ZeRO through Lightning on CUDA, Ascend NPU and CPU, saving adapter-only checkpoints.
+
+Lightning's DeepSpeedStrategy refuses anything but CUDA. Three changes make it run elsewhere:
+environment set-up as plain DDP (no CUDA check), no device-index check (CPU devices have no index) and
+``deepspeed.initialize(device_rank=local_rank)``. DeepSpeed's own accelerator is pinned to the trainer's
+through ``DS_ACCELERATOR``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from collections.abc import Generator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from lightning.fabric.utilities.seed import reset_seed
+from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy
+
+from litft.errors import LitFTError
+from litft.strategies.ddp import backend_for_device
+
+log = logging.getLogger(__name__)
+
+DS_ACCELERATORS = {"cuda": "cuda", "gpu": "cuda", "npu": "npu", "cpu": "cpu"}
+
+
+def pin_deepspeed_accelerator(accelerator: str) -> None:
+    """Set DS_ACCELERATOR for litft's accelerator name before DeepSpeed picks one on its own.
+
+    A DS_ACCELERATOR the user exported that contradicts trainer.accelerator is an error.
+    """
+    wanted = DS_ACCELERATORS.get(accelerator)
+    if wanted is None:
+        raise LitFTError(f"DeepSpeed does not run on trainer.accelerator={accelerator!r}; use cuda, npu or cpu")
+    current = os.environ.get("DS_ACCELERATOR")
+    if current is not None and current != wanted and os.environ.get("_LITFT_DS_ACCELERATOR") != current:
+        raise LitFTError(
+            f"DS_ACCELERATOR={current} contradicts trainer.accelerator={accelerator}; unset it or set DS_ACCELERATOR={wanted}"
+        )
+    os.environ["DS_ACCELERATOR"] = wanted
+    os.environ["_LITFT_DS_ACCELERATOR"] = wanted  # marks the value as ours, so a later choice may replace it
+    import sys
+
+    real = sys.modules.get("deepspeed.accelerator.real_accelerator")
+    if real is not None and real.ds_accelerator is not None and real.ds_accelerator.device_name() != wanted:
+        # DeepSpeed was imported (and guessed) before the accelerator was known: it picks again from the env.
+        real.ds_accelerator = None
+
+
+class LitFTDeepSpeedStrategy(DeepSpeedStrategy):
+    """DeepSpeed (ZeRO 1/2/3, offload, or a JSON config) on CUDA, NPU or CPU.
+
+    Differences from Lightning's: runs on npu and cpu as well; ``exclude_frozen_parameters`` defaults to
+    True so checkpoints hold the adapter only (resume then loads them non-strictly).
+    """
+
+    def __init__(self, *args: Any, exclude_frozen_parameters: bool = True, **kwargs: Any) -> None:
+        if "DS_ACCELERATOR" not in os.environ:
+            from litft.accelerators import resolve_accelerator
+
+            pin_deepspeed_accelerator(resolve_accelerator("auto"))
+        super().__init__(*args, exclude_frozen_parameters=exclude_frozen_parameters, **kwargs)
+        offload = (self.config.get("zero_optimization") or {}).get("offload_optimizer") or {}
+        if offload.get("device", "none") != "none":
+            # The optimizer comes from configure_optimizers (torch AdamW...), which DeepSpeed refuses with offload
+            # unless told otherwise. With LoRA the optimizer state is small, so a torch optimizer on CPU is fine.
+            self.config.setdefault("zero_force_ds_cpu_optimizer", False)
+
+    @property
+    def _on_cuda(self) -> bool:
+        return self.root_device.type == "cuda"
+
+    def setup_environment(self) -> None:
+        pin_deepspeed_accelerator(self.root_device.type)
+        if self._on_cuda:
+            return super().setup_environment()
+        DDPStrategy.setup_environment(self)  # DeepSpeedStrategy's raises for anything but CUDA
+
+    def setup_distributed(self) -> None:
+        if self._on_cuda:
+            return super().setup_distributed()
+        reset_seed()  # as DeepSpeedStrategy, minus the device-index check (cpu devices have no index)
+        self.set_world_ranks()
+        self._init_deepspeed_distributed()
+
+    def _get_process_group_backend(self) -> str:
+        return self._process_group_backend or backend_for_device(self.root_device)
+
+    def _device_rank(self) -> int:
+        index = self.root_device.index
+        return self.local_rank if index is None else index
+
+    def _setup_model_and_optimizer(self, model, optimizer, lr_scheduler=None):
+        import deepspeed
+
+        model_parameters = filter(lambda p: p.requires_grad, model.parameters())
+        engine, ds_optimizer, _, _ = deepspeed.initialize(
+            args=argparse.Namespace(device_rank=self._device_rank()),
+            config=self.config,
+            model=model,
+            model_parameters=model_parameters,
+            optimizer=optimizer,
+            lr_scheduler=lr_scheduler,
+            dist_init_required=False,
+        )
+        return engine, ds_optimizer
+
+    def _initialize_deepspeed_inference(self, model: torch.nn.Module) -> None:
+        if self._on_cuda:
+            return super()._initialize_deepspeed_inference(model)
+        import deepspeed
+
+        # DeepSpeedStrategy builds the engine with device_rank=root_device.index, which is None on cpu:
+        # patch the call for this one engine rather than copy the whole method.
+        original = deepspeed.initialize
+
+        def initialize(*a: Any, **kw: Any):
+            kw["args"] = argparse.Namespace(device_rank=self._device_rank())
+            return original(*a, **kw)
+
+        deepspeed.initialize = initialize
+        try:
+            super()._initialize_deepspeed_inference(model)
+        finally:
+            deepspeed.initialize = original
+
+    @contextmanager
+    def model_sharded_context(self) -> Generator[None, None, None]:
+        """ZeRO-3: let transformers partition the base model as it loads, and build adapters unpartitioned.
+
+        Lightning runs all of configure_model inside ``deepspeed.zero.Init``; transformers does not know it
+        is there (weight init then indexes empty placeholders) and PEFT would initialise LoRA weights on
+        placeholders (a no-op: lora_B would not start at zero). Registering the config with transformers
+        (HfDeepSpeedConfig) makes ``from_pretrained`` load into ZeRO-3 partitions itself; adapters created
+        afterwards are ordinary tensors that ``deepspeed.initialize`` partitions.
+        """
+        if not self.zero_stage_3:
+            yield
+            return
+        from transformers.integrations import HfDeepSpeedConfig
+
+        self._init_config_if_needed()
+        self._hf_deepspeed_config = HfDeepSpeedConfig(self.config)  # transformers holds only a weak reference
+        yield
+
+    def teardown(self) -> None:
+        if getattr(self, "_hf_deepspeed_config", None) is not None:
+            from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+            unset_hf_deepspeed_config()
+            self._hf_deepspeed_config = None
+        super().teardown()
+
+    def load_checkpoint(self, checkpoint_path: Any, weights_only: bool | None = None) -> dict[str, Any]:
+        if self.exclude_frozen_parameters and self.lightning_module is not None:
+            # the checkpoint holds trainable (adapter) weights only: the frozen base comes from the model files
+            self.lightning_module.strict_loading = False
+        return super().load_checkpoint(checkpoint_path, weights_only)
+
+    @classmethod
+    def register_strategies(cls, strategy_registry: Any) -> None:
+        entries = {
+            "deepspeed": {},
+            "deepspeed_stage_1": {"stage": 1},
+            "deepspeed_stage_2": {"stage": 2},
+            "deepspeed_stage_2_offload": {"stage": 2, "offload_optimizer": True},
+            "deepspeed_stage_3": {"stage": 3},
+            "deepspeed_stage_3_offload": {"stage": 3, "offload_optimizer": True, "offload_parameters": True},
+        }
+        for name, kwargs in entries.items():
+            strategy_registry.register(name, cls, description=f"litft {cls.__name__} {kwargs}", override=True, **kwargs)
+
+
+def is_deepspeed(strategy: Any) -> bool:
+    return isinstance(strategy, DeepSpeedStrategy)
+
+
+def is_zero3(strategy: Any) -> bool:
+    """True when the strategy is DeepSpeed with ZeRO stage 3 (parameters partitioned across ranks)."""
+    if not isinstance(strategy, DeepSpeedStrategy):
+        return False
+    return bool((strategy.config or {}).get("zero_optimization", {}).get("stage") == 3)

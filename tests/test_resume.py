@@ -1,0 +1,79 @@
+"""Exact mid-epoch resume through the real CLI: a run SIGKILLed after a checkpoint, resumed with
+``--ckpt_path last``, matches an uninterrupted run bit for bit (CPU, fp32): per-step losses and adapter bytes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from tests.helpers import write_alpaca
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _config(tmp_path: Path, model: str, data: str, out: Path, record: Path, kill_at: int = -1) -> Path:
+    config = {
+        "output_dir": str(out),
+        "seed_everything": 0,
+        "model": {"name_or_path": model, "dtype": "float32",
+                  "lora": {"r": 4, "alpha": 8, "dropout": 0.2},  # dropout: the RNG stream matters
+                  "optimizer": {"lr": 1e-2}, "scheduler": {"name": "cosine", "warmup_steps": 2}},
+        "data": {"dataset": data, "cutoff_len": 48, "batch_size": 4, "val_size": 4},
+        "trainer": {
+            "max_steps": 8, "accelerator": "cpu", "devices": 1, "precision": "32-true", "logger": False,
+            "log_every_n_steps": 1, "enable_progress_bar": False, "val_check_interval": 3,
+            "callbacks": [
+                {"class_path": "litft.callbacks.checkpoint.LitFTCheckpoint", "init_args": {"every_n_train_steps": 3}},
+                {"class_path": "tests.resume_probe.StepRecorder", "init_args": {"path": str(record), "kill_at_step": kill_at}},
+            ],
+        },
+    }
+    path = tmp_path / f"{out.name}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def _fit(config: Path, *extra: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "litft", "fit", "--config", str(config), *extra],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+
+
+def _losses(path: Path) -> list[tuple[int, str]]:
+    return [(int(s), v) for s, v in (line.split() for line in path.read_text().splitlines())]
+
+
+@pytest.mark.slow
+def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path, tiny_qwen2):
+    data = str(write_alpaca(tmp_path / "alpaca.json", n=52))  # 48 train rows / 4 = 12 batches per epoch
+    full_rec, cut_rec = tmp_path / "full.txt", tmp_path / "cut.txt"
+
+    full = _fit(_config(tmp_path, tiny_qwen2, data, tmp_path / "full", full_rec))
+    assert full.returncode == 0, full.stderr[-3000:]
+
+    cut_cfg = _config(tmp_path, tiny_qwen2, data, tmp_path / "cut", cut_rec, kill_at=5)
+    killed = _fit(cut_cfg)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    ckpt = tmp_path / "cut" / "checkpoints" / "last.ckpt"
+    assert torch.load(ckpt, weights_only=True)["global_step"] == 3  # mid-epoch: step 3 of 12
+    assert [s for s, _ in _losses(cut_rec)] == [1, 2, 3, 4, 5]
+    assert not (tmp_path / "cut" / "adapter").exists()
+
+    # Resume the killed run (same config, no kill) from its output directory.
+    resume_cfg = _config(tmp_path, tiny_qwen2, data, tmp_path / "cut", tmp_path / "resumed.txt")
+    resumed = _fit(resume_cfg, "--ckpt_path", "last")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+
+    full_losses, resumed_losses = _losses(full_rec), _losses(tmp_path / "resumed.txt")
+    assert [s for s, _ in full_losses] == list(range(1, 9))
+    assert resumed_losses == full_losses[3:]  # steps 4..8, identical floats
+    assert _losses(cut_rec) == full_losses[:5]
+    adapter = "adapter/adapter_model.safetensors"
+    assert (tmp_path / "cut" / adapter).read_bytes() == (tmp_path / "full" / adapter).read_bytes()
