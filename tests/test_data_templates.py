@@ -99,6 +99,28 @@ def test_encode_prompt_is_training_prefix(toks, arch):
     assert labels[len(prompt) - 1] == IGNORE_INDEX and labels[len(prompt)] != IGNORE_INDEX
 
 
+# SmolLM2-135M-Instruct's own chat template: a default system prompt when the conversation has none.
+SMOLLM2_TEMPLATE = (
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n' }}"
+    "{% endif %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+def test_default_system_prompt_template(tiny_qwen2):
+    tok = AutoTokenizer.from_pretrained(tiny_qwen2)
+    tok.chat_template = SMOLLM2_TEMPLATE
+    for conv in (SINGLE, MULTI):
+        ids, labels = encode_conversation(tok, conv)
+        assert ids == _chat_ids(tok, conv.messages())
+        assert _trained_runs(tok, ids, labels) == [t.content + "<|im_end|>" for t in conv.turns if t.role == "assistant"]
+    prompt = encode_prompt(tok, SINGLE.messages()[:1])
+    assert "You are a helpful AI assistant named SmolLM" in tok.decode(prompt)
+    assert encode_conversation(tok, SINGLE)[0][: len(prompt)] == prompt
+
+
+@pytest.mark.slow  # converts the real GGUF once per session (minutes on a busy 2-core machine)
 def test_smollm2_default_system_prompt(smollm2):
     from litft.model.loading import load_tokenizer
 

@@ -85,8 +85,8 @@ def is_ready(path: Path) -> bool:
     return (path / "stats.json").is_file()
 
 
-def write(path: Path, splits: dict[str, list[dict[str, list[int]]]], stats: dict[str, Any]) -> None:
-    """Store the rows atomically (temp folder + rename)."""
+def write(path: Path, splits: dict[str, list[dict[str, list[int]]]], stats: dict[str, Any], *, overwrite: bool = False) -> None:
+    """Store the rows atomically (temp folder + rename); ``overwrite`` replaces an existing cache."""
     import datasets
 
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -106,6 +106,10 @@ def write(path: Path, splits: dict[str, list[dict[str, list[int]]]], stats: dict
             )
             datasets.Dataset.from_dict(data, features=features).save_to_disk(str(tmp / name))
         (tmp / "stats.json").write_text(json.dumps(stats, indent=1, ensure_ascii=False), encoding="utf-8")
+        if overwrite and path.exists():
+            old = Path(tempfile.mkdtemp(prefix=path.name + ".old.", dir=path.parent))
+            os.replace(path, old / "x")
+            shutil.rmtree(old, ignore_errors=True)
         try:
             os.replace(tmp, path)
         except OSError:

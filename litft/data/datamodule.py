@@ -45,7 +45,8 @@ class LitFTDataModule(pl.LightningDataModule):
         mix_strategy: How several datasets combine: concat, interleave_under or interleave_over.
         interleave_probs: Sampling probabilities per dataset when interleaving (None = uniform).
         max_samples: Use at most this many records per dataset (None = all).
-        on_bad_record: error (stop on the first bad record) or skip (skip and count bad records).
+        on_bad_record: error (stop on the first bad record) or skip (skip and count bad records and malformed
+            JSON lines; file-level problems such as a non-UTF-8 or empty file always stop).
         pad_to_multiple_of: Pad batch width to a multiple of this (None = longest in batch).
         attn_implementation: The model's attention implementation (linked from model.attn_implementation): with
             flash_attention_2/3 packed batches carry position_ids only (varlen), otherwise a 4-D block mask.
@@ -199,7 +200,7 @@ class LitFTDataModule(pl.LightningDataModule):
     def _write_cache(self, path: Path) -> None:
         try:
             train, val, stats = self.build()
-            cache.write(path, {"train": train, "val": val}, dataclasses.asdict(stats))
+            cache.write(path, {"train": train, "val": val}, dataclasses.asdict(stats), overwrite=self.overwrite_cache)
         except Exception as err:
             cache.mark_failed(path, str(err).splitlines()[0] if str(err) else type(err).__name__)
             raise
