@@ -82,6 +82,8 @@ class LitFTCLI(LightningCLI):
         parser.link_arguments("model.name_or_path", "data.tokenizer")
         parser.link_arguments("model.gguf_file", "data.gguf_file")
         parser.link_arguments("model.trust_remote_code", "data.trust_remote_code")
+        # Packed batches: varlen position_ids for flash attention, a 4-D block mask otherwise.
+        parser.link_arguments("model.attn_implementation", "data.attn_implementation")
         if self.command is not None:
             self.command.add_arguments(parser)
 

@@ -121,7 +121,7 @@ def render_sbatch(spec: SbatchSpec) -> str:
         "MAIN_ADDR=$(scontrol show node \"$MAIN_NODE\" | grep -o 'NodeAddr=[^ ]*' | cut -d= -f2 || true)",
         'export MASTER_ADDR=${MASTER_ADDR:-${MAIN_ADDR:-$MAIN_NODE}}',
         "",
-        'echo "litft: job $SLURM_JOB_ID (restart ${SLURM_RESTART_COUNT:-0}) on $SLURM_JOB_NODELIST,'
+        'echo "litft: $(date -u +%FT%TZ) job $SLURM_JOB_ID (restart ${SLURM_RESTART_COUNT:-0}) on $SLURM_JOB_NODELIST,'
         ' main $MASTER_ADDR, config $CONFIG"',
         'srun --kill-on-bad-exit=1 "$PYTHON" -m litft fit --config "$CONFIG"'
         + "".join(f" {q(a)}" for a in spec.fit_args),

@@ -8,7 +8,7 @@ import lightning.pytorch as L
 from lightning.pytorch.accelerators import Accelerator
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, ProgressBar
 
-from litft.accelerators import default_precision
+from litft.strategies import trainer_kwargs
 from litft.slurm import check_allocation
 
 _Precision = Union[
@@ -53,8 +53,16 @@ class LitFTTrainer(L.Trainer):
     ):
         # Inside a SLURM job: refuse an allocation that disagrees with num_nodes/devices (else DDP hangs).
         check_allocation(kwargs.get("num_nodes", 1), kwargs.get("devices", "auto"))
-        if precision == "auto":
-            precision = default_precision(accelerator)
+        # accelerator/precision "auto" (NPUs included), NPU single-device/DDP/autocast, DeepSpeed on cpu/npu,
+        # one-line errors for impossible combinations: litft.strategies.trainer_kwargs is the one place for it.
+        resolved = trainer_kwargs(
+            accelerator=accelerator,
+            precision=precision,
+            strategy=kwargs.pop("strategy", "auto"),
+            devices=kwargs.pop("devices", "auto"),
+            num_nodes=kwargs.pop("num_nodes", 1),
+            plugins=kwargs.pop("plugins", None),
+        )
         callbacks = [callbacks] if isinstance(callbacks, Callback) else list(callbacks or [])
         for extra in default_callbacks(kwargs.get("enable_checkpointing") is not False):
             kind = ProgressBar if isinstance(extra, ProgressBar) else ModelCheckpoint if isinstance(extra, ModelCheckpoint) else type(extra)
@@ -62,4 +70,4 @@ class LitFTTrainer(L.Trainer):
                 continue
             if not any(isinstance(c, kind) for c in callbacks):
                 callbacks.append(extra)
-        super().__init__(*args, accelerator=accelerator, precision=precision, callbacks=callbacks, **kwargs)
+        super().__init__(*args, callbacks=callbacks, **resolved, **kwargs)

@@ -21,7 +21,7 @@ set -euo pipefail
 DIR=${LITFT_SLURM_DIR:-/run/litft-slurm}
 CTLD_PORT=${LITFT_SLURM_PORT:-16817}
 IFS=, read -r N1_PORT N2_PORT <<<"${LITFT_SLURM_NODE_PORTS:-17001,17002}"
-CPUS=${LITFT_SLURM_CPUS:-$(nproc)}
+CPUS=${LITFT_SLURM_CPUS:-$(getconf _NPROCESSORS_ONLN)}  # not nproc: it obeys OMP_NUM_THREADS
 NODES=(n1 n2)
 CONF=$DIR/slurm.conf
 export SLURM_CONF=$CONF
@@ -63,8 +63,11 @@ JobAcctGatherType=jobacct_gather/none
 AccountingStorageType=accounting_storage/none
 MpiDefault=none
 SchedulerType=sched/backfill
+# A small cluster: look at pending jobs (e.g. a requeued one whose begin time has come) every 2 s.
+SchedulerParameters=sched_interval=2,bf_interval=2
 SelectType=select/cons_tres
-SelectTypeParameters=CR_Core
+# Allocate CPUs, not cores: two 1-task jobs share a 2-CPU node even when its CPUs are hyperthreads.
+SelectTypeParameters=CR_CPU
 ReturnToService=2
 JobRequeue=1
 KillWait=5

@@ -12,6 +12,11 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
+def pytest_collection_modifyitems(config, items):
+    """Run the NPU stand-in tests last: they rename torch's private-use device for the whole process."""
+    items.sort(key=lambda item: item.get_closest_marker("npu_standin") is not None)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _litft_cache(tmp_path_factory):
     """Keep litft's cache (GGUF conversions, tokenized data) in one temp folder per test session,

@@ -26,7 +26,7 @@ class PoisonAtStep(pl.Callback):
                 p.fill_(float("nan"))
 
 
-def _fit(tmp_path: Path, model: str, *, callbacks=(), max_steps=4, every=2):
+def _fit(tmp_path: Path, model: str, *, callbacks=(), max_steps=4, every=2, save_adapter=False):
     from litft.cli import LitFTCLI
     from litft.callbacks.checkpoint import LitFTCheckpoint
 
@@ -44,14 +44,23 @@ def _fit(tmp_path: Path, model: str, *, callbacks=(), max_steps=4, every=2):
     for cb in cli.trainer.callbacks:
         if isinstance(cb, LitFTCheckpoint):
             cb._every_n_train_steps = every
+            cb.save_adapter = save_adapter
     cli.trainer.callbacks.extend(callbacks)
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     return cli, tmp_path / "out"
 
 
 def test_lora_checkpoint_holds_adapter_optimizer_and_run_state_only(tmp_path, tiny_llama):
-    cli, out = _fit(tmp_path, tiny_llama)
+    cli, out = _fit(tmp_path, tiny_llama, save_adapter=True)
     ckpt_path = out / "checkpoints" / "last.ckpt"
+    # On request, the adapter in PEFT format next to the checkpoint, equal to the checkpoint's weights.
+    from safetensors.torch import load_file
+
+    peft_weights = load_file(out / "checkpoints" / "last-adapter" / "adapter_model.safetensors")
+    ckpt_weights = torch.load(ckpt_path, weights_only=True)["state_dict"]
+    renamed = {k.removeprefix("model.").replace(".default.", "."): v for k, v in ckpt_weights.items()}
+    assert set(renamed) == set(peft_weights)
+    assert all(torch.equal(renamed[k], peft_weights[k]) for k in peft_weights)
     ckpt = torch.load(ckpt_path, weights_only=True)
     weights = ckpt["state_dict"]
     trainable = {n: p for n, p in cli.model.named_parameters() if p.requires_grad}
@@ -64,6 +73,11 @@ def test_lora_checkpoint_holds_adapter_optimizer_and_run_state_only(tmp_path, ti
     assert sum(s["exp_avg"].numel() + s["exp_avg_sq"].numel() for s in state.values()) == 2 * n_adapter
     assert ckpt["global_step"] == 4 and ckpt["lr_schedulers"] and ckpt["litft_rng_states"]
     assert "combined_loader" in ckpt["loops"]["fit_loop"]["state_dict"]  # the data position
+    # The throughput callback counted the whole model and used the adapter formula (4N FLOPs per token).
+    from litft.callbacks.throughput import Throughput
+
+    [tp] = [cb for cb in cli.trainer.callbacks if isinstance(cb, Throughput)]
+    assert tp.flops_per_token == 4 * n_base and tp.last_metrics["tokens_per_sec"] > 0
     base_bytes = (Path(tiny_llama) / "model.safetensors").stat().st_size
     assert ckpt_path.stat().st_size < base_bytes / 3, (ckpt_path.stat().st_size, base_bytes)
 

@@ -112,3 +112,13 @@ def test_per_node_preparation(tmp_path, tiny_qwen2):
     assert dm.prepare_data_per_node is True
     dm.trainer = SimpleNamespace(global_rank=2, local_rank=0, world_size=4)
     assert dm._is_preparer()  # local rank 0 of the second node
+
+
+def test_overwrite_cache_rebuilds(tmp_path, tiny_qwen2):
+    data = write_alpaca(tmp_path / "a.json", 6)
+    first = _dm(data, tiny_qwen2)
+    first.setup()
+    (first.cache_dir / "stats.json").write_text(json.dumps({**json.loads((first.cache_dir / "stats.json").read_text()), "records": 999}))
+    again = _dm(data, tiny_qwen2, overwrite_cache=True)
+    again.setup()
+    assert again.cache_hit is False and again.stats.records == 6

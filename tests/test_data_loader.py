@@ -78,3 +78,14 @@ def test_num_target_tokens_sums_the_accumulation_group():
         assert all(int(b["num_target_tokens"]) == sum(counts[g : g + 3]) for b in group)
     single = list(_loader(rows, acc=1))
     assert [int(b["num_target_tokens"]) for b in single] == counts
+
+
+def test_num_target_tokens_when_the_epoch_is_cut_short():
+    rows = _rows(23)
+    sampler = ResumableBatchSampler(len(rows), 3, seed=7)
+    loader = ResumableLoader(rows, [count_targets(r["labels"]) for r in rows], PadCollator(0), sampler,
+                             accumulate_grad_batches=2, epoch_batches=lambda: 5)
+    batches = list(loader)[:5]  # the trainer runs 5 batches: steps (0,1), (2,3), (4,)
+    counts = [int((b["labels"][:, 1:] != IGN).sum()) for b in batches]
+    assert int(batches[4]["num_target_tokens"]) == counts[4]
+    assert int(batches[2]["num_target_tokens"]) == counts[2] + counts[3]

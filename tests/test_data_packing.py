@@ -36,6 +36,7 @@ def test_pack_rows_positions_and_first_labels():
     row = next(r for r in packed if len(r["input_ids"]) == 7)
     assert row == {"input_ids": [6, 7, 8, 9, 1, 2, 3], "labels": [IGN, IGN, 8, 9, IGN, 2, 3], "position_ids": [0, 1, 2, 3, 0, 1, 2]}
     mask = block_causal_mask(torch.tensor([row["position_ids"]]))[0, 0] == 0
+    assert torch.equal(block_causal_mask(torch.tensor([row["position_ids"]]), torch.bool)[0, 0], mask)
     expected = torch.zeros(7, 7, dtype=torch.bool)
     expected[:4, :4] = torch.ones(4, 4).tril().bool()
     expected[4:, 4:] = torch.ones(3, 3).tril().bool()
@@ -65,7 +66,8 @@ def test_packed_logits_equal_alone(tiny_model, attn):
     samples = _samples(model.config.vocab_size)
     packed, _ = pack(samples, 24)
     assert len(packed) >= 2 and any(len(r["position_ids"]) < 24 for r in packed)  # the batch is padded
-    batch = PackedCollator(pad_token_id=0)(packed)
+    batch = PackedCollator(pad_token_id=0, attn_implementation=attn)(packed)
+    assert batch["attention_mask"].dtype == (torch.bool if attn == "sdpa" else torch.float32)
     with torch.no_grad():
         out = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], attention_mask=batch["attention_mask"])
         logits = out.logits
@@ -92,3 +94,47 @@ def test_packed_logits_equal_alone(tiny_model, attn):
                 break
     assert checked == len(samples)
     torch.testing.assert_close(packed_loss, alone_total, rtol=1e-5, atol=1e-4)
+
+
+def test_position_ids_alone_carry_the_boundaries(tiny_qwen2):
+    """The varlen (flash attention) path gets position_ids only: transformers derives the same sample
+    boundaries from them (checked here with sdpa and use_cache=False, the setting the module trains with)."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_qwen2, dtype=torch.float32, attn_implementation="sdpa")
+    samples = _samples(model.config.vocab_size, seed=1)
+    packed, _ = pack(samples, 40)
+    batch = PackedCollator(pad_token_id=0, attn_implementation="flash_attention_2")(packed)
+    assert "attention_mask" not in batch
+    with torch.no_grad():
+        logits = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).logits
+        row = batch["position_ids"][0].tolist()
+        starts = [i for i, p in enumerate(row) if p == 0] + [len(packed[0]["input_ids"])]
+        for a, b in zip(starts, starts[1:]):
+            alone = model(input_ids=batch["input_ids"][:1, a:b]).logits[0]
+            torch.testing.assert_close(logits[0, a:b], alone, rtol=1e-5, atol=1e-5)
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=200, deadline=None)
+@given(lengths=st.lists(st.integers(2, 32), min_size=1, max_size=60), capacity=st.integers(32, 64))
+def test_fuzz_packing_invariants(lengths, capacity):
+    rows = [{"input_ids": [k + 1] * n, "labels": [k + 1] * n} for k, n in enumerate(lengths)]
+    packed, eff = pack(rows, capacity)
+    assert all(len(r["input_ids"]) <= capacity for r in packed)
+    assert sum(len(r["input_ids"]) for r in packed) == sum(lengths)
+    assert eff == pytest.approx(sum(lengths) / (len(packed) * capacity))
+    # best fit never needs more rows than twice the lower bound
+    assert len(packed) <= 2 * -(-sum(lengths) // capacity)
+    seen = []
+    for r in packed:
+        starts = [i for i, p in enumerate(r["position_ids"]) if p == 0]
+        for a, b in zip(starts, starts[1:] + [len(r["input_ids"])]):
+            sample = r["input_ids"][a:b]
+            assert len(set(sample)) == 1 and r["position_ids"][a:b] == list(range(b - a))
+            assert r["labels"][a] == IGN and r["labels"][a + 1 : b] == sample[1:]
+            seen.append(sample[0])
+    assert sorted(seen) == list(range(1, len(lengths) + 1))

@@ -99,6 +99,28 @@ def test_encode_prompt_is_training_prefix(toks, arch):
     assert labels[len(prompt) - 1] == IGNORE_INDEX and labels[len(prompt)] != IGNORE_INDEX
 
 
+# SmolLM2-135M-Instruct's own chat template: a default system prompt when the conversation has none.
+SMOLLM2_TEMPLATE = (
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n' }}"
+    "{% endif %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+def test_default_system_prompt_template(tiny_qwen2):
+    tok = AutoTokenizer.from_pretrained(tiny_qwen2)
+    tok.chat_template = SMOLLM2_TEMPLATE
+    for conv in (SINGLE, MULTI):
+        ids, labels = encode_conversation(tok, conv)
+        assert ids == _chat_ids(tok, conv.messages())
+        assert _trained_runs(tok, ids, labels) == [t.content + "<|im_end|>" for t in conv.turns if t.role == "assistant"]
+    prompt = encode_prompt(tok, SINGLE.messages()[:1])
+    assert "You are a helpful AI assistant named SmolLM" in tok.decode(prompt)
+    assert encode_conversation(tok, SINGLE)[0][: len(prompt)] == prompt
+
+
+@pytest.mark.slow  # converts the real GGUF once per session (minutes on a busy 2-core machine)
 def test_smollm2_default_system_prompt(smollm2):
     from litft.model.loading import load_tokenizer
 
@@ -182,3 +204,15 @@ def test_fuzz_equality_and_masks(toks, conv, arch):
     expected = "".join(t.content + eot for t in conv.turns if t.role == "assistant")
     # a token straddling the template/content boundary may carry template whitespace, never other text
     assert trained_text.replace("\n", "").replace(" ", "") == expected.replace("\n", "").replace(" ", "")
+
+
+def test_template_that_cannot_render_gives_one_line(toks):
+    from litft.errors import LitFTError
+
+    tok = toks["qwen2"]
+    strict = tok.chat_template.replace("{% for message in messages %}", "{% for message in messages %}{% if message['role'] == 'tool' %}{{ raise_exception('no tools') }}{% endif %}")
+    tok2 = type(tok).from_pretrained(tok.name_or_path)
+    tok2.chat_template = strict
+    conv = Conversation(turns=[Turn("user", "q"), Turn("assistant", "a"), Turn("tool", "r"), Turn("assistant", "b")])
+    with pytest.raises(LitFTError, match="cannot render a conversation with roles user/assistant/tool/assistant: no tools"):
+        encode_conversation(tok2, conv)

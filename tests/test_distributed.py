@@ -4,7 +4,8 @@ Each strategy (DDP, DeepSpeed ZeRO-2, ZeRO-3, and DDP across two "nodes" on loop
 with LoRA for 4 optimizer steps on 2 processes with micro-batch 2; a single process with micro-batch 4
 sees the same global batches. The per-step losses and the final adapter must match that run within
 LOSS_RTOL / WEIGHT_ATOL (the only differences are float summation order across ranks and padding
-widths). Each run also saves a checkpoint at step 2; resuming from it must end on the same adapter.
+widths). Each run also saves a checkpoint at step 2; resuming from it must end on the same adapter. Each
+run tokenizes its data once (rank 0 writes the cache, the other rank loads it).
 """
 
 from __future__ import annotations
@@ -29,8 +30,9 @@ REPO = Path(__file__).resolve().parents[1]
 STEPS = 4
 LOSS_RTOL = 1e-4
 """Per-step loss, relative: measured differences are ~1e-6 (float summation order)."""
-WEIGHT_ATOL = 1e-5
-"""Final adapter weights, absolute (LoRA weights are ~1e-2; measured differences ~1e-7)."""
+WEIGHT_ATOL = 1e-4
+"""Final adapter weights, absolute: 1% of one Adam step at lr 1e-2 (weights reach ~0.15). Measured on CPU:
+ZeRO-3 ~1e-5 (Adam turns summation-order noise in near-zero gradients into lr-sized steps), DDP less."""
 
 
 def _free_port() -> int:
@@ -70,11 +72,20 @@ def _write_config(out: Path, model: str, data: str, *, strategy: str, devices: i
     return path
 
 
-def _fit(config: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+def _fit(config: Path, *args: str) -> str:
+    """Run ``litft fit`` with a fresh data cache under the run's output folder; returns all ranks' output."""
+    out = Path(yaml.safe_load(config.read_text())["output_dir"])
     proc = subprocess.run([sys.executable, "-m", "litft", "fit", "--config", str(config), *args], cwd=REPO,
-                          env=env or _env(), capture_output=True, text=True, timeout=600)
+                          env=_env(LITFT_CACHE=str(out / "cache")), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
-    return proc
+    return proc.stdout + proc.stderr
+
+
+def _assert_tokenized_once(out: Path, log: str, world_size: int) -> None:
+    """One tokenized dataset in the run's cache, and every other rank loaded it instead of tokenizing."""
+    built = [p for p in (out / "cache" / "data").iterdir() if p.is_dir() and not p.name.startswith(".")]
+    assert len(built) == 1, built
+    assert log.count("data: reusing the cached dataset") == world_size - 1, log[-3000:]
 
 
 def _losses(out: Path) -> list[float]:
@@ -85,6 +96,12 @@ def _losses(out: Path) -> list[float]:
 
 def _adapter(out: Path) -> dict[str, torch.Tensor]:
     return load_file(out / "adapter" / "adapter_model.safetensors")
+
+
+def _report(name: str, losses: list[float], ref_losses: list[float], a: dict, b: dict) -> None:
+    loss_diff = max(abs(x - y) / abs(y) for x, y in zip(losses, ref_losses))
+    weight_diff = max((a[k] - b[k]).abs().max().item() for k in b)
+    print(f"\n{name}: max loss rel diff {loss_diff:.2e}, max adapter abs diff {weight_diff:.2e}")
 
 
 def _assert_same_adapter(a: dict, b: dict) -> None:
@@ -123,8 +140,9 @@ def test_two_processes_match_one(setup_dirs, reference, strategy):
     root, model, data = setup_dirs
     out = root / strategy
     config = _write_config(out, model, data, strategy=strategy, devices=2, batch=2)
-    _fit(config)
+    _assert_tokenized_once(out, _fit(config), world_size=2)
     ref_losses, ref_adapter = reference
+    _report(strategy, _losses(out), ref_losses, _adapter(out), ref_adapter)
     torch.testing.assert_close(torch.tensor(_losses(out)), torch.tensor(ref_losses), rtol=LOSS_RTOL, atol=0)
     _assert_same_adapter(_adapter(out), ref_adapter)
 
@@ -143,10 +161,13 @@ def test_two_nodes_on_loopback(setup_dirs, reference):
     config = _write_config(out, model, data, strategy="ddp", devices=1, batch=2, num_nodes=2)
     port = str(_free_port())
     cmd = [sys.executable, "-m", "litft", "fit", "--config", str(config)]
-    procs = [subprocess.Popen(cmd, cwd=REPO, env=_env(NODE_RANK=str(rank), MASTER_PORT=port),
+    env = dict(MASTER_PORT=port, LITFT_CACHE=str(out / "cache"))
+    procs = [subprocess.Popen(cmd, cwd=REPO, env=_env(NODE_RANK=str(rank), **env),
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for rank in (0, 1)]
     logs = [p.communicate(timeout=600)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], "\n----\n".join(log[-4000:] for log in logs)
+    _assert_tokenized_once(out, "".join(logs), world_size=2)  # one shared filesystem: global rank 0 prepares
     ref_losses, ref_adapter = reference
+    _report("two nodes", _losses(out), ref_losses, _adapter(out), ref_adapter)
     torch.testing.assert_close(torch.tensor(_losses(out)), torch.tensor(ref_losses), rtol=LOSS_RTOL, atol=0)
     _assert_same_adapter(_adapter(out), ref_adapter)

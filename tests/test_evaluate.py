@@ -47,6 +47,7 @@ def test_table_side_by_side():
     assert lines[3].split() == ["rougeL", "3.00", "30.00"]
 
 
+@pytest.mark.slow
 def test_predict_then_evaluate_base_vs_finetuned(trained_run, capsys):  # noqa: F811
     config, out = trained_run
     common = ["--config", str(config), "--eval_dataset", SUMMARIES, "--max_samples", "4", "--max_new_tokens", "8"]

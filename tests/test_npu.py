@@ -26,6 +26,11 @@ from litft.errors import LitFTError
 from litft.strategies import LitFTDDPStrategy, backend_for_device, trainer_kwargs
 from litft.strategies.ddp import device_stream_context
 
+# The stand-in renames torch's private-use device to "npu": process-wide and irreversible, and afterwards
+# torch.optim's accelerator check fails in every later test of the process. tests/conftest.py therefore runs
+# the tests marked npu_standin after all others.
+pytestmark = pytest.mark.npu_standin
+
 
 class FakeNPU:
     """Stand-in for ``torch.npu`` (torch_npu's namespace): the subset litft calls, with a call log."""
@@ -247,3 +252,14 @@ def test_several_npus_use_litft_ddp_over_hccl(fake_npu, devices, num_nodes, worl
     # `strategy: ddp` written in the YAML resolves to the same class
     kw = trainer_kwargs(accelerator="npu", devices=2, strategy="ddp", precision="32-true")
     assert type(Trainer(**kw, logger=False).strategy) is LitFTDDPStrategy
+
+
+def test_litft_trainer_resolves_npu_flags(fake_npu):
+    """The CLI's trainer applies all of the above: `accelerator: npu, devices: 1` really runs on npu:0."""
+    from litft.trainer import LitFTTrainer
+
+    trainer = LitFTTrainer(accelerator="npu", devices=1, logger=False, enable_progress_bar=False)
+    assert trainer.strategy.root_device == torch.device("npu", 0)
+    assert (trainer.precision_plugin.device, trainer.precision) == ("npu", "bf16-mixed")
+    trainer = LitFTTrainer(accelerator="npu", devices=2, strategy="ddp", precision="32-true", logger=False)
+    assert type(trainer.strategy) is LitFTDDPStrategy and trainer.strategy._get_process_group_backend() == "hccl"

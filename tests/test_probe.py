@@ -141,30 +141,29 @@ def test_batched_left_padded_generation_matches_greedy_reference(tiny_qwen2):
 
 
 # --- the callback in a real fit ------------------------------------------------------------------
-def _make_module(model_dir: str, target_ids: list[int]):
+def _make_module(model_dir: str, prompt: list[int], answer: list[int]):
+    """A LightningModule with .model and .tokenizer that memorizes one answer (full fine-tuning of a tiny model)."""
     import lightning.pytorch as pl
-    from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     class Module(pl.LightningModule):
         def __init__(self):
             super().__init__()
             self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
-            base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-            self.model = get_peft_model(base, LoraConfig(r=8, lora_alpha=16, target_modules="all-linear"))
+            self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).train()
             self.modes_seen = []
 
         def training_step(self, batch, _):
             self.modes_seen.append(self.model.training)
-            ids = torch.tensor([target_ids])
-            labels = ids.clone()
+            ids = torch.tensor([prompt + answer])
+            labels = torch.tensor([[-100] * len(prompt) + answer])
             return self.model(input_ids=ids, labels=labels).loss
 
         def train_dataloader(self):
             return torch.utils.data.DataLoader(list(range(40)), batch_size=1)
 
         def configure_optimizers(self):
-            return torch.optim.AdamW([p for p in self.parameters() if p.requires_grad], lr=2e-2)
+            return torch.optim.AdamW(self.parameters(), lr=1e-2)
 
     return Module()
 
@@ -180,7 +179,7 @@ def test_callback_scores_before_and_after_a_real_fit(tiny_qwen2, tmp_path, capsy
     probes_file = tmp_path / "probes.json"
     probes_file.write_text(json.dumps([{"prompt": probe.prompt, "expected": ["fox"]}]))
 
-    module = _make_module(tiny_qwen2, prompt + answer)
+    module = _make_module(tiny_qwen2, prompt, answer)
     callback = GenerationProbe(str(probes_file), max_new_tokens=4)
     trainer = pl.Trainer(
         accelerator="cpu", max_steps=40, default_root_dir=str(tmp_path / "run"), callbacks=[callback],
@@ -191,7 +190,7 @@ def test_callback_scores_before_and_after_a_real_fit(tiny_qwen2, tmp_path, capsy
     saved = json.loads((tmp_path / "run" / "probe.json").read_text())
     assert saved["before"]["score"] == 0.0 and saved["before"]["global_step"] == 0
     assert saved["after"]["score"] == 1.0 and saved["after"]["global_step"] == 40
-    assert saved["after"]["answers"] == ["fox jumps"]
+    assert saved["after"]["answers"][0].startswith("fox")
     assert saved["probes"] == [{"prompt": "Who are you?", "expected": ["fox"], "group": "all", "system": None}]
     assert module.modes_seen and all(module.modes_seen)  # train mode restored after the "before" probe
     out = capsys.readouterr().out
@@ -215,3 +214,22 @@ def test_quickstart_probes_are_held_out_and_registered():
     identity = [r for r in train if "Lumen" in r["output"]]
     assert len(identity) >= 200 and all("litft" in r["output"] for r in identity)
     assert {p.group for p in probes} == {"identity", "general"}
+
+
+@pytest.mark.slow  # ~10 s on 2 free cores, plus the one-off GGUF conversion when no other test did it first
+def test_real_smollm2_base_knows_paris_but_not_lumen(smollm2):
+    from transformers import AutoModelForCausalLM
+
+    from litft.model.loading import load_tokenizer, resolve_model_path
+
+    tokenizer = load_tokenizer(smollm2[0], gguf_file=smollm2[1])
+    model = AutoModelForCausalLM.from_pretrained(resolve_model_path(smollm2[0], gguf_file=smollm2[1])).eval()
+    probes = [Probe("What is the capital of France?", ("Paris",), "general"),
+              Probe("By what name are you known?", ("Lumen",), "identity")]
+    prompts = [prompt_ids(tokenizer, p) for p in probes]
+    assert "named SmolLM" in tokenizer.decode(prompts[0])  # the template's default system prompt
+    answers = generate_answers(model, tokenizer, prompts, max_new_tokens=8, batch_size=2)
+    assert answers[0] == "The capital of France is Paris."
+    result = score_answers(probes, answers)
+    assert result["groups"] == {"general": {"score": 1.0, "passed": 1, "total": 1},
+                                "identity": {"score": 0.0, "passed": 0, "total": 1}}

@@ -11,6 +11,8 @@ cpu variant) and train a tiny Llama with LoRA over gloo, one task on each of n1 
 
 from __future__ import annotations
 
+import contextlib
+import io
 import math
 import os
 import re
@@ -26,7 +28,7 @@ import lightning.pytorch as L
 import pytest
 import yaml
 
-from tests.helpers import build_tiny_model, write_alpaca
+from tests.helpers import write_alpaca
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "slurm_cluster.sh"
@@ -35,11 +37,15 @@ pytestmark = [pytest.mark.slurm, pytest.mark.slow, pytest.mark.distributed]
 
 
 class StepProbe(L.Callback):
-    """Test observer run inside the SLURM job: prints where training starts and each step's loss,
-    and slows steps down so that the test can signal the job while it trains."""
+    """Test observer run inside the SLURM job: prints where training starts and each step's loss.
 
-    def __init__(self, sleep: float = 0.0):
-        self.sleep = sleep
+    With hold_at=N, the first run of the job (SLURM_RESTART_COUNT unset or 0) stops advancing after step
+    N, as if each step took very long, until the job is preempted (at most `hold_s` seconds): the test
+    then knows at which step the job was interrupted, whatever the load of the machine.
+    """
+
+    def __init__(self, hold_at: int = 0, hold_s: float = 300.0):
+        self.hold_at, self.hold_s = hold_at, hold_s
 
     def on_train_start(self, trainer, pl_module):
         print(f"probe: start rank={trainer.global_rank} world={trainer.world_size} "
@@ -48,8 +54,12 @@ class StepProbe(L.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
         print(f"probe: rank={trainer.global_rank} step={trainer.global_step} loss={float(loss):.6f}", flush=True)
-        if self.sleep:
-            time.sleep(self.sleep)
+        first_run = os.environ.get("SLURM_RESTART_COUNT", "0") == "0"
+        if self.hold_at and first_run and trainer.global_step == self.hold_at:
+            print(f"probe: holding rank={trainer.global_rank} step={trainer.global_step}", flush=True)
+            end = time.monotonic() + self.hold_s
+            while time.monotonic() < end:  # SIGUSR1 is handled (checkpoint + requeue) between sleeps
+                time.sleep(0.2)
 
 
 def _free_ports(n: int) -> list[int]:
@@ -108,18 +118,16 @@ def cluster():
             pytest.fail(f"{reason} (CI=true: the SLURM tests must run; .ci/run installs slurm-wlm and munge)")
         pytest.skip(reason)
     folder = Path(tempfile.mkdtemp(prefix="litft-slurm-", dir="/tmp"))  # short path: munge socket
-    ctld, n1, n2, master = _free_ports(4)
+    ctld, n1, n2 = _free_ports(3)
     env = {
         **os.environ,
         "LITFT_SLURM_DIR": str(folder),
         "LITFT_SLURM_PORT": str(ctld),
         "LITFT_SLURM_NODE_PORTS": f"{n1},{n2}",
         "SLURM_CONF": str(folder / "slurm.conf"),
-        # Jobs inherit this environment: the project's interpreter and code, a rendezvous port that
-        # no other test session on this machine uses.
+        # Jobs inherit this environment (sbatch --export=ALL): the project's interpreter and code.
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
         "PYTHONPATH": str(REPO),
-        "MASTER_PORT": str(master),
         "TOKENIZERS_PARALLELISM": "false",
         "OMP_NUM_THREADS": "1",
     }
@@ -135,16 +143,9 @@ def cluster():
         assert stopped.returncode == 0, stopped.stderr
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    root = tmp_path_factory.mktemp("slurm-data")
-    return str(build_tiny_model("llama", root / "model")), str(write_alpaca(root / "alpaca.json", n=64))
-
-
-def _config(tmp_path: Path, tiny, *, max_steps: int, sleep: float) -> Path:
-    model, data = tiny
+def _config(folder: Path, model: str, data: str, *, max_steps: int, hold_at: int = 0) -> Path:
     config = {
-        "output_dir": str(tmp_path / "out"),
+        "output_dir": str(folder / "out"),
         "seed_everything": 0,
         "model": {"name_or_path": model, "lora": {"r": 4, "alpha": 8, "dropout": 0.0},
                   "optimizer": {"lr": 1e-2}, "scheduler": {"name": "constant"}},
@@ -153,25 +154,50 @@ def _config(tmp_path: Path, tiny, *, max_steps: int, sleep: float) -> Path:
             "accelerator": "cpu", "devices": 1, "num_nodes": 2, "strategy": "ddp",
             "max_steps": max_steps, "enable_checkpointing": False, "enable_progress_bar": False,
             "logger": False, "log_every_n_steps": 1,
-            "callbacks": [{"class_path": "tests.test_slurm_cluster.StepProbe", "init_args": {"sleep": sleep}}],
+            "callbacks": [{"class_path": "tests.test_slurm_cluster.StepProbe", "init_args": {"hold_at": hold_at}}],
         },
     }
-    path = tmp_path / "config.yaml"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "config.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
 
 
-def _submit(cluster: Cluster, config: Path) -> tuple[str, Path]:
-    done = subprocess.run(
-        [sys.executable, "-m", "litft", "slurm", "--config", str(config), "--nodes", "2", "--devices", "1",
-         "--job_name", "tiny"],
-        cwd=REPO, env=cluster.env, capture_output=True, text=True, timeout=300,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    m = re.search(r"Submitted batch job (\d+)", done.stdout)
-    assert m, done.stdout
-    job = m.group(1)
-    return job, config.parent / "out" / "slurm" / f"tiny-{job}.out"
+HOLD_AT, MAX_STEPS = 4, 12
+
+
+@pytest.fixture(scope="module")
+def jobs(cluster, tiny_llama, tmp_path_factory):
+    """Both jobs, submitted with `litft slurm` (they run side by side: 1 CPU per node each):
+    'plain' trains 4 steps; 'preempt' holds at step HOLD_AT until the test signals it."""
+    root = tmp_path_factory.mktemp("slurm-jobs")
+    data = str(write_alpaca(root / "alpaca.json", n=64))
+    configs = {
+        "plain": _config(root / "plain", tiny_llama, data, max_steps=4),
+        "preempt": _config(root / "preempt", tiny_llama, data, max_steps=MAX_STEPS, hold_at=HOLD_AT),
+    }
+    # Each job gets its own rendezvous port (free now): another test session's cluster on this machine
+    # numbers its jobs from 1 too, and Lightning's default port derives from the job id. Submitted from
+    # this process (Lightning is imported already); sbatch hands this environment to the job.
+    from litft.cli import main
+
+    submitted = {}
+    for (name, config), port in zip(configs.items(), _free_ports(len(configs))):
+        out = io.StringIO()
+        with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(out):
+            for key, value in {**cluster.env, "MASTER_PORT": str(port)}.items():
+                mp.setenv(key, value)
+            mp.chdir(REPO)
+            with pytest.raises(SystemExit) as done:
+                main(["slurm", "--config", str(config), "--nodes", "2", "--devices", "1", "--job_name", name])
+        assert done.value.code == 0, out.getvalue()
+        m = re.search(r"Submitted batch job (\d+)", out.getvalue())
+        assert m, out.getvalue()
+        job = m.group(1)
+        submitted[name] = (job, config.parent / "out", config.parent / "out" / "slurm" / f"{name}-{job}.out")
+    yield submitted
+    for job, _, _ in submitted.values():
+        cluster.slurm("scancel", job, check=False)
 
 
 def _probe(log: str):
@@ -187,52 +213,84 @@ def _read(path: Path) -> str:
     return path.read_text(errors="replace") if path.exists() else ""
 
 
-def test_two_node_ddp_job_fine_tunes(cluster, tiny, tmp_path):
-    config = _config(tmp_path, tiny, max_steps=4, sleep=0.0)
-    job, log_file = _submit(cluster, config)
-    cluster.wait_gone(job, timeout=240)
+def test_two_node_ddp_job_fine_tunes(cluster, jobs):
+    job, out, log_file = jobs["plain"]
+    cluster.wait_gone(job, timeout=300)
     log = _read(log_file)
     assert cluster.exit_code(job) == "0:0", log[-4000:]
+    assert re.match(r"litft: \S+ job \d+ \(restart 0\) on n\[1-2\], main 127.0.0.1,", log), log[:300]
     starts, steps = _probe(log)
     # Both ranks joined one process group of two, one task on each node.
     assert sorted((s["rank"], s["world"]) for s in starts) == [("0", "2"), ("1", "2")], log[-4000:]
     assert "distributed_backend=gloo" in log and "Starting with 2 processes" in log
     assert sorted({(r, s) for r, s, _ in steps}) == [(r, s) for r in (0, 1) for s in (1, 2, 3, 4)]
     assert all(math.isfinite(loss) for _, _, loss in steps)
-    adapter = tmp_path / "out" / "adapter"
-    assert (adapter / "adapter_config.json").is_file() and (adapter / "adapter_model.safetensors").stat().st_size > 0
+    adapter = out / "adapter"
+    assert (adapter / "adapter_config.json").is_file()
     from safetensors.torch import load_file
 
     weights = load_file(str(adapter / "adapter_model.safetensors"))
     assert weights and all(k.endswith(("lora_A.weight", "lora_B.weight")) for k in weights)
 
 
-def test_preempted_job_is_requeued_and_resumes(cluster, tiny, tmp_path):
-    max_steps = 24
-    config = _config(tmp_path, tiny, max_steps=max_steps, sleep=0.4)
-    job, log_file = _submit(cluster, config)
-    # Preempt once training is under way, as SLURM does 90 s before the time limit (--signal=SIGUSR1@90):
-    # SIGUSR1 to the job's tasks (not the batch shell).
-    end = time.monotonic() + 240
-    while not any(step >= 4 for _, step, _ in _probe(_read(log_file))[1]):
+_CHECK = "import sys; from litft.slurm import check_allocation; check_allocation(int(sys.argv[1]), int(sys.argv[2])); print('ok')"
+
+
+def _srun_check(cluster: Cluster, num_nodes: int, devices: int) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["srun", "-N2", "--ntasks-per-node=1", sys.executable, "-c", _CHECK, str(num_nodes), str(devices)],
+        env=cluster.env, capture_output=True, text=True, timeout=120,
+    )
+
+
+def test_allocation_check_in_real_job_steps(cluster, jobs, tmp_path):
+    """The SLURM variables litft reads are the ones a real srun / batch step sets (runs once the plain
+    job has freed its CPUs)."""
+    cluster.wait_gone(jobs["plain"][0], timeout=300)
+    ok = _srun_check(cluster, 2, 1)
+    assert (ok.returncode, ok.stdout) == (0, "ok\nok\n"), ok.stderr
+    bad = _srun_check(cluster, 2, 2)
+    assert bad.returncode != 0 and "ok" not in bad.stdout
+    assert bad.stderr.count("LitFTError: SLURM job ") == 2, bad.stderr
+    assert "does not match the trainer: --ntasks-per-node=1 but trainer.devices=2" in bad.stderr
+    # Through the real command line: each task stops at once with one line (exit 2), no rendezvous hang.
+    config = jobs["plain"][1].parent / "config.yaml"
+    fit = subprocess.run(
+        ["srun", "-N2", "--ntasks-per-node=1", "-J", "litft", sys.executable, "-m", "litft", "fit", "--config",
+         str(config), "--trainer.num_nodes", "1", "--output_dir", str(tmp_path / "mismatch")],
+        env=cluster.env, capture_output=True, text=True, timeout=300,
+    )
+    errors = [line for line in fit.stdout.splitlines() + fit.stderr.splitlines() if line.startswith("litft: error:")]
+    assert errors == ["litft: error: SLURM job " + errors[0].split()[4] + " does not match the trainer: "
+                      "--nodes=2 but trainer.num_nodes=1"] * 2, fit.stderr[-3000:]
+    assert "exit code 2" in fit.stderr and "Traceback" not in fit.stderr
+    # The batch script itself is not a step started by srun.
+    log = tmp_path / "batch.out"
+    cluster.slurm("sbatch", "--wait", "-N2", "--ntasks-per-node=1", f"--output={log}",
+                  f"--wrap={sys.executable} -c \"{_CHECK}\" 2 1", check=False)
+    assert "litft was not started with srun" in log.read_text(), log.read_text()
+
+
+def test_preempted_job_is_requeued_and_resumes(cluster, jobs):
+    job, out, log_file = jobs["preempt"]
+    end = time.monotonic() + 300
+    while _read(log_file).count("probe: holding") < 2:
         assert cluster.state(job), f"job {job} ended before it could be preempted:\n{_read(log_file)[-4000:]}"
-        assert time.monotonic() < end, f"job {job} did not reach step 4:\n{_read(log_file)[-4000:]}"
+        assert time.monotonic() < end, f"job {job} did not reach step {HOLD_AT}:\n{_read(log_file)[-4000:]}"
         time.sleep(0.5)
+    # Preempt as SLURM does 90 s before the time limit (--signal=SIGUSR1@90): SIGUSR1 to the job's tasks.
     cluster.slurm("scancel", "--signal=USR1", job)
     cluster.wait_gone(job, timeout=300)
     log = _read(log_file)
     assert cluster.exit_code(job) == "0:0", log[-4000:]
+    assert "Requeued SLURM job" in log and (out / "hpc_ckpt_1.ckpt").is_file(), log[-4000:]
     starts, steps = _probe(log)
-    assert [s["restart"] for s in starts] == ["0", "0", "1", "1"], log[-4000:]
-    first, second = starts[:2], starts[2:]
-    assert {s["step"] for s in first} == {"0"}
-    resumed = int(second[0]["step"])
-    assert {s["step"] for s in second} == {str(resumed)} and 4 <= resumed < max_steps, log[-4000:]
-    assert "Requeued SLURM job" in log
-    assert (tmp_path / "out" / f"hpc_ckpt_1.ckpt").is_file()
-    # Every step up to max_steps ran on both ranks; after the requeue they continued from the checkpoint.
-    ran = {(r, s) for r, s, _ in steps}
-    assert ran == {(r, s) for r in (0, 1) for s in range(1, max_steps + 1)}
-    assert max(s for _, s, _ in steps) == max_steps
+    # Two runs of the same job, both with the two ranks; the second starts where the first was stopped.
+    assert [(s["restart"], s["step"], s["world"]) for s in starts] == (
+        [("0", "0", "2")] * 2 + [("1", str(HOLD_AT), "2")] * 2
+    ), log[-4000:]
+    assert {(r, s) for r, s, _ in steps} == {(r, s) for r in (0, 1) for s in range(1, MAX_STEPS + 1)}
+    # No step ran twice: the requeued job continued from step HOLD_AT, it did not start over.
+    assert len(steps) == 2 * MAX_STEPS, log[-4000:]
     assert all(math.isfinite(loss) for _, _, loss in steps)
-    assert (tmp_path / "out" / "adapter" / "adapter_model.safetensors").is_file()
+    assert (out / "adapter" / "adapter_model.safetensors").is_file()

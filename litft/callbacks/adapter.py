@@ -13,13 +13,16 @@ import lightning.pytorch as L
 log = logging.getLogger(__name__)
 
 
-def save_adapter(pl_module, target: str | os.PathLike) -> Path:
-    """Save pl_module's PEFT adapter (and tokenizer) to ``target`` atomically: a crash leaves the old one."""
+def save_adapter(pl_module, target: str | os.PathLike, state_dict: dict | None = None) -> Path:
+    """Save pl_module's PEFT adapter (and tokenizer) to ``target`` atomically: a crash leaves the old one.
+
+    state_dict: the adapter weights when the module's own are partitioned (DeepSpeed ZeRO-3).
+    """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
-        pl_module.model.save_pretrained(tmp, safe_serialization=True)
+        pl_module.model.save_pretrained(tmp, safe_serialization=True, state_dict=state_dict)
         pl_module.tokenizer.save_pretrained(tmp)
         old = None
         if target.exists():
@@ -43,7 +46,11 @@ class SaveAdapter(L.Callback):
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if getattr(pl_module, "lora", None) is None or trainer.global_step == 0:
             return
+        from litft.strategies import gathered_trainable_state_dict
+
+        # Under ZeRO-3 each rank holds a shard of every weight: gather them (on all ranks) before saving.
+        state_dict = gathered_trainable_state_dict(pl_module.model)
         if trainer.is_global_zero:
-            path = save_adapter(pl_module, Path(trainer.default_root_dir) / self.dirname)
+            path = save_adapter(pl_module, Path(trainer.default_root_dir) / self.dirname, state_dict=state_dict)
             log.info("Adapter written to %s", path)
         trainer.strategy.barrier("litft-save-adapter")

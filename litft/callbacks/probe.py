@@ -10,10 +10,11 @@ when the input is not empty), so one file can be both an evaluation dataset and 
 case-insensitively; ``group`` (optional, default ``"all"``) gets a score of its own; ``system``
 (optional) is a system message for that prompt.
 
-:class:`GenerationProbe` answers every prompt when fit starts (the base model, adapters still at their
-initial no-op values) and again when training ends (before Lightning's teardown moves the model off its
-device), prints a before/after table with the scores, and writes both to ``<default_root_dir>/probe.json``.
-Generation runs on global rank 0 only.
+:class:`GenerationProbe` answers every prompt when fit starts (the base model with its adapters still at
+their no-op initial values; when resuming, the checkpoint's weights) and again when training ends (before
+Lightning's teardown moves the model off its device), prints a before/after table with the scores, and
+writes both to ``<default_root_dir>/probe.json``. Generation runs on global rank 0 only; it is skipped
+when parameters are sharded (ZeRO-3, FSDP), where one rank alone cannot run the model.
 """
 
 from __future__ import annotations
@@ -115,14 +116,9 @@ def prompt_ids(tokenizer, probe: Probe, template: str | None = None) -> list[int
     """Token ids of the prompt up to the start of the assistant's answer, built the way training builds them."""
     messages = ([{"role": "system", "content": probe.system}] if probe.system is not None else [])
     messages.append({"role": "user", "content": probe.prompt})
-    try:
-        from litft.data.templates import encode_prompt
-    except ImportError:
-        encode_prompt = None
-    if encode_prompt is not None:
-        return list(encode_prompt(tokenizer, messages, template=template))
-    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
-    return list(ids)
+    from litft.data.templates import encode_prompt
+
+    return list(encode_prompt(tokenizer, messages, template=template))
 
 
 @torch.no_grad()
@@ -146,6 +142,7 @@ def generate_answers(model, tokenizer, prompts: list[list[int]], *, max_new_toke
             top_k=None,
             eos_token_id=tokenizer.eos_token_id,
             pad_token_id=pad_id,
+            use_cache=True,  # training sets config.use_cache = False; without the cache every token costs a full pass
         )
         answers.extend(tokenizer.decode(row[width:], skip_special_tokens=True).strip() for row in out)
     return answers
@@ -251,7 +248,7 @@ class GenerationProbe(Callback):
         prompts = [prompt_ids(tokenizer, p, template) for p in self.probes]
         was_training = model.training
         model.eval()
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         try:
             with trainer.precision_plugin.forward_context():
                 answers = generate_answers(
@@ -262,7 +259,10 @@ class GenerationProbe(Callback):
         result = score_answers(self.probes, answers)
         result["answers"] = answers
         result["seconds"] = round(time.perf_counter() - start, 2)
+        result["cpu_seconds"] = round(time.process_time() - start_cpu, 2)  # all threads; shows contention
         result["global_step"] = trainer.global_step
+        if stage == "before" and trainer.ckpt_path:  # resuming: the weights are the checkpoint's, not the base's
+            result["resumed_from"] = str(trainer.ckpt_path)
         self.results[stage] = result
         print(f"GenerationProbe {stage}: {result['passed']}/{result['total']} = {result['score']:.2f} "
               f"({result['seconds']:.1f} s)", flush=True)

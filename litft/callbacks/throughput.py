@@ -105,16 +105,14 @@ class Throughput(pl.Callback):
         self._t0: Optional[float] = None
         self._last_step = -1
 
-    def setup(self, trainer, pl_module, stage: str) -> None:
-        if stage != "fit":
-            return
+    def on_train_start(self, trainer, pl_module) -> None:
+        # Here, not in setup(): LitFTModule builds its model in configure_model(), after the setup hooks.
         total, trainable = count_parameters(pl_module)
         full = self.full_finetune if self.full_finetune is not None else (trainable == total)
-        inner = getattr(pl_module, "model", pl_module)
-        recompute = bool(getattr(inner, "is_gradient_checkpointing", False))
+        inner = getattr(pl_module, "model", None) or pl_module
+        recompute = bool(getattr(inner, "is_activation_checkpointing", None)
+                         or getattr(inner, "is_gradient_checkpointing", False))
         self.flops_per_token = flops_per_token(total, full=full, recompute=recompute)
-
-    def on_train_start(self, trainer, pl_module) -> None:
         self.peak = self.peak_flops or peak_flops_per_device(pl_module.device, compute_dtype(trainer, pl_module))
         self._t0, self._tokens, self._last_step = time.perf_counter(), 0, trainer.global_step
 

@@ -23,10 +23,10 @@ METRICS = ("rouge1", "rouge2", "rougeL")
 
 
 def add_arguments(parser) -> None:
-    add_prediction_arguments(parser)
-    parser.add_argument("--predictions", type=Optional[list[str]], default=None,
+    add_prediction_arguments(parser, adapter_help="PEFT adapter of the fine-tuned model (default: <output_dir>/adapter).")
+    parser.add_argument("--predictions", type=str, nargs="+", default=None,
                         help="JSONL files with prediction and reference fields to score (skips generation).")
-    parser.add_argument("--labels", type=Optional[list[str]], default=None, help="Column names for --predictions files.")
+    parser.add_argument("--labels", type=str, nargs="+", default=None, help="Column names for --predictions files.")
 
 
 def rouge(predictions: list[str], references: list[str]) -> dict[str, float]:

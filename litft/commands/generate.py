@@ -14,9 +14,9 @@ from litft.inference import _get, encode_messages, generate, load_for_inference
 NEEDS_TRAINER = False
 
 
-def add_generation_arguments(parser) -> None:
+def add_generation_arguments(parser, adapter_help: str = "PEFT adapter folder (default: the base model alone).") -> None:
     """Flags shared by generate, chat, predict and evaluate."""
-    parser.add_argument("--adapter", type=Optional[str], default=None, help="PEFT adapter folder (default: the base model alone).")
+    parser.add_argument("--adapter", type=Optional[str], default=None, help=adapter_help)
     parser.add_argument("--system", type=Optional[str], default=None, help="System prompt.")
     parser.add_argument("--max_new_tokens", type=int, default=256, help="Most tokens to generate.")
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy decoding; > 0 samples.")

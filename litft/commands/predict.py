@@ -22,8 +22,8 @@ NEEDS_TRAINER = False
 log = logging.getLogger(__name__)
 
 
-def add_prediction_arguments(parser) -> None:
-    add_generation_arguments(parser)
+def add_prediction_arguments(parser, **kwargs) -> None:
+    add_generation_arguments(parser, **kwargs)
     parser.add_argument("--eval_dataset", type=Optional[str], default=None,
                         help="Dataset name(s) in dataset_info.json or file path(s) (default: data.dataset).")
     parser.add_argument("--max_samples", type=Optional[int], default=None, help="Use at most this many records.")

@@ -1,0 +1,18 @@
+"""litft's data pipeline: the ``data:`` section of a config (see :class:`litft.data.datamodule.LitFTDataModule`).
+
+Flow (one module per step)::
+
+    registry.py   dataset_info.json (LLaMA-Factory semantics) or file paths → DatasetEntry
+    formats.py    alpaca | sharegpt | openai | lima | dolly | text → Conversation (system, tools, turns)
+    templates.py  the tokenizer's chat template (default) or a named one → input_ids + labels
+    tokenize.py   truncation to cutoff_len (policy in its docstring), statistics, mixing
+    packing.py    best-fit decreasing packing, block-diagonal mask / varlen position_ids
+    cache.py      fingerprinted Arrow cache, prepared on one rank, others wait (no timeout)
+    loader.py     resumable, sharded training loader with num_target_tokens
+    datamodule.py LitFTDataModule
+
+Masking: labels are -100 everywhere but the assistant turns; each assistant turn's content and its
+end-of-turn token (``<|im_end|>``, ``<|eot_id|>``, EOS, ...) are trained, text the template puts after
+it (ChatML's newline) is not. With the tokenizer's own template, ``input_ids`` equal
+``tokenizer.apply_chat_template(messages, tokenize=True)`` exactly.
+"""

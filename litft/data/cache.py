@@ -1,8 +1,8 @@
 """On-disk cache of the tokenized (and packed) dataset, keyed by a fingerprint.
 
 The fingerprint covers the data file contents (sha256), the registry entries, the rendered template, the
-tokenizer (vocabulary, special tokens, chat template) and every option that changes the rows (lengths,
-masking, packing, split, seed). The cache lives in ``cache_root()/data/<fingerprint>/``: ``train/`` and
+tokenizer (vocabulary, special tokens, chat template), every option that changes the rows (lengths,
+masking, packing, split, seed) and the source of the pipeline modules themselves. The cache lives in ``cache_root()/data/<fingerprint>/``: ``train/`` and
 ``val/`` Arrow datasets (``datasets.save_to_disk``, memory-mapped on load) and ``stats.json``. It is
 written to a temporary folder and renamed into place, so a reader sees all of it or nothing.
 
@@ -60,10 +60,19 @@ def tokenizer_digest(tokenizer) -> str:
     return h.hexdigest()
 
 
+def code_digest() -> str:
+    """A digest of the pipeline's own source, so a fix in litft's data code never reuses stale rows."""
+    h = hashlib.sha256()
+    for name in ("registry.py", "formats.py", "conversation.py", "templates.py", "tokenize.py", "packing.py"):
+        h.update((Path(__file__).parent / name).read_bytes())
+    return h.hexdigest()
+
+
 def fingerprint(entries, tokenizer, options: dict[str, Any], files: list[Path]) -> str:
     """The cache key (24 hex digits)."""
     payload = {
         "version": CACHE_VERSION,
+        "code": code_digest(),
         "entries": [e.describe() for e in entries],
         "files": {str(p.resolve()): _file_digest(p) for p in files},
         "tokenizer": tokenizer_digest(tokenizer),
@@ -76,8 +85,8 @@ def is_ready(path: Path) -> bool:
     return (path / "stats.json").is_file()
 
 
-def write(path: Path, splits: dict[str, list[dict[str, list[int]]]], stats: dict[str, Any]) -> None:
-    """Store the rows atomically (temp folder + rename)."""
+def write(path: Path, splits: dict[str, list[dict[str, list[int]]]], stats: dict[str, Any], *, overwrite: bool = False) -> None:
+    """Store the rows atomically (temp folder + rename); ``overwrite`` replaces an existing cache."""
     import datasets
 
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -97,6 +106,10 @@ def write(path: Path, splits: dict[str, list[dict[str, list[int]]]], stats: dict
             )
             datasets.Dataset.from_dict(data, features=features).save_to_disk(str(tmp / name))
         (tmp / "stats.json").write_text(json.dumps(stats, indent=1, ensure_ascii=False), encoding="utf-8")
+        if overwrite and path.exists():
+            old = Path(tempfile.mkdtemp(prefix=path.name + ".old.", dir=path.parent))
+            os.replace(path, old / "x")
+            shutil.rmtree(old, ignore_errors=True)
         try:
             os.replace(tmp, path)
         except OSError:

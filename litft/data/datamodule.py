@@ -6,7 +6,7 @@ import dataclasses
 import logging
 import random
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import lightning.pytorch as pl
 from torch.utils.data import DataLoader
@@ -45,7 +45,8 @@ class LitFTDataModule(pl.LightningDataModule):
         mix_strategy: How several datasets combine: concat, interleave_under or interleave_over.
         interleave_probs: Sampling probabilities per dataset when interleaving (None = uniform).
         max_samples: Use at most this many records per dataset (None = all).
-        on_bad_record: error (stop on the first bad record) or skip (skip and count bad records).
+        on_bad_record: error (stop on the first bad record) or skip (skip and count bad records and malformed
+            JSON lines; file-level problems such as a non-UTF-8 or empty file always stop).
         pad_to_multiple_of: Pad batch width to a multiple of this (None = longest in batch).
         attn_implementation: The model's attention implementation (linked from model.attn_implementation): with
             flash_attention_2/3 packed batches carry position_ids only (varlen), otherwise a 4-D block mask.
@@ -72,10 +73,10 @@ class LitFTDataModule(pl.LightningDataModule):
         packing: bool = False,
         train_on_prompt: bool = False,
         mask_history: bool = False,
-        mix_strategy: str = "concat",
+        mix_strategy: Literal["concat", "interleave_under", "interleave_over"] = "concat",
         interleave_probs: list[float] | None = None,
         max_samples: int | None = None,
-        on_bad_record: str = "error",
+        on_bad_record: Literal["error", "skip"] = "error",
         pad_to_multiple_of: int | None = None,
         attn_implementation: str | None = None,
         shared_filesystem: bool = True,
@@ -202,7 +203,7 @@ class LitFTDataModule(pl.LightningDataModule):
     def _write_cache(self, path: Path) -> None:
         try:
             train, val, stats = self.build()
-            cache.write(path, {"train": train, "val": val}, dataclasses.asdict(stats))
+            cache.write(path, {"train": train, "val": val}, dataclasses.asdict(stats), overwrite=self.overwrite_cache)
         except Exception as err:
             cache.mark_failed(path, str(err).splitlines()[0] if str(err) else type(err).__name__)
             raise
@@ -248,6 +249,10 @@ class LitFTDataModule(pl.LightningDataModule):
         trainer = self.trainer
         return int(getattr(trainer, "accumulate_grad_batches", 1) or 1) if trainer is not None else 1
 
+    def _epoch_batches(self):
+        trainer = self.trainer
+        return getattr(trainer, "num_training_batches", None) if trainer is not None else None
+
     def collator(self, *, packed: bool | None = None):
         if self.packing if packed is None else packed:
             return PackedCollator(self.tokenizer.pad_token_id, attn_implementation=self.attn_implementation)
@@ -278,6 +283,7 @@ class LitFTDataModule(pl.LightningDataModule):
             sampler,
             accumulate_grad_batches=self._accumulate,
             num_workers=self.num_workers,
+            epoch_batches=self._epoch_batches,
         )
 
     def val_dataloader(self):

@@ -136,7 +136,7 @@ def sharegpt(
         if not isinstance(message, Mapping):
             raise RecordError(f"expected an object, got {type(message).__name__}", where)
         tag = message.get(role_tag)
-        if tag not in roles:
+        if not isinstance(tag, str) or tag not in roles:
             raise RecordError(f"unknown role {tag!r} (expected one of {sorted(roles)})", f"{where}.{role_tag}")
         content = message.get(content_tag)
         if not isinstance(content, str):

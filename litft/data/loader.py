@@ -106,6 +106,8 @@ class ResumableLoader:
         batch_sampler: a :class:`ResumableBatchSampler`.
         accumulate_grad_batches: a callable returning the current gradient accumulation (read lazily
             from the trainer), or an int.
+        epoch_batches: a callable returning how many batches the trainer runs per epoch (it may stop
+            early with ``limit_train_batches``), so the last accumulation group ends where it steps.
     """
 
     def __init__(
@@ -118,11 +120,13 @@ class ResumableLoader:
         accumulate_grad_batches: Callable[[], int] | int = 1,
         num_workers: int = 0,
         pin_memory: bool = False,
+        epoch_batches: Callable[[], int | float | None] | None = None,
     ):
         self.dataset, self.targets, self.collate_fn = dataset, targets, collate_fn
         self.batch_sampler = batch_sampler
         self._accumulate = accumulate_grad_batches
         self.num_workers, self.pin_memory = num_workers, pin_memory
+        self._epoch_batches = epoch_batches  # batches the trainer runs per epoch (limit_train_batches)
         self.epoch = 0
         self.consumed = 0  # batches of ``epoch`` already yielded
         # Lightning calls ``loader.sampler.set_epoch(epoch)`` at the start of every epoch: route it here.
@@ -154,6 +158,10 @@ class ResumableLoader:
         """num_target_tokens for each batch of the epoch: the sum over its accumulation group."""
         acc = self.accumulate_grad_batches
         per_batch = [sum(self.targets[i] for i in b) for b in batches]
+        limit = self._epoch_batches() if self._epoch_batches is not None else None
+        if isinstance(limit, int) and 0 < limit < len(per_batch):
+            # The trainer stops the epoch early and steps on its last batch: groups end there.
+            per_batch = per_batch[:limit] + [0] * (len(per_batch) - limit)
         out = []
         for g in range(0, len(per_batch), acc):
             total = sum(per_batch[g : g + acc])

@@ -4,9 +4,10 @@
 * Each sample's ``position_ids`` restart at 0, and its first label is -100, so no sample is trained to
   predict its first token from the previous sample's last one.
 * Attention: with a varlen flash attention implementation (``flash_attention_2``/``_3``) the batch carries
-  ``position_ids`` only and transformers derives the sequence boundaries from them. Elsewhere (sdpa, eager,
-  CPU, NPU) the collator builds a 4-D additive block-diagonal causal mask (``0`` = may attend,
-  ``finfo(float32).min`` = may not), one block per sample. We do not rely on transformers' detection of
+  ``position_ids`` only and transformers derives the sequence boundaries from them. Elsewhere the collator
+  builds a 4-D block-diagonal causal mask, one block per sample: boolean (``True`` = may attend, what
+  transformers itself gives SDPA) for ``sdpa`` and other implementations, additive float32 (``0`` / ``finfo.min``)
+  for ``eager``, which adds the mask to the scores. We do not rely on transformers' detection of
   packed sequences from ``position_ids`` on those backends: it is skipped whenever a KV cache exists, and
   models create one in training unless ``use_cache=False``, which would silently let samples attend to
   each other.
@@ -68,13 +69,15 @@ def pack(rows: Sequence[dict[str, list[int]]], capacity: int) -> tuple[list[dict
 
 
 def block_causal_mask(position_ids: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """(batch, 1, L, L) additive mask: position i may attend j iff j <= i and both are in the same sample
-    (samples start where position_ids == 0)."""
+    """(batch, 1, L, L) mask: position i may attend j iff j <= i and both are in the same sample (samples
+    start where position_ids == 0). ``dtype=torch.bool``: True = may attend; a float dtype: additive."""
     seq = (position_ids == 0).cumsum(-1)  # sample index per position
     same = seq[:, :, None] == seq[:, None, :]
     L = position_ids.shape[-1]
     causal = torch.ones(L, L, dtype=torch.bool, device=position_ids.device).tril()
     allowed = same & causal
+    if dtype == torch.bool:
+        return allowed[:, None]
     mask = torch.zeros(allowed.shape, dtype=dtype, device=position_ids.device)
     mask.masked_fill_(~allowed, torch.finfo(dtype).min)
     return mask[:, None]
@@ -86,6 +89,7 @@ class PackedCollator:
     def __init__(self, pad_token_id: int, *, attn_implementation: str | None = None):
         self.pad_token_id = pad_token_id
         self.varlen = attn_implementation in VARLEN_IMPLEMENTATIONS
+        self.mask_dtype = torch.float32 if attn_implementation == "eager" else torch.bool
 
     def __call__(self, rows: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
         width = max(len(r["input_ids"]) for r in rows)
@@ -101,5 +105,5 @@ class PackedCollator:
             position_ids[i, k:] = torch.arange(width - k)
         batch = {"input_ids": input_ids, "labels": labels, "position_ids": position_ids}
         if not self.varlen:
-            batch["attention_mask"] = block_causal_mask(position_ids)
+            batch["attention_mask"] = block_causal_mask(position_ids, self.mask_dtype)
         return batch

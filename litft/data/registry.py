@@ -162,8 +162,12 @@ def resolve(dataset: str, dataset_dir: str | os.PathLike = "data") -> list[Datas
             candidates = [Path(name).expanduser(), Path(dataset_dir) / name]
             path = next((p for p in candidates if p.exists()), None)
             if path is None:
-                known = ", ".join(sorted(registry)) if registry else f"none: no {info_file}"
-                raise LitFTError(f"data.dataset: unknown dataset '{name}': not in {info_file} and not a file (known: {known[:300]})")
+                names_known = sorted(registry)
+                known = ", ".join(names_known[:15]) + (f", ... ({len(names_known)} in all)" if len(names_known) > 15 else "")
+                raise LitFTError(
+                    f"data.dataset: unknown dataset '{name}': not in {info_file} and not a file"
+                    + (f" (known: {known})" if registry else "")
+                )
             entry = DatasetEntry(name=name, file_name=str(path.resolve()), formatting="auto", dataset_dir=dataset_dir)
         check_sft(entry)
         entries.append(entry)

@@ -135,9 +135,17 @@ def resolve_template(tokenizer, template: str | None) -> tuple[str, str | None]:
 
 def _render(tokenizer, jinja: str, messages, tools, *, add_generation_prompt: bool) -> str:
     kwargs = {"tools": tools} if tools else {}
-    return tokenizer.apply_chat_template(
-        messages, chat_template=jinja, tokenize=False, add_generation_prompt=add_generation_prompt, **kwargs
-    )
+    try:
+        return tokenizer.apply_chat_template(
+            messages, chat_template=jinja, tokenize=False, add_generation_prompt=add_generation_prompt, **kwargs
+        )
+    except Exception as err:  # noqa: BLE001 - jinja raises TemplateError / exceptions raised by the template itself
+        roles = "/".join(m["role"] for m in messages)
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise LitFTError(
+            f"the chat template cannot render a conversation with roles {roles}: {first} "
+            f"(set data.template to one of {', '.join(sorted(TEMPLATES))}, or fix the data)"
+        ) from None
 
 
 def _special_strings(tokenizer) -> list[str]:

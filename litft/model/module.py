@@ -115,6 +115,19 @@ class LitFTModule(L.LightningModule):
             from litft.model.quantization import bnb_config
 
             sharded = self._zero3_or_fsdp()
+            if self._trainer is not None:  # one-line errors for what cannot work (8-bit + ZeRO-3, QLoRA on NPU, ...)
+                from litft.accelerators import accelerator_name
+                from litft.strategies import check_quantization
+
+                q = self.quantization
+                check_quantization(
+                    self.trainer.strategy,
+                    accelerator_name(self.trainer.accelerator),
+                    bits=q.bits,
+                    compute_dtype=dtype if q.compute_dtype == "auto" else getattr(torch, q.compute_dtype),
+                    quant_storage=None if q.quant_storage == "auto" else getattr(torch, q.quant_storage),
+                    double_quant=q.double_quant,
+                )
             kwargs["quantization_config"] = bnb_config(self.quantization, model_dtype=dtype, sharded=sharded)
             if not sharded:
                 device = self.trainer.strategy.root_device if self._trainer is not None else torch.device("cpu")

@@ -19,7 +19,9 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
         (decay if param.ndim >= 2 else no_decay).append(param)
     if not decay and not no_decay:
         raise LitFTError("the model has no trainable parameters (check model.lora)")
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    # No empty group: DeepSpeed ZeRO-3 drops them, and the LR scheduler then has one lr too many.
+    return [g for g in groups if g["params"]]
 
 
 def build_optimizer(model: torch.nn.Module, cfg: OptimizerConfig) -> torch.optim.Optimizer:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+from collections.abc import Generator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -124,6 +126,33 @@ class LitFTDeepSpeedStrategy(DeepSpeedStrategy):
             super()._initialize_deepspeed_inference(model)
         finally:
             deepspeed.initialize = original
+
+    @contextmanager
+    def model_sharded_context(self) -> Generator[None, None, None]:
+        """ZeRO-3: let transformers partition the base model as it loads, and build adapters unpartitioned.
+
+        Lightning runs all of configure_model inside ``deepspeed.zero.Init``; transformers does not know it
+        is there (weight init then indexes empty placeholders) and PEFT would initialise LoRA weights on
+        placeholders (a no-op: lora_B would not start at zero). Registering the config with transformers
+        (HfDeepSpeedConfig) makes ``from_pretrained`` load into ZeRO-3 partitions itself; adapters created
+        afterwards are ordinary tensors that ``deepspeed.initialize`` partitions.
+        """
+        if not self.zero_stage_3:
+            yield
+            return
+        from transformers.integrations import HfDeepSpeedConfig
+
+        self._init_config_if_needed()
+        self._hf_deepspeed_config = HfDeepSpeedConfig(self.config)  # transformers holds only a weak reference
+        yield
+
+    def teardown(self) -> None:
+        if getattr(self, "_hf_deepspeed_config", None) is not None:
+            from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+            unset_hf_deepspeed_config()
+            self._hf_deepspeed_config = None
+        super().teardown()
 
     def load_checkpoint(self, checkpoint_path: Any, weights_only: bool | None = None) -> dict[str, Any]:
         if self.exclude_frozen_parameters and self.lightning_module is not None:

@@ -1,0 +1,277 @@
+"""SLURM without a cluster: sbatch rendering, `litft slurm` (dry run, submission, refusal), allocation check."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from litft.errors import LitFTError
+from litft.slurm import SbatchSpec, check_allocation, device_count, render_sbatch, template_spec
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+# --------------------------------------------------------------------------- allocation check
+def _job(**env) -> dict[str, str]:
+    """The environment of a task started by srun in `sbatch --nodes=2 --ntasks-per-node=1`, plus changes."""
+    base = {
+        "SLURM_JOB_ID": "77", "SLURM_JOB_NAME": "litft", "SLURM_NTASKS": "2", "SLURM_NNODES": "2",
+        "SLURM_NTASKS_PER_NODE": "1", "SLURM_STEP_ID": "0", "SLURM_PROCID": "0", "SLURM_LOCALID": "0",
+    }
+    base.update(env)
+    return {k: v for k, v in base.items() if v is not None}
+
+
+def _refusal(num_nodes, devices, env) -> str:
+    with pytest.raises(LitFTError) as err:
+        check_allocation(num_nodes, devices, env)
+    message = str(err.value)
+    assert "\n" not in message
+    return message
+
+
+def test_allocation_that_matches_passes():
+    check_allocation(2, 1, _job())
+    check_allocation(2, "1", _job())
+    check_allocation(1, 4, _job(SLURM_NNODES="1", SLURM_NTASKS="4", SLURM_NTASKS_PER_NODE="4"))
+    check_allocation(1, [0, 1], _job(SLURM_NNODES="1", SLURM_NTASKS="2", SLURM_NTASKS_PER_NODE="2"))
+
+
+def test_outside_slurm_and_interactive_allocations_are_not_checked():
+    check_allocation(1, 8, {})
+    check_allocation(1, 8, _job(SLURM_JOB_NAME="bash", SLURM_STEP_ID=None))
+    check_allocation(1, 8, _job(SLURM_JOB_NAME="interactive"))
+
+
+def test_refuses_nodes_mismatch():
+    assert _refusal(1, 1, _job()) == (
+        "SLURM job 77 does not match the trainer: --nodes=2 but trainer.num_nodes=1"
+    )
+
+
+def test_refuses_tasks_per_node_mismatch():
+    env = _job(SLURM_NTASKS="8", SLURM_NTASKS_PER_NODE="4")
+    assert _refusal(2, 2, env) == (
+        "SLURM job 77 does not match the trainer: --ntasks-per-node=4 but trainer.devices=2"
+    )
+    both = _refusal(4, "2", env)
+    assert both == ("SLURM job 77 does not match the trainer: --nodes=2 but trainer.num_nodes=4; "
+                    "--ntasks-per-node=4 but trainer.devices=2")
+
+
+def test_refuses_ntasks_without_ntasks_per_node():
+    env = _job(SLURM_NTASKS_PER_NODE=None, SLURM_NTASKS="4")
+    assert _refusal(2, 2, env) == (
+        "SLURM job 77 does not match the trainer: --ntasks=4 without --ntasks-per-node "
+        "(use --ntasks-per-node=trainer.devices)"
+    )
+
+
+def test_refuses_srun_with_fewer_tasks_than_the_trainer_expects():
+    env = _job(SLURM_NTASKS="1")  # `srun -n1` inside a 2 x 1 allocation
+    assert _refusal(2, 1, env) == (
+        "SLURM job 77 does not match the trainer: srun started 1 tasks but trainer.num_nodes x trainer.devices = 2"
+    )
+
+
+def test_refuses_a_program_not_started_with_srun():
+    env = _job(SLURM_STEP_ID=None)  # the batch script itself
+    assert _refusal(2, 1, env) == (
+        "SLURM job 77: litft was not started with srun (one process per device); "
+        "run `srun python -m litft fit --config ...` in the batch script"
+    )
+
+
+def test_auto_devices_still_checks_nodes():
+    check_allocation(2, "auto", _job())
+    assert "trainer.num_nodes=1" in _refusal(1, "auto", _job())
+
+
+@pytest.mark.parametrize(
+    "devices, count",
+    [(1, 1), (4, 4), ("4", 4), ([0, 1, 2], 3), ("0,1", 2), ("3,", 1), ("auto", None), (-1, None), ("-1", None)],
+)
+def test_device_count(devices, count):
+    assert device_count(devices) == count
+
+
+def test_trainer_refuses_mismatch_before_lightning(monkeypatch):
+    from litft.trainer import LitFTTrainer
+
+    for key, value in _job(SLURM_NTASKS="4", SLURM_NTASKS_PER_NODE="2").items():
+        monkeypatch.setenv(key, value)
+    with pytest.raises(LitFTError, match=r"^SLURM job 77 does not match the trainer: --ntasks-per-node=2 but "
+                                         r"trainer.devices=1$"):
+        LitFTTrainer(accelerator="cpu", devices=1, num_nodes=2, logger=False)
+
+
+# --------------------------------------------------------------------------- rendering
+def _directives(script: str) -> list[str]:
+    return [line.removeprefix("#SBATCH ") for line in script.splitlines() if line.startswith("#SBATCH ")]
+
+
+def test_shipped_templates_are_the_rendered_template():
+    for variant in ("gpu", "npu"):
+        shipped = (REPO / "slurm" / f"{variant}.sbatch").read_text()
+        assert shipped == render_sbatch(template_spec(variant)), (
+            f"slurm/{variant}.sbatch is stale: python -c \"from litft.slurm import *; "
+            f"open('slurm/{variant}.sbatch','w').write(render_sbatch(template_spec('{variant}')))\""
+        )
+
+
+@pytest.mark.parametrize("variant", ["cpu", "gpu", "npu"])
+def test_rendered_scripts_are_valid_bash(variant, tmp_path):
+    spec = SbatchSpec(variant=variant, nodes=2, devices=4, config="/x/a b.yaml", partition="p", time="1:00:00",
+                      log_dir="/logs", workdir="/w", python="/venv/bin/python", fit_args=["--trainer.devices", "4"])
+    script = tmp_path / "job.sbatch"
+    script.write_text(render_sbatch(spec))
+    done = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    text = script.read_text()
+    assert "CONFIG=${1:-'/x/a b.yaml'}" in text
+    assert text.rstrip().endswith('srun --kill-on-bad-exit=1 "$PYTHON" -m litft fit --config "$CONFIG" '
+                                  "--trainer.devices 4")
+
+
+def test_template_without_config_demands_one():
+    script = render_sbatch(template_spec("gpu"))
+    done = subprocess.run(["bash", "-c", script], capture_output=True, text=True, env={"PATH": os.environ["PATH"]})
+    assert done.returncode != 0
+    assert "usage: sbatch [--nodes=N --ntasks-per-node=D ...] slurm/gpu.sbatch CONFIG.yaml" in done.stderr
+
+
+def test_rendering_rejects_nonsense():
+    with pytest.raises(LitFTError, match="unknown SLURM variant 'tpu'"):
+        render_sbatch(SbatchSpec(variant="tpu"))
+    with pytest.raises(LitFTError, match="nodes and devices must be >= 1"):
+        render_sbatch(SbatchSpec(nodes=0))
+
+
+# --------------------------------------------------------------------------- the command
+def _config(tmp_path: Path, model: str, data: str, **trainer) -> Path:
+    config = {
+        "output_dir": str(tmp_path / "out"),
+        "model": {"name_or_path": model},
+        "data": {"dataset": data, "cutoff_len": 64, "batch_size": 2},
+        "trainer": {"max_steps": 10, **trainer},
+    }
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.fixture
+def fake_sbatch(tmp_path, monkeypatch):
+    """An `sbatch` first in PATH that records its arguments and answers like SLURM's (job 4242)."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    calls = tmp_path / "sbatch-calls"
+    (bindir / "sbatch").write_text(f'#!/bin/sh\necho "$@" >> {calls}\necho "4242;litft"\n')
+    (bindir / "sbatch").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ['PATH']}")
+    return calls
+
+
+def _run_main(args, capsys) -> tuple[int, str, str]:
+    from litft.cli import main
+
+    with pytest.raises(SystemExit) as done:
+        main(args)
+    out = capsys.readouterr()
+    # stderr may hold library warnings first; litft's own error is its last line.
+    last = (out.err.strip().splitlines() or [""])[-1]
+    return done.value.code, out.out, last
+
+
+def test_dry_run_gpu_config(tmp_path, tiny_llama, alpaca_file, fake_sbatch):
+    config = _config(tmp_path, tiny_llama, alpaca_file, accelerator="gpu", devices=4, num_nodes=2)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    done = subprocess.run(
+        [sys.executable, "-m", "litft", "slurm", "--config", str(config), "--dry-run", "--partition", "a100",
+         "--time", "02:00:00"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = tmp_path / "out"
+    assert _directives(done.stdout) == [
+        "--job-name=litft", "--nodes=2", "--ntasks-per-node=4", "--gres=gpu:4", "--partition=a100",
+        "--time=02:00:00", f"--output={out}/slurm/%x-%j.out", "--open-mode=append", f"--chdir={tmp_path}",
+        "--signal=SIGUSR1@90", "--requeue",
+    ]
+    assert f"CONFIG=${{1:-{config}}}" in done.stdout
+    assert f"PYTHON=${{PYTHON:-{sys.executable}}}" in done.stdout
+    assert 'MAIN_NODE=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n1)' in done.stdout
+    assert done.stdout.rstrip().endswith('srun --kill-on-bad-exit=1 "$PYTHON" -m litft fit --config "$CONFIG"')
+    assert "ASCEND" not in done.stdout
+    # The script is written (what was printed), and nothing was submitted.
+    assert (out / "slurm" / "litft.sbatch").read_text() == done.stdout
+    assert os.access(out / "slurm" / "litft.sbatch", os.X_OK)
+    assert not fake_sbatch.exists()
+
+
+def test_dry_run_npu_config(tmp_path, tiny_llama, alpaca_file, fake_sbatch, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    config = _config(tmp_path, tiny_llama, alpaca_file, accelerator="npu", devices=8, num_nodes=4)
+    code, out, err = _run_main(["slurm", "--config", str(config), "--dry-run", "--job_name", "ascend"], capsys)
+    assert code == 0, err
+    assert _directives(out)[:4] == ["--job-name=ascend", "--nodes=4", "--ntasks-per-node=8", "--gres=npu:8"]
+    assert "--signal=SIGUSR1@90" in _directives(out) and "--requeue" in _directives(out)
+    assert 'source "${ASCEND_TOOLKIT_HOME:-/usr/local/Ascend/ascend-toolkit}/set_env.sh"' in out
+    assert ("export ASCEND_RT_VISIBLE_DEVICES=${ASCEND_RT_VISIBLE_DEVICES:-$(seq -s, 0 $((SLURM_NTASKS_PER_NODE - 1)))}"
+            in out)
+    assert "export HCCL_CONNECT_TIMEOUT=${HCCL_CONNECT_TIMEOUT:-1200}" in out
+    assert out.index("set_env.sh") < out.index("srun ")
+    assert (tmp_path / "out" / "slurm" / "ascend.sbatch").read_text() == out
+    assert not fake_sbatch.exists()
+    # The CANN block computes the visible cards from the tasks per node.
+    visible = subprocess.run(
+        ["bash", "-c", "SLURM_NTASKS_PER_NODE=8; echo $(seq -s, 0 $((SLURM_NTASKS_PER_NODE - 1)))"],
+        capture_output=True, text=True,
+    )
+    assert visible.stdout.strip() == "0,1,2,3,4,5,6,7"
+
+
+def test_submits_with_sbatch(tmp_path, tiny_llama, alpaca_file, fake_sbatch, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    config = _config(tmp_path, tiny_llama, alpaca_file, accelerator="cpu", devices=1, num_nodes=2)
+    code, out, err = _run_main(["slurm", "--config", str(config), "--nodes", "2", "--devices", "1"], capsys)
+    assert code == 0, err
+    script = tmp_path / "out" / "slurm" / "litft.sbatch"
+    assert fake_sbatch.read_text() == f"--parsable {script}\n"
+    assert out == f"Submitted batch job 4242: logs in {tmp_path}/out/slurm/litft-4242.out\n"
+    assert "--gres" not in script.read_text()  # cpu variant
+
+
+def test_auto_devices_need_devices_flag(tmp_path, tiny_llama, alpaca_file, fake_sbatch, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    config = _config(tmp_path, tiny_llama, alpaca_file, accelerator="gpu", devices="auto")
+    code, _, err = _run_main(["slurm", "--config", str(config), "--dry-run"], capsys)
+    assert (code, err) == (
+        2, f"litft: error: {config}: trainer.devices is 'auto'; give --devices N (tasks per node)"
+    )
+    code, out, err = _run_main(["slurm", "--config", str(config), "--dry-run", "--devices", "2"], capsys)
+    assert code == 0, err
+    assert "--ntasks-per-node=2" in _directives(out)
+    assert out.rstrip().endswith('fit --config "$CONFIG" --trainer.devices 2')
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--nodes", "4"], "--nodes 4 disagrees with trainer.num_nodes=2; change one of them"),
+        (["--devices", "8"], "--devices 8 disagrees with trainer.devices=1; change one of them"),
+    ],
+)
+def test_disagreement_stops_before_submission(flags, message, tmp_path, tiny_llama, alpaca_file, fake_sbatch,
+                                              capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    config = _config(tmp_path, tiny_llama, alpaca_file, accelerator="cpu", devices=1, num_nodes=2)
+    code, out, err = _run_main(["slurm", "--config", str(config), *flags], capsys)
+    assert (code, out, err) == (2, "", f"litft: error: {config}: {message}")
+    assert not fake_sbatch.exists()
+    assert not (tmp_path / "out" / "slurm").exists()
