@@ -98,11 +98,13 @@ class LitFTCLI(LightningCLI):
 
 
 def _setup_logging() -> None:
-    handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("[litft] %(message)s"))
-    log.addHandler(handler)
+    """litft's messages on stderr as ``[litft] ...`` (once, however often main() runs in a process)."""
+    if not any(getattr(h, "_litft", False) for h in log.handlers):
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("[litft] %(message)s"))
+        handler._litft = True
+        log.addHandler(handler)
     log.setLevel(logging.INFO)
-    log.propagate = False
 
 
 def _usage() -> str:
