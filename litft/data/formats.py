@@ -28,6 +28,16 @@ def _col(columns: Mapping[str, str] | None, key: str, default: str | None) -> st
     return default
 
 
+def _get_list(record: Mapping[str, Any], name: str, *, of: str) -> list:
+    """A required list column (``of`` names its items in the error)."""
+    value = record.get(name)
+    if value is None:
+        raise RecordError("missing required column", name)
+    if not isinstance(value, list):
+        raise RecordError(f"expected a list of {of}, got {type(value).__name__}", name)
+    return value
+
+
 def _get_str(record: Mapping[str, Any], name: str | None, *, required: bool) -> str | None:
     """A string column: missing or None → None (or an error when required); anything else but str → error."""
     if name is None:
@@ -111,11 +121,7 @@ def sharegpt(
     at even ones; a leading system turn overrides the system column."""
     tags = {**_SHAREGPT_TAGS, **(tags or {})}
     messages_col = _col(columns, "messages", "conversations")
-    messages = record.get(messages_col)
-    if messages is None:
-        raise RecordError("missing required column", messages_col)
-    if not isinstance(messages, list):
-        raise RecordError(f"expected a list of messages, got {type(messages).__name__}", messages_col)
+    messages = _get_list(record, messages_col, of="messages")
     role_tag, content_tag = tags["role_tag"], tags["content_tag"]
     roles = {
         tags["user_tag"]: "user",
@@ -174,11 +180,7 @@ def openai(record: Mapping[str, Any], *, columns: Mapping[str, str] | None = Non
 def lima(record: Mapping[str, Any], *, columns: Mapping[str, str] | None = None, **_: Any) -> Conversation:
     """LIMA: ``conversations`` is a list of strings alternating user, assistant, user, ..."""
     col = _col(columns, "messages", "conversations")
-    items = record.get(col)
-    if items is None:
-        raise RecordError("missing required column", col)
-    if not isinstance(items, list):
-        raise RecordError(f"expected a list of strings, got {type(items).__name__}", col)
+    items = _get_list(record, col, of="strings")
     turns = []
     for i, text in enumerate(items):
         if not isinstance(text, str):
