@@ -84,15 +84,13 @@ class _FakeTrainer:
 
 
 def test_accumulated_loss_is_token_weighted(tiny_qwen2):
-    """Two micro-batches with 3 and 12 trained tokens give the gradient of one batch holding both
-    (a mean of per-micro-batch means would weight the short one 4x too much)."""
-    short, long = None, None
+    """Two micro-batches with 4 and 13 trained tokens give the gradient of one batch holding both
+    (a mean of per-micro-batch means would overweight the short one about 3x)."""
     module = _module(tiny_qwen2)
     short = _batch(module.tokenizer, 4, 4, seed=1, length=20)
     long = _batch(module.tokenizer, 4, 13, seed=2, length=20)
     joint = {k: torch.cat([short[k], long[k]]) for k in short}
 
-    module.trainer = None
     module._trainer = _FakeTrainer(accumulate=2)  # noqa: SLF001
     n_step = sum(int((b["labels"][:, 1:] != -100).sum()) for b in (short, long))
     for b in (short, long):
