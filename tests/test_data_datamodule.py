@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
+import json
+
 import lightning.pytorch as pl
 import pytest
 import torch
 
 from litft.data.datamodule import LitFTDataModule
 from litft.errors import LitFTError
-from tests.helpers import shared_dir
-
-LF = shared_dir() / "data" / "llamafactory"
 
 
 def test_alpaca_batches(tiny_qwen2, alpaca_file):
@@ -29,9 +28,9 @@ def test_alpaca_batches(tiny_qwen2, alpaca_file):
     assert val["input_ids"].shape[0] == 4
 
 
-def test_real_llamafactory_registry(tiny_qwen2):
+def test_real_llamafactory_registry(tiny_qwen2, lf_data):
     dm = LitFTDataModule(
-        dataset="alpaca_en_demo,alpaca_zh_demo,identity,c4_demo,wiki_demo", dataset_dir=str(LF),
+        dataset="alpaca_en_demo,alpaca_zh_demo,identity,c4_demo,wiki_demo", dataset_dir=str(lf_data),
         tokenizer=tiny_qwen2, cutoff_len=128, max_samples=20,
     )
     dm.setup()
@@ -44,8 +43,23 @@ def test_real_llamafactory_registry(tiny_qwen2):
 
 
 @pytest.mark.parametrize("name,what", [("dpo_en_demo", "preference"), ("kto_en_demo", "KTO")])
-def test_unsupported_entries_stop_clearly(tiny_qwen2, name, what):
-    dm = LitFTDataModule(dataset=name, dataset_dir=str(LF), tokenizer=tiny_qwen2)
+def test_unsupported_entries_stop_clearly(tmp_path, tiny_qwen2, name, what):
+    # The two entries as LLaMA-Factory's dataset_info.json declares them (preference and KTO data).
+    info = {
+        "dpo_en_demo": {"file_name": "dpo.json", "ranking": True, "formatting": "sharegpt",
+                        "columns": {"messages": "conversations", "chosen": "chosen", "rejected": "rejected"}},
+        "kto_en_demo": {"file_name": "kto.json", "formatting": "sharegpt",
+                        "columns": {"messages": "messages", "kto_tag": "label"},
+                        "tags": {"role_tag": "role", "content_tag": "content", "user_tag": "user",
+                                 "assistant_tag": "assistant"}},
+    }
+    (tmp_path / "dataset_info.json").write_text(json.dumps(info))
+    turn = [{"from": "human", "value": "Hi"}]
+    (tmp_path / "dpo.json").write_text(json.dumps([{"conversations": turn, "chosen": {"from": "gpt", "value": "a"},
+                                                    "rejected": {"from": "gpt", "value": "b"}}]))
+    (tmp_path / "kto.json").write_text(json.dumps([{"messages": [{"role": "user", "content": "Hi"},
+                                                                 {"role": "assistant", "content": "a"}], "label": True}]))
+    dm = LitFTDataModule(dataset=name, dataset_dir=str(tmp_path), tokenizer=tiny_qwen2)
     with pytest.raises(LitFTError, match=f"{what}.*not supported by SFT"):
         dm.setup()
 

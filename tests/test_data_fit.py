@@ -9,19 +9,20 @@ import pytest
 import yaml
 
 from litft.cli import main
-from tests.helpers import shared_dir
 
-LF = shared_dir() / "data" / "llamafactory"
-INFO = json.loads((LF / "dataset_info.json").read_text())
-PRESENT = sorted(n for n, e in INFO.items() if e.get("file_name") and (LF / e["file_name"]).exists())
 UNSUPPORTED = {"dpo_en_demo", "kto_en_demo"}
 
 
-def _fit(tmp_path, model, dataset, **data):
+def _present(lf) -> list[str]:
+    info = json.loads((lf / "dataset_info.json").read_text())
+    return sorted(n for n, e in info.items() if e.get("file_name") and (lf / e["file_name"]).exists())
+
+
+def _fit(tmp_path, model, dataset, lf, **data):
     cfg = {
         "output_dir": str(tmp_path / "out"),
         "model": {"name_or_path": model, "lora": {"r": 4, "alpha": 8}},
-        "data": {"dataset_dir": str(LF), "dataset": dataset, "cutoff_len": 96, "batch_size": 2, "max_samples": 8, **data},
+        "data": {"dataset_dir": str(lf), "dataset": dataset, "cutoff_len": 96, "batch_size": 2, "max_samples": 8, **data},
         "trainer": {"accelerator": "cpu", "devices": 1, "max_steps": 2, "enable_checkpointing": False, "logger": False,
                     "enable_progress_bar": False, "enable_model_summary": False},
     }
@@ -32,19 +33,19 @@ def _fit(tmp_path, model, dataset, **data):
     return exc.value.code
 
 
-def test_present_datasets_are_the_expected_ones():
-    assert set(PRESENT) >= {"alpaca_en_demo", "alpaca_zh_demo", "identity", "c4_demo", "wiki_demo"} | UNSUPPORTED
+def test_present_datasets_are_the_expected_ones(lf_data):
+    assert set(_present(lf_data)) >= {"alpaca_en_demo", "alpaca_zh_demo", "identity", "c4_demo", "wiki_demo"} | UNSUPPORTED
 
 
 @pytest.mark.parametrize("packing", [False, pytest.param(True, marks=pytest.mark.slow)])
-def test_every_present_sft_dataset_trains(tmp_path, tiny_qwen2, packing):
-    names = ",".join(n for n in PRESENT if n not in UNSUPPORTED)
-    assert _fit(tmp_path, tiny_qwen2, names, packing=packing) in (0, None)
+def test_every_present_sft_dataset_trains(tmp_path, tiny_qwen2, lf_data, packing):
+    names = ",".join(n for n in _present(lf_data) if n not in UNSUPPORTED)
+    assert _fit(tmp_path, tiny_qwen2, names, lf_data, packing=packing) in (0, None)
     assert (tmp_path / "out" / "adapter" / "adapter_config.json").is_file()
 
 
 @pytest.mark.parametrize("name", sorted(UNSUPPORTED))
-def test_unsupported_datasets_give_one_line(tmp_path, tiny_qwen2, name, capsys):
-    assert _fit(tmp_path, tiny_qwen2, name) == 2
+def test_unsupported_datasets_give_one_line(tmp_path, tiny_qwen2, lf_data, name, capsys):
+    assert _fit(tmp_path, tiny_qwen2, name, lf_data) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("litft: error: dataset") and "not supported by SFT" in err[-1]
