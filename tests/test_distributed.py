@@ -1,16 +1,28 @@
 """Distributed training on CPU, for real: several processes over gloo, started through ``python -m litft``.
 
-Each strategy (DDP, DeepSpeed ZeRO-2, ZeRO-3, and DDP across two "nodes" on loopback) trains a tiny Llama
-with LoRA for 4 optimizer steps on 2 processes with micro-batch 2; a single process with micro-batch 4
-sees the same global batches. The per-step losses and the final adapter must match that run within
-LOSS_RTOL / WEIGHT_ATOL (the only differences are float summation order across ranks and padding
-widths). Each run also saves a checkpoint at step 2; resuming from it must end on the same adapter. Each
-run tokenizes its data once (rank 0 writes the cache, the other rank loads it).
+The equivalence matrix: each strategy (DDP, DeepSpeed ZeRO-2, ZeRO-3, and DDP across two "nodes" on
+loopback) trains a tiny Llama with LoRA for 4 optimizer steps on 2 processes with micro-batch 2, with
+``accumulate_grad_batches`` 1 and 3; a single process with micro-batch 4 and the same accumulation sees
+the same global batches. The per-step logged loss and gradient norm and the final adapter must match
+that run within LOSS_RTOL / WEIGHT_ATOL (the only differences are float summation order across ranks
+and padding widths). The comparison is made scale-sensitive on purpose:
+
+- plain SGD (Adam would hide a constant factor in the gradients) with ``gradient_clip_val`` below the
+  larger gradient norms (a wrong scale clips differently) — the reference asserts that it does clip;
+- rows of very different lengths, so the two ranks hold different numbers of trained tokens in a step
+  (a per-rank mean instead of the global token weighting fails);
+- with accumulation 3, an epoch is 5 micro-batches: groups of 3 + 2 per epoch, and steps 2-3 run in the
+  second epoch (a group that straddled the epoch end, as DeepSpeed's own micro-step count would make,
+  fails).
+
+The A=1 runs also save a checkpoint at step 2; resuming from it must end on the same adapter. Each run
+tokenizes its data once (rank 0 writes the cache, the other rank loads it).
 """
 
 from __future__ import annotations
 
 import csv
+import json
 import os
 import socket
 import subprocess
@@ -22,17 +34,28 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from tests.helpers import write_alpaca
-
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS = 4
+ROWS = 20
+"""20 rows: 5 micro-batches of 2 per rank (or of 4 in one process) per epoch; with accumulation 3 that is
+a group of 3 and a group of 2 per epoch, so the 4 steps cross an epoch end."""
+LR = 1.0
+CLIP = 2.0
+"""gradient_clip_val: below the gradient norms of the later steps (the reference checks that it clips)."""
 LOSS_RTOL = 1e-4
-"""Per-step loss, relative: measured differences are ~1e-6 (float summation order)."""
+"""Per-step loss and gradient norm, relative: measured differences are ~1e-7 (float summation order)."""
 WEIGHT_ATOL = 1e-4
-"""Final adapter weights, absolute: 1% of one Adam step at lr 1e-2 (weights reach ~0.15). Measured on CPU:
-ZeRO-3 ~1e-5 (Adam turns summation-order noise in near-zero gradients into lr-sized steps), DDP less."""
+"""Final adapter weights, absolute (SGD at lr 1.0 moves them by up to CLIP per step)."""
+
+
+def _write_rows(path: Path) -> str:
+    """Alpaca records whose replies range from 1 to 11 words: ranks get unequal trained-token counts."""
+    records = [{"instruction": f"What is {i} plus {i}?", "input": "", "output": " ".join([str(2 * i)] * (1 + (7 * i) % 11))}
+               for i in range(ROWS)]
+    path.write_text(json.dumps(records))
+    return str(path)
 
 
 def _free_port() -> int:
@@ -49,16 +72,17 @@ def _env(**extra: str) -> dict[str, str]:
     return env
 
 
-def _write_config(out: Path, model: str, data: str, *, strategy: str, devices: int, batch: int, num_nodes: int = 1):
+def _write_config(out: Path, model: str, data: str, *, strategy: str, devices: int, batch: int, num_nodes: int = 1,
+                  accumulate: int = 1):
     config = {
         "output_dir": str(out),
         "seed_everything": 0,
         "model": {"name_or_path": model, "lora": {"r": 4, "alpha": 8, "dropout": 0.0},
-                  "optimizer": {"lr": 1e-2}, "scheduler": {"name": "constant"}},
+                  "optimizer": {"name": "sgd", "lr": LR}, "scheduler": {"name": "constant"}},
         "data": {"dataset": data, "cutoff_len": 48, "batch_size": batch},
         "trainer": {
             "accelerator": "cpu", "devices": devices, "num_nodes": num_nodes, "strategy": strategy,
-            "max_steps": STEPS, "log_every_n_steps": 1, "enable_progress_bar": False, "enable_model_summary": False,
+            "max_steps": STEPS, "accumulate_grad_batches": accumulate, "gradient_clip_val": CLIP, "log_every_n_steps": 1, "enable_progress_bar": False, "enable_model_summary": False,
             "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger",
                        "init_args": {"save_dir": str(out), "name": "", "version": "logs"}},
             "callbacks": [{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
@@ -88,10 +112,17 @@ def _assert_tokenized_once(out: Path, log: str, world_size: int) -> None:
     assert log.count("data: reusing the cached dataset") == world_size - 1, log[-3000:]
 
 
-def _losses(out: Path) -> list[float]:
+def _metric(out: Path, name: str) -> list[float]:
+    """A per-step metric from the CSV log, in step order (one value per optimizer step)."""
     with open(out / "logs" / "metrics.csv") as f:
-        rows = [r for r in csv.DictReader(f) if r.get("train/loss")]
-    return [float(r["train/loss"]) for r in sorted(rows, key=lambda r: int(r["step"]))]
+        rows = [r for r in csv.DictReader(f) if r.get(name)]
+    steps = [int(r["step"]) for r in rows]
+    assert len(steps) == len(set(steps)), f"{name} logged more than once per step: {steps}"
+    return [float(r[name]) for r in sorted(rows, key=lambda r: int(r["step"]))]
+
+
+def _losses(out: Path) -> list[float]:
+    return _metric(out, "train/loss")
 
 
 def _adapter(out: Path) -> dict[str, torch.Tensor]:
@@ -120,33 +151,54 @@ def _checkpoint(out: Path) -> Path:
 @pytest.fixture(scope="module")
 def setup_dirs(tmp_path_factory, tiny_llama):
     root = tmp_path_factory.mktemp("dist")
-    data = str(write_alpaca(root / "alpaca.json", n=40))
-    return root, tiny_llama, data
+    return root, tiny_llama, _write_rows(root / "rows.json")
+
+
+def _result(out: Path) -> tuple[list[float], list[float], dict[str, torch.Tensor]]:
+    return _losses(out), _metric(out, "train/grad_norm"), _adapter(out)
 
 
 @pytest.fixture(scope="module")
-def reference(setup_dirs):
-    """One process, micro-batch 4: the run the distributed ones must reproduce."""
+def references(setup_dirs):
+    """One process, micro-batch 4: the runs the distributed ones must reproduce, one per accumulation (lazy)."""
     root, model, data = setup_dirs
-    out = root / "single"
-    _fit(_write_config(out, model, data, strategy="auto", devices=1, batch=4))
-    losses = _losses(out)
-    assert len(losses) == STEPS and losses[-1] < losses[0]
-    return losses, _adapter(out)
+    cache: dict[int, tuple] = {}
+
+    def get(accumulate: int):
+        if accumulate not in cache:
+            out = root / f"single-a{accumulate}"
+            _fit(_write_config(out, model, data, strategy="auto", devices=1, batch=4, accumulate=accumulate))
+            losses, norms, adapter = cache[accumulate] = _result(out)
+            assert len(losses) == len(norms) == STEPS
+            assert max(norms) > CLIP, f"gradient norms {norms} never reach gradient_clip_val={CLIP}: nothing clips"
+        return cache[accumulate]
+
+    return get
 
 
+def _assert_matches(name: str, out: Path, reference: tuple) -> None:
+    losses, norms, adapter = _result(out)
+    ref_losses, ref_norms, ref_adapter = reference
+    _report(name, losses, ref_losses, adapter, ref_adapter)
+    torch.testing.assert_close(torch.tensor(losses), torch.tensor(ref_losses), rtol=LOSS_RTOL, atol=0)
+    torch.testing.assert_close(torch.tensor(norms), torch.tensor(ref_norms), rtol=LOSS_RTOL, atol=0)
+    _assert_same_adapter(adapter, ref_adapter)
+
+
+@pytest.mark.parametrize("accumulate", [1, 3])
 @pytest.mark.parametrize("strategy", ["ddp", "deepspeed_stage_2", "deepspeed_stage_3"])
-def test_two_processes_match_one(setup_dirs, reference, strategy):
+def test_two_processes_match_one(setup_dirs, references, strategy, accumulate):
     root, model, data = setup_dirs
-    out = root / strategy
-    config = _write_config(out, model, data, strategy=strategy, devices=2, batch=2)
+    out = root / f"{strategy}-a{accumulate}"
+    config = _write_config(out, model, data, strategy=strategy, devices=2, batch=2, accumulate=accumulate)
     _assert_tokenized_once(out, _fit(config), world_size=2)
-    ref_losses, ref_adapter = reference
-    _report(strategy, _losses(out), ref_losses, _adapter(out), ref_adapter)
-    torch.testing.assert_close(torch.tensor(_losses(out)), torch.tensor(ref_losses), rtol=LOSS_RTOL, atol=0)
-    _assert_same_adapter(_adapter(out), ref_adapter)
+    reference = references(accumulate)
+    _assert_matches(f"{strategy} A={accumulate}", out, reference)
+    if accumulate != 1:
+        return
 
     # resume from the step-2 checkpoint: the run must end on the same adapter as the uninterrupted one
+    ref_losses, _, ref_adapter = reference
     resumed = root / f"{strategy}-resumed"
     config = _write_config(resumed, model, data, strategy=strategy, devices=2, batch=2)
     _fit(config, "--ckpt_path", str(_checkpoint(out)))
@@ -154,7 +206,7 @@ def test_two_processes_match_one(setup_dirs, reference, strategy):
     _assert_same_adapter(_adapter(resumed), ref_adapter)
 
 
-def test_two_nodes_on_loopback(setup_dirs, reference):
+def test_two_nodes_on_loopback(setup_dirs, references):
     """Two processes posing as two nodes (NODE_RANK 0 and 1, MASTER_ADDR=127.0.0.1), one device each."""
     root, model, data = setup_dirs
     out = root / "two-nodes"
@@ -167,7 +219,4 @@ def test_two_nodes_on_loopback(setup_dirs, reference):
     logs = [p.communicate(timeout=600)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], "\n----\n".join(log[-4000:] for log in logs)
     _assert_tokenized_once(out, "".join(logs), world_size=2)  # one shared filesystem: global rank 0 prepares
-    ref_losses, ref_adapter = reference
-    _report("two nodes", _losses(out), ref_losses, _adapter(out), ref_adapter)
-    torch.testing.assert_close(torch.tensor(_losses(out)), torch.tensor(ref_losses), rtol=LOSS_RTOL, atol=0)
-    _assert_same_adapter(_adapter(out), ref_adapter)
+    _assert_matches("two nodes", out, references(1))

@@ -44,10 +44,11 @@ class LoraConfig:
 
 @dataclass
 class OptimizerConfig:
-    """AdamW and its memory-saving variants."""
+    """AdamW and its memory-saving variants, or plain SGD."""
 
-    name: Literal["adamw", "adamw_8bit", "paged_adamw", "paged_adamw_8bit"] = "adamw"
-    """adamw (torch), or bitsandbytes' 8-bit and/or paged AdamW (CUDA)."""
+    name: Literal["adamw", "adamw_8bit", "paged_adamw", "paged_adamw_8bit", "sgd"] = "adamw"
+    """adamw (torch), bitsandbytes' 8-bit and/or paged AdamW (CUDA), or sgd (torch, no momentum: the update is
+    lr x gradient, which makes gradient scale visible, e.g. when comparing strategies)."""
     lr: float = 2e-4
     """Peak learning rate."""
     weight_decay: float = 0.0

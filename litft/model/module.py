@@ -14,6 +14,7 @@ from litft.model.adapters import apply_lora
 from litft.model.config import LoraConfig, OptimizerConfig, QuantizationConfig, SchedulerConfig
 from litft.model.loading import load_tokenizer, resolve_model_path
 from litft.model.optim import build_optimizer, build_scheduler
+from litft.strategies import scale
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +70,7 @@ class LitFTModule(L.LightningModule):
         self.model = None
         self._tokenizer = None
         self._step_loss = None
+        self._grad_norm_pending = False
         self._val_sums = None
 
     # ------------------------------------------------------------------ loading
@@ -193,16 +195,16 @@ class LitFTModule(L.LightningModule):
         if step_tokens is None:  # a loader without the count: weight by this micro-batch alone
             step_tokens = n_tokens
         # Token-weighted over the whole optimizer step: every rank and micro-batch divides its summed loss by
-        # the global count of trained tokens in the step. Lightning divides the returned loss by
-        # accumulate_grad_batches and DDP averages gradients over ranks, so both factors are undone here.
+        # the global count of trained tokens in the step; litft.strategies.scale owns the strategies' factors.
         global_tokens = self.trainer.strategy.reduce(
             torch.as_tensor(step_tokens, device=loss_sum.device, dtype=torch.float32), reduce_op="sum"
         ).clamp(min=1)
         contribution = loss_sum / global_tokens
         self._step_loss = contribution.detach() + (self._step_loss if self._step_loss is not None else 0)
-        return contribution * self.trainer.world_size * self.trainer.accumulate_grad_batches
+        return contribution * scale.loss_multiplier(self.trainer)
 
     def on_before_optimizer_step(self, optimizer) -> None:
+        """Once per optimizer step (every strategy: Lightning owns accumulation), before gradient clipping."""
         if self._step_loss is None:
             return
         step_loss = self.trainer.strategy.reduce(self._step_loss, reduce_op="sum")
@@ -214,6 +216,19 @@ class LitFTModule(L.LightningModule):
             )
         self.log("train/loss", step_loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=1)
         self.log("train/lr", optimizer.param_groups[0]["lr"], prog_bar=True, on_step=True, on_epoch=False, batch_size=1)
+        if scale.grad_norm_after_step(self.trainer.strategy):
+            self._grad_norm_pending = True  # logged in on_train_batch_end, once the strategy has computed it
+            return
+        norm = scale.local_grad_norm(self)
+        if norm is not None:
+            self.log("train/grad_norm", norm, on_step=True, on_epoch=False, batch_size=1)
+
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        if getattr(self, "_grad_norm_pending", False):
+            self._grad_norm_pending = False
+            norm = scale.strategy_grad_norm(self.trainer.strategy)
+            if norm is not None:
+                self.log("train/grad_norm", norm, on_step=True, on_epoch=False, batch_size=1)
 
     def on_validation_epoch_start(self) -> None:
         self._val_sums = torch.zeros(2, device=self.device, dtype=torch.float64)

@@ -4,6 +4,13 @@ Lightning's DeepSpeedStrategy refuses anything but CUDA. Three changes make it r
 environment set-up as plain DDP (no CUDA check), no device-index check (CPU devices have no index) and
 ``deepspeed.initialize(device_rank=local_rank)``. DeepSpeed's own accelerator is pinned to the trainer's
 through ``DS_ACCELERATOR``.
+
+Gradient accumulation is Lightning's, as under DDP: Lightning groups the micro-batches of each epoch (the
+last, possibly shorter, group steps on the epoch's last batch) and divides the training-step loss by
+``accumulate_grad_batches``. DeepSpeed is told not to count micro-steps itself
+(``managed_gradient_accumulation: false``: ``engine.step()`` is the boundary) and not to divide the loss
+again (``backward(scale_wrt_gas=False)``). So every strategy scales the loss the same way
+(:func:`litft.strategies.scale.loss_multiplier`) and steps on the same micro-batches.
 """
 
 from __future__ import annotations
@@ -68,6 +75,33 @@ class LitFTDeepSpeedStrategy(DeepSpeedStrategy):
             # The optimizer comes from configure_optimizers (torch AdamW...), which DeepSpeed refuses with offload
             # unless told otherwise. With LoRA the optimizer state is small, so a torch optimizer on CPU is fine.
             self.config.setdefault("zero_force_ds_cpu_optimizer", False)
+        if self.config.get("managed_gradient_accumulation", False):
+            raise LitFTError(
+                "DeepSpeed config: managed_gradient_accumulation must be false (or unset) with litft: Lightning "
+                "groups the micro-batches (trainer.accumulate_grad_batches) for every strategy"
+            )
+        self.config["managed_gradient_accumulation"] = False
+
+    @property
+    def handles_gradient_accumulation(self) -> bool:
+        """False: Lightning's loop accumulates and calls the optimizer step (``engine.step()``) per group."""
+        return False
+
+    def backward(self, closure_loss: torch.Tensor, optimizer: Any, *args: Any, **kwargs: Any) -> torch.Tensor:
+        # Lightning has already divided the loss by accumulate_grad_batches; DeepSpeed must not divide again.
+        kwargs.setdefault("scale_wrt_gas", False)
+        return super().backward(closure_loss, optimizer, *args, **kwargs)
+
+    @contextmanager
+    def block_backward_sync(self) -> Generator[None, None, None]:
+        """Nothing to block: without managed accumulation, ZeRO-2/3 reduce each backward into their partitions
+        and stages 0/1 reduce in ``step()`` (the engine's ``no_sync`` refuses ZeRO-2/3)."""
+        yield
+
+    def grad_norm(self) -> float | None:
+        """Total gradient norm (before clipping) of the last optimizer step, as DeepSpeed computed it."""
+        norm = self.model.get_global_grad_norm() if self.model is not None else None
+        return None if norm is None else float(norm)
 
     @property
     def _on_cuda(self) -> bool:
