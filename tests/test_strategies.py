@@ -88,12 +88,24 @@ def test_shipped_deepspeed_json(file, stage, offload):
     trainer = Trainer(accelerator="cpu", devices=2, strategy=strategy, logger=False, precision="bf16-mixed")
     trainer.strategy._init_config_if_needed()
     assert trainer.strategy.config["bf16"] == {"enabled": True}
+    # Lightning's loop accumulates for every strategy; DeepSpeed neither counts micro-steps nor re-divides
+    assert trainer.strategy.config["managed_gradient_accumulation"] is False
+    assert trainer.strategy.handles_gradient_accumulation is False
 
 
-def test_fsdp_needs_cuda():
-    for accelerator in ("cpu", "npu"):
-        with pytest.raises(LitFTError, match="FSDP is CUDA-only.*deepspeed_stage_3"):
+def test_deepspeed_managed_accumulation_is_refused():
+    with pytest.raises(LitFTError, match="managed_gradient_accumulation must be false"):
+        LitFTDeepSpeedStrategy(config={"zero_optimization": {"stage": 2}, "managed_gradient_accumulation": True})
+
+
+def test_fsdp_is_refused_with_the_alternative():
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    for accelerator in ("cpu", "npu", "cuda"):
+        with pytest.raises(LitFTError, match=r"^trainer.strategy=fsdp: litft does not offer FSDP.*use deepspeed_stage_3"):
             trainer_kwargs(accelerator=accelerator, strategy="fsdp", devices=2)
+    with pytest.raises(LitFTError, match=r"trainer.strategy=fsdpstrategy: litft does not offer FSDP"):
+        trainer_kwargs(accelerator="cpu", strategy=FSDPStrategy(), devices=2)
 
 
 def test_deepspeed_fp16_on_cpu_is_refused():
@@ -135,7 +147,7 @@ def test_qlora_zero3_stores_4bit_in_compute_dtype():
 def test_8bit_cannot_be_sharded():
     with pytest.raises(LitFTError, match="8-bit quantization cannot be sharded by DeepSpeed ZeRO-3"):
         check_quantization(_zero3(), "cuda", bits=8, compute_dtype=torch.bfloat16)
-    with pytest.raises(LitFTError, match="8-bit quantization cannot be sharded by FSDP"):
+    with pytest.raises(LitFTError, match="does not offer FSDP"):
         check_quantization("fsdp", "cuda", bits=8, compute_dtype=torch.bfloat16)
     assert check_quantization(None, "cuda", bits=None, compute_dtype=torch.bfloat16) is None
 

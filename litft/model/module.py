@@ -93,16 +93,13 @@ class LitFTModule(L.LightningModule):
             return torch.float16
         return torch.float32
 
-    def _strategy_name(self) -> str:
-        return type(self.trainer.strategy).__name__.lower() if self._trainer is not None else ""
-
-    def _zero3_or_fsdp(self) -> bool:
+    def _zero3(self) -> bool:
+        """Parameters partitioned across ranks (DeepSpeed ZeRO-3; litft refuses FSDP)."""
         if self._trainer is None:
             return False
-        strategy = self.trainer.strategy
-        stage = getattr(strategy, "config", None) or {}
-        stage = stage.get("zero_optimization", {}).get("stage", 0) if isinstance(stage, dict) else 0
-        return stage == 3 or "fsdp" in self._strategy_name()
+        from litft.strategies import is_zero3
+
+        return is_zero3(self.trainer.strategy)
 
     def load_base_model(self):
         """The frozen transformers model, quantized when asked."""
@@ -116,7 +113,7 @@ class LitFTModule(L.LightningModule):
         if self.quantization is not None:
             from litft.model.quantization import bnb_config
 
-            sharded = self._zero3_or_fsdp()
+            sharded = self._zero3()
             if self._trainer is not None:  # one-line errors for what cannot work (8-bit + ZeRO-3, QLoRA on NPU, ...)
                 from litft.accelerators import accelerator_name
                 from litft.strategies import check_quantization
@@ -157,7 +154,7 @@ class LitFTModule(L.LightningModule):
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if self.lora is not None:
             # ZeRO-3 partitions parameters at init; PEFT's adapter dtype autocast trips its dtype check there.
-            model = apply_lora(model, self.lora, autocast_adapter_dtype=not self._zero3_or_fsdp())
+            model = apply_lora(model, self.lora, autocast_adapter_dtype=not self._zero3())
         else:
             model.requires_grad_(True)
         model.train()  # from_pretrained returns eval mode; Lightning keeps modules' modes as found

@@ -24,14 +24,17 @@ def is_fsdp(strategy: Any) -> bool:
     return isinstance(strategy, FSDPStrategy) or (isinstance(strategy, str) and strategy.lower().startswith("fsdp"))
 
 
+FSDP_REFUSED = (
+    "trainer.strategy={name}: litft does not offer FSDP (Lightning's plain FSDP would wrap the whole model as one "
+    "unit, keep LoRA weights in the base dtype and checkpoint the full base model); use deepspeed_stage_3 to shard"
+)
+
+
 def check_strategy(strategy: Any, accelerator: str, precision: str | None) -> None:
     """Raise LitFTError for strategy/accelerator/precision choices that cannot work."""
     name = strategy_name(strategy)
-    if is_fsdp(strategy) and accelerator not in ("cuda", "gpu"):
-        raise LitFTError(
-            f"trainer.strategy={name} needs CUDA GPUs (Lightning's FSDP is CUDA-only) but trainer.accelerator="
-            f"{accelerator}; use deepspeed_stage_3 to shard on {accelerator}"
-        )
+    if is_fsdp(strategy):
+        raise LitFTError(FSDP_REFUSED.format(name=name))
     if "deepspeed" in name and accelerator == "cpu" and precision in ("16-mixed", "16-true", "16"):
         raise LitFTError(
             f"trainer.precision={precision} with DeepSpeed on cpu: DeepSpeed has no fp16 on CPU; use 32-true or bf16-mixed"
@@ -51,9 +54,10 @@ def check_quantization(
 ) -> torch.dtype | None:
     """Validate bitsandbytes quantization against the run and return the ``bnb_4bit_quant_storage`` to use.
 
-    - ZeRO-3 and FSDP shard parameters, which only works for 4-bit weights stored in the compute dtype
+    - ZeRO-3 shards parameters, which only works for 4-bit weights stored in the compute dtype
       (``bnb_4bit_quant_storage == compute dtype``; load with no ``device_map``): litft sets it when unset.
-    - 8-bit weights cannot be sharded by ZeRO-3 or FSDP.
+    - 8-bit weights cannot be sharded by ZeRO-3.
+    - FSDP is refused (see :func:`check_strategy`).
     - QLoRA on Ascend NPU is experimental (no released bitsandbytes has an NPU backend): opt in with
       LITFT_NPU_EXPERIMENTAL_QLORA=1, and keep double quantization off.
     """
@@ -69,11 +73,12 @@ def check_quantization(
             )
         if double_quant:
             raise LitFTError("QLoRA on NPU: double quantization is not supported by the NPU backend; turn it off")
-    sharded = is_zero3(strategy) or is_fsdp(strategy) or strategy_name(strategy) in (
-        "deepspeed_stage_3", "deepspeed_stage_3_offload")
+    if is_fsdp(strategy):
+        raise LitFTError(FSDP_REFUSED.format(name=strategy_name(strategy)))
+    sharded = is_zero3(strategy) or strategy_name(strategy) in ("deepspeed_stage_3", "deepspeed_stage_3_offload")
     if not sharded:
         return quant_storage
-    kind = "FSDP" if is_fsdp(strategy) else "DeepSpeed ZeRO-3"
+    kind = "DeepSpeed ZeRO-3"
     if bits == 8:
         raise LitFTError(f"8-bit quantization cannot be sharded by {kind}; use 4-bit (QLoRA) or ZeRO-2 / DDP")
     if quant_storage is not None and quant_storage not in (torch.uint8, compute_dtype):
