@@ -15,6 +15,8 @@ from typing import Any, Optional
 import lightning.pytorch as pl
 import torch
 
+from litft.model.params import count_parameters  # noqa: F401  (ZeRO-3 partitions and 4-bit weights at full size)
+
 # Dense 16-bit peak FLOP/s per device of Ascend NPUs (vendor-published figures, approximate; override with
 # peak_flops). Matched by prefix of the lower-cased torch.npu.get_device_name(), most specific first.
 NPU_PEAK_FLOPS: dict[str, float] = {
@@ -31,18 +33,6 @@ def count_tokens(batch: Any) -> int:
     if isinstance(mask, torch.Tensor) and mask.dim() == 2:
         return int(mask.sum().item())
     return int(batch["input_ids"].numel())
-
-
-def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
-    """(all parameters, trainable parameters); 4-bit packed weights are counted at their logical size."""
-    total = trainable = 0
-    for p in model.parameters():
-        quant_state = getattr(p, "quant_state", None)
-        n = int(torch.Size(quant_state.shape).numel()) if quant_state is not None else p.numel()
-        total += n
-        if p.requires_grad:
-            trainable += n
-    return total, trainable
 
 
 def flops_per_token(n_params: int, *, full: bool, recompute: bool) -> int:

@@ -14,6 +14,7 @@ from litft.model.adapters import apply_lora
 from litft.model.config import LoraConfig, OptimizerConfig, QuantizationConfig, SchedulerConfig
 from litft.model.loading import load_tokenizer, resolve_model_path
 from litft.model.optim import build_optimizer, build_scheduler
+from litft.model.params import count_parameters
 from litft.strategies import scale
 
 log = logging.getLogger(__name__)
@@ -159,8 +160,7 @@ class LitFTModule(L.LightningModule):
             model.requires_grad_(True)
         model.train()  # from_pretrained returns eval mode; Lightning keeps modules' modes as found
         self.model = model
-        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        total = sum(p.numel() for p in model.parameters())
+        total, trainable = count_parameters(model)  # full sizes under ZeRO-3 and 4-bit quantization
         log.info("Trainable parameters: %s of %s (%.3f%%)", f"{trainable:,}", f"{total:,}", 100 * trainable / max(total, 1))
 
     # ------------------------------------------------------------------ forward and loss
