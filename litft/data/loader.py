@@ -155,7 +155,12 @@ class ResumableLoader:
         self.epoch, self.consumed = int(state["epoch"]), int(state["batches_consumed"])
 
     def _step_targets(self, batches: list[list[int]]) -> list[int]:
-        """num_target_tokens for each batch of the epoch: the sum over its accumulation group."""
+        """num_target_tokens for each batch of the epoch: the sum over its accumulation group.
+
+        The groups are Lightning's, for every strategy (litft's DeepSpeed strategy leaves accumulation to
+        Lightning): ``accumulate_grad_batches`` consecutive batches counted from the start of each epoch
+        (``batch_progress.current.ready % A``), and the epoch's last batch steps, closing a shorter group.
+        """
         acc = self.accumulate_grad_batches
         per_batch = [sum(self.targets[i] for i in b) for b in batches]
         limit = self._epoch_batches() if self._epoch_batches is not None else None
