@@ -93,6 +93,13 @@ def test_shipped_deepspeed_json(file, stage, offload):
     assert trainer.strategy.handles_gradient_accumulation is False
 
 
+def test_deepspeed_stage_1_has_no_overlap_comm():
+    """DeepSpeed refuses overlap_comm below stage 2 once litft owns the accumulation boundary."""
+    zero = LitFTDeepSpeedStrategy(stage=1).config["zero_optimization"]
+    assert zero["stage"] == 1 and zero["overlap_comm"] is False
+    assert LitFTDeepSpeedStrategy(stage=2).config["zero_optimization"]["overlap_comm"] is True
+
+
 def test_deepspeed_managed_accumulation_is_refused():
     with pytest.raises(LitFTError, match="managed_gradient_accumulation must be false"):
         LitFTDeepSpeedStrategy(config={"zero_optimization": {"stage": 2}, "managed_gradient_accumulation": True})

@@ -81,6 +81,9 @@ class LitFTDeepSpeedStrategy(DeepSpeedStrategy):
                 "groups the micro-batches (trainer.accumulate_grad_batches) for every strategy"
             )
         self.config["managed_gradient_accumulation"] = False
+        zero = self.config.get("zero_optimization") or {}
+        if zero.get("stage", 0) < 2 and zero.get("overlap_comm"):
+            zero["overlap_comm"] = False  # DeepSpeed allows overlap_comm without managed accumulation only from stage 2
 
     @property
     def handles_gradient_accumulation(self) -> bool:
