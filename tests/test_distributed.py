@@ -15,6 +15,9 @@ and padding widths). The comparison is made scale-sensitive on purpose:
   second epoch (a group that straddled the epoch end, as DeepSpeed's own micro-step count would make,
   fails).
 
+The A=3 cells train QLoRA (4-bit nf4 base, bitsandbytes on CPU; under ZeRO-3 stored in the compute dtype and
+partitioned), so both adapter kinds run distributed at no extra launch.
+
 The A=1 runs also save a checkpoint at step 2; resuming from it must end on the same adapter. Each run
 tokenizes its data once (rank 0 writes the cache, the other rank loads it).
 """
@@ -73,12 +76,13 @@ def _env(**extra: str) -> dict[str, str]:
 
 
 def _write_config(out: Path, model: str, data: str, *, strategy: str, devices: int, batch: int, num_nodes: int = 1,
-                  accumulate: int = 1):
+                  accumulate: int = 1, qlora: bool = False):
     config = {
         "output_dir": str(out),
         "seed_everything": 0,
         "model": {"name_or_path": model, "lora": {"r": 4, "alpha": 8, "dropout": 0.0},
-                  "optimizer": {"name": "sgd", "lr": LR}, "scheduler": {"name": "constant"}},
+                  "optimizer": {"name": "sgd", "lr": LR}, "scheduler": {"name": "constant"},
+                  **({"quantization": {"bits": 4}} if qlora else {})},
         "data": {"dataset": data, "cutoff_len": 48, "batch_size": batch},
         "trainer": {
             "accelerator": "cpu", "devices": devices, "num_nodes": num_nodes, "strategy": strategy,
@@ -163,16 +167,16 @@ def _result(out: Path) -> tuple[list[float], list[float], dict[str, torch.Tensor
 def references(setup_dirs):
     """One process, micro-batch 4: the runs the distributed ones must reproduce, one per accumulation (lazy)."""
     root, model, data = setup_dirs
-    cache: dict[int, tuple] = {}
+    cache: dict[tuple[int, bool], tuple] = {}
 
-    def get(accumulate: int):
-        if accumulate not in cache:
-            out = root / f"single-a{accumulate}"
-            _fit(_write_config(out, model, data, strategy="auto", devices=1, batch=4, accumulate=accumulate))
-            losses, norms, adapter = cache[accumulate] = _result(out)
+    def get(accumulate: int, qlora: bool = False):
+        if (accumulate, qlora) not in cache:
+            out = root / f"single-a{accumulate}{'-qlora' if qlora else ''}"
+            _fit(_write_config(out, model, data, strategy="auto", devices=1, batch=4, accumulate=accumulate, qlora=qlora))
+            losses, norms, adapter = cache[accumulate, qlora] = _result(out)
             assert len(losses) == len(norms) == STEPS
             assert max(norms) > CLIP, f"gradient norms {norms} never reach gradient_clip_val={CLIP}: nothing clips"
-        return cache[accumulate]
+        return cache[accumulate, qlora]
 
     return get
 
@@ -189,15 +193,15 @@ def _assert_matches(name: str, out: Path, reference: tuple) -> None:
     assert mfu and min(mfu) > 0, f"{name}: mfu {mfu}"
 
 
-@pytest.mark.parametrize("accumulate", [1, 3])
+@pytest.mark.parametrize("accumulate,qlora", [(1, False), (3, True)], ids=["lora-a1", "qlora-a3"])
 @pytest.mark.parametrize("strategy", ["ddp", "deepspeed_stage_2", "deepspeed_stage_3"])
-def test_two_processes_match_one(setup_dirs, references, strategy, accumulate):
+def test_two_processes_match_one(setup_dirs, references, strategy, accumulate, qlora):
     root, model, data = setup_dirs
-    out = root / f"{strategy}-a{accumulate}"
-    config = _write_config(out, model, data, strategy=strategy, devices=2, batch=2, accumulate=accumulate)
+    out = root / f"{strategy}-a{accumulate}{'-qlora' if qlora else ''}"
+    config = _write_config(out, model, data, strategy=strategy, devices=2, batch=2, accumulate=accumulate, qlora=qlora)
     _assert_tokenized_once(out, _fit(config), world_size=2)
-    reference = references(accumulate)
-    _assert_matches(f"{strategy} A={accumulate}", out, reference)
+    reference = references(accumulate, qlora)
+    _assert_matches(f"{strategy} A={accumulate}{' QLoRA' if qlora else ''}", out, reference)
     if accumulate != 1:
         return
 
