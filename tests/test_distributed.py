@@ -55,8 +55,8 @@ WEIGHT_ATOL = 1e-4
 
 def _write_rows(path: Path) -> str:
     """Alpaca records whose replies range from 1 to 11 words: ranks get unequal trained-token counts."""
-    records = [{"instruction": f"What is {i} plus {i}?", "input": "", "output": " ".join([str(2 * i)] * (1 + (7 * i) % 11))}
-               for i in range(ROWS)]
+    records = [{"instruction": f"What is {i} plus {i}?", "input": "",
+                "output": " ".join([str(2 * i)] * (1 + (7 * i) % 11))} for i in range(ROWS)]
     path.write_text(json.dumps(records))
     return str(path)
 
@@ -172,7 +172,9 @@ def references(setup_dirs):
     def get(accumulate: int, qlora: bool = False):
         if (accumulate, qlora) not in cache:
             out = root / f"single-a{accumulate}{'-qlora' if qlora else ''}"
-            _fit(_write_config(out, model, data, strategy="auto", devices=1, batch=4, accumulate=accumulate, qlora=qlora))
+            config = _write_config(out, model, data, strategy="auto", devices=1, batch=4, accumulate=accumulate,
+                                   qlora=qlora)
+            _fit(config)
             losses, norms, adapter = cache[accumulate, qlora] = _result(out)
             assert len(losses) == len(norms) == STEPS
             assert max(norms) > CLIP, f"gradient norms {norms} never reach gradient_clip_val={CLIP}: nothing clips"

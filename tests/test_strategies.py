@@ -109,7 +109,7 @@ def test_fsdp_is_refused_with_the_alternative():
     from lightning.pytorch.strategies import FSDPStrategy
 
     for accelerator in ("cpu", "npu", "cuda"):
-        with pytest.raises(LitFTError, match=r"^trainer.strategy=fsdp: litft does not offer FSDP.*use deepspeed_stage_3"):
+        with pytest.raises(LitFTError, match=r"^trainer.strategy=fsdp: litft does not offer FSDP.*deepspeed_stage_3"):
             trainer_kwargs(accelerator=accelerator, strategy="fsdp", devices=2)
     with pytest.raises(LitFTError, match=r"trainer.strategy=fsdpstrategy: litft does not offer FSDP"):
         trainer_kwargs(accelerator="cpu", strategy=FSDPStrategy(), devices=2)
