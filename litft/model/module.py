@@ -156,8 +156,10 @@ class LitFTModule(L.LightningModule):
 
             keep_4bit_weights_trainable(model)
         elif self.gradient_checkpointing:
-            enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
-            enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x's name
+                model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            else:
+                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if self.lora is not None:
             # ZeRO-3 partitions parameters at init; PEFT's adapter dtype autocast trips its dtype check there.
             model = apply_lora(model, self.lora, autocast_adapter_dtype=not self._zero3_or_fsdp())
