@@ -13,9 +13,9 @@ logits outlive it:
 
 Sharded heads (ZeRO-3, FSDP): every call of a partitioned head is a collective, so ranks must make the same
 calls whatever their number of trained tokens (zero included). A frozen ``nn.Linear`` head under ZeRO-3 is
-gathered once per call of :func:`lm_loss_from_hidden` and the chunks run on the gathered weight; any other
-head under ``symmetric=True`` runs the chunk count agreed across ranks (one all-reduce), empty chunks
-included. Every path runs at least one chunk, so the loss always depends on the hidden states and every
+gathered once per call of :func:`lm_loss_from_hidden` and the chunks run on the gathered weight
+(:mod:`litft.model.zero3_head`); any other head under ``symmetric=True`` runs the chunk count agreed across
+ranks (one all-reduce), empty chunks included. Every path runs at least one chunk, so the loss always depends on the hidden states and every
 rank runs the whole backward pass, even with no trained token.
 """
 
@@ -28,6 +28,8 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
+
+from litft.model import zero3_head
 
 log = logging.getLogger(__name__)
 
@@ -113,10 +115,6 @@ def _agreed_chunk_count(n_chunks: int, device: torch.device) -> int:
     return int(count.item())
 
 
-def _zero3_partitioned(head: torch.nn.Module) -> bool:
-    return any(hasattr(p, "ds_id") for p in head.parameters(recurse=False))
-
-
 def _frozen(head: torch.nn.Module) -> bool:
     return not any(p.requires_grad for p in head.parameters())
 
@@ -138,7 +136,7 @@ def _use_liger(path: str, hidden: torch.Tensor, head: torch.nn.Module, n_targets
     usable = (
         hidden.is_cuda
         and _plain_linear(head)
-        and not _zero3_partitioned(head)
+        and not zero3_head.is_partitioned(head)
         and type(head.weight) is torch.nn.Parameter  # not an FSDP2 DTensor shard
         and n_targets > 0  # an empty input would leave the loss without a graph
     )
@@ -175,20 +173,16 @@ def lm_loss_from_hidden(
         loss = loss[0] if isinstance(loss, tuple) else getattr(loss, "loss", loss)
         return loss.float(), mask.sum()
 
-    vocab = getattr(head, "out_features", None) or head.weight.shape[0]
-    if _zero3_partitioned(head):
-        vocab = getattr(head.weight, "ds_shape", (vocab,))[0]
-    size = int(chunk_size or default_chunk_size(vocab))
+    size = int(chunk_size or default_chunk_size(zero3_head.full_rows(head.weight)))
     if size < 1:
         raise ValueError(f"loss chunk_size must be >= 1, got {size}")
     n_chunks = max(1, -(-n // size))
-    gathered = contextlib.nullcontext()
+    gathered = None
     project: Callable[[torch.Tensor], torch.Tensor] = head
-    if _zero3_partitioned(head) and _frozen(head) and _plain_linear(head):
-        # One all-gather of the head per call on every rank, chunks on the gathered weight (no module hooks).
-        import deepspeed
-
-        gathered = deepspeed.zero.GatheredParameters(list(head.parameters()), modifier_rank=None)
+    if _frozen(head) and _plain_linear(head):
+        gathered = zero3_head.gather_once(head)
+    if gathered is not None:
+        # One all-gather of the head on every rank, chunks on the gathered weight (no per-call module hooks).
         project = _linear_of(head)
         kind = "head gathered once per micro-batch (ZeRO-3)"
     elif symmetric:
@@ -196,6 +190,8 @@ def lm_loss_from_hidden(
         kind = "chunk count agreed across ranks"
     else:
         kind = "local chunk count"
+    if gathered is None:
+        gathered = contextlib.nullcontext()
     with gathered:
         if not (torch.is_grad_enabled() and hidden.requires_grad):
             with torch.no_grad():
