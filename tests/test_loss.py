@@ -214,3 +214,17 @@ def test_logits_multiplier_falls_back_to_the_models_logits(tiny_models, caplog):
     del module._hidden_path_verdict
     module.loss_sum(batch)
     assert module._hidden_path_verdict[1] is True
+
+
+def test_deepspeed_internals_the_zero3_shim_reads():
+    """litft/model/zero3_head.py reads ds_id / ds_shape / ds_status (ZeroParamStatus.NOT_AVAILABLE) of ZeRO-3
+    parameters: fail here, not in a training run, when a DeepSpeed release renames them."""
+    pytest.importorskip("deepspeed")
+    import deepspeed
+    from deepspeed.runtime.zero.partition_parameters import ZeroParamStatus
+
+    assert ZeroParamStatus.NOT_AVAILABLE.name == "NOT_AVAILABLE" and hasattr(deepspeed.zero, "GatheredParameters")
+    import inspect
+
+    source = inspect.getsource(deepspeed.runtime.zero.partition_parameters)
+    assert all(f".{name} = " in source for name in ("ds_id", "ds_shape", "ds_status"))

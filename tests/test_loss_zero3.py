@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +19,7 @@ from tests.test_distributed import REPO, _env, _losses
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 
 STEPS = 3
+TIMEOUT_S = 240
 
 
 def _uneven_alpaca(path: Path) -> Path:
@@ -43,9 +46,11 @@ def test_zero3_finishes_with_uneven_and_empty_ranks(tmp_path, tiny_llama, head):
                   "optimizer": {"lr": 1e-2}, "scheduler": {"name": "constant"}},
         "data": {"dataset": str(_uneven_alpaca(tmp_path / "uneven.json")), "cutoff_len": 96, "batch_size": 1},
         "trainer": {
-            "accelerator": "cpu", "devices": 2, "strategy": {"class_path": "litft.strategies.LitFTDeepSpeedStrategy",
-                         "init_args": {"config": {"zero_optimization": {"stage": 3, "stage3_param_persistence_threshold": 0},
-                                                   "zero_allow_untested_optimizer": True}}}, "max_steps": STEPS,
+            "accelerator": "cpu", "devices": 2, "strategy": {
+                "class_path": "litft.strategies.LitFTDeepSpeedStrategy",
+                "init_args": {"config": {"zero_optimization": {"stage": 3, "stage3_param_persistence_threshold": 0},
+                                         "zero_allow_untested_optimizer": True}}},
+            "max_steps": STEPS,
             "log_every_n_steps": 1, "enable_progress_bar": False, "enable_model_summary": False,
             "enable_checkpointing": False,
             "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger",
@@ -56,19 +61,25 @@ def test_zero3_finishes_with_uneven_and_empty_ranks(tmp_path, tiny_llama, head):
     }
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config))
+    # Own process group, so that a deadlocked run's other rank (a child of rank 0) is killed with it.
+    proc = subprocess.Popen([sys.executable, "-m", "litft", "fit", "--config", str(path)], cwd=REPO,
+                            env=_env(LITFT_CACHE=str(tmp_path / "cache")), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
-        proc = subprocess.run([sys.executable, "-m", "litft", "fit", "--config", str(path)], cwd=REPO,
-                              env=_env(LITFT_CACHE=str(tmp_path / "cache")), capture_output=True, text=True, timeout=240)
-    except subprocess.TimeoutExpired as err:  # the deadlock this test guards against
-        pytest.fail(f"ZeRO-3 run did not finish in {err.timeout} s (ranks made different head calls?)")
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+        stdout, stderr = proc.communicate(timeout=TIMEOUT_S)
+    except subprocess.TimeoutExpired:  # the deadlock this test guards against
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        pytest.fail(f"ZeRO-3 run did not finish in {TIMEOUT_S} s (ranks made different head calls?)")
+    assert proc.returncode == 0, stdout[-3000:] + stderr[-6000:]
 
     tokens = [dict(map(int, line.split()) for line in (out / f"tokens-rank{r}.txt").read_text().splitlines())
               for r in (0, 1)]
     kind = "head gathered once per micro-batch" if head == "frozen" else "chunk count agreed across ranks"
-    assert f"4 trained tokens per chunk, {'frozen' if head == 'frozen' else 'trainable'} head" in proc.stderr
-    assert kind in proc.stderr
+    assert f"4 trained tokens per chunk, {'frozen' if head == 'frozen' else 'trainable'} head" in stderr
+    assert kind in stderr
     assert tokens[1][1] == 0 < tokens[0][1]  # a step where rank 1 holds no trained token
-    assert any(tokens[0][s] // 4 != tokens[1][s] // 4 for s in range(STEPS) if s != 1)  # different chunk counts
+    chunks = [{step: -(-n // 4) for step, n in t.items()} for t in tokens]
+    assert any(chunks[0][s] != chunks[1][s] for s in range(STEPS) if s != 1)  # ranks' own chunk counts differ
     losses = _losses(out)
     assert len(losses) == STEPS and all(math.isfinite(x) and x > 0 for x in losses)
