@@ -222,11 +222,12 @@ def hidden_shortcut_holds(model: torch.nn.Module, decoder: torch.nn.Module, head
                           inputs: dict, *, tokens: int = 16) -> bool:
     """Whether the model's logits are exactly ``head(decoder(...).last_hidden_state)``.
 
-    Runs the model once on the first ``tokens`` positions of the first row (no gradients), recording the
+    Runs the model once on the first ``tokens`` positions of the first row (no gradients; a 4-D block mask of
+    packed rows is cut to match), recording the
     decoder's output and the head's input and output with forward hooks: a model that scales the hidden states
     before the head or post-processes the logits after it (multipliers, soft-capping) fails the check.
     """
-    short = {k: v[:1, :tokens] for k, v in inputs.items()}
+    short = {k: v[:1, :, :tokens, :tokens] if v.dim() == 4 else v[:1, :tokens] for k, v in inputs.items()}
     seen: dict[str, torch.Tensor] = {}
 
     def on_decoder(module, args, out):
