@@ -132,9 +132,10 @@ def _liger_loss():
     return LigerFusedLinearCrossEntropyLoss(ignore_index=IGNORE_INDEX, reduction="sum")
 
 
-def _use_liger(path: str, hidden: torch.Tensor, head: torch.nn.Module, n_targets: int) -> bool:
+def _use_liger(path: str, hidden: torch.Tensor, head: torch.nn.Module, n_targets: int, symmetric: bool) -> bool:
     usable = (
         hidden.is_cuda
+        and not symmetric  # a sharded strategy: the weight may be a shard
         and _plain_linear(head)
         and not zero3_head.is_partitioned(head)
         and type(head.weight) is torch.nn.Parameter  # not an FSDP2 DTensor shard
@@ -167,7 +168,7 @@ def lm_loss_from_hidden(
     selected = hidden[..., :-1, :][mask]
     wanted = targets[mask]
     n = wanted.numel()
-    if _use_liger(path, hidden, head, n):
+    if _use_liger(path, hidden, head, n, symmetric):
         _log_once("loss: Liger fused linear cross-entropy (liger-kernel)")
         loss = _liger_loss()(head.weight, selected, wanted, head.bias)
         loss = loss[0] if isinstance(loss, tuple) else getattr(loss, "loss", loss)
@@ -181,7 +182,8 @@ def lm_loss_from_hidden(
     project: Callable[[torch.Tensor], torch.Tensor] = head
     if _frozen(head) and _plain_linear(head):
         gathered = zero3_head.gather_once(head)
-    if gathered is not None:
+    gathered_once = gathered is not None
+    if gathered_once:
         # One all-gather of the head on every rank, chunks on the gathered weight (no per-call module hooks).
         project = _linear_of(head)
         kind = "head gathered once per micro-batch (ZeRO-3)"
@@ -192,17 +194,21 @@ def lm_loss_from_hidden(
         kind = "local chunk count"
     if gathered is None:
         gathered = contextlib.nullcontext()
+    # A trainable head gets its gradients from chunks recomputed in backward. So does a partitioned head called
+    # through its module (ZeRO-3 hooks gather it at each call): ZeRO-3 supports recomputation (activation
+    # checkpointing), not a backward pass run inside the forward pass.
+    recompute = not _frozen(head) or (zero3_head.is_partitioned(head) and not gathered_once)
     with gathered:
         if not (torch.is_grad_enabled() and hidden.requires_grad):
             with torch.no_grad():
                 total = sum((_ce_sum(project(selected[p]), wanted[p]) for p in _chunks(n, size, n_chunks)),
                             torch.zeros((), dtype=torch.float32, device=hidden.device))
-        elif _frozen(head):
-            total = _FrozenHeadCE.apply(selected, wanted, project, size, n_chunks)
-        else:
+        elif recompute:
             total = _recomputed_chunks(selected, wanted, project, size, n_chunks)
-    _log_once("loss: chunked head + cross-entropy, %d trained tokens per chunk, %s, %s", size,
-              "frozen head" if _frozen(head) else "trainable head (chunks recomputed in backward)", kind)
+        else:
+            total = _FrozenHeadCE.apply(selected, wanted, project, size, n_chunks)
+    _log_once("loss: chunked head + cross-entropy, %d trained tokens per chunk, %s head%s, %s", size,
+              "frozen" if _frozen(head) else "trainable", " (chunks recomputed in backward)" if recompute else "", kind)
     return total, mask.sum()
 
 

@@ -18,7 +18,7 @@ from litft.model.optim import build_optimizer, build_scheduler
 log = logging.getLogger(__name__)
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-# Architectures whose logits are exactly head(hidden): the loss can skip masked positions before the head.
+# Config names of logit post-processing: such a model's loss takes its own logits (no head(hidden) shortcut).
 _NO_LOGIT_POSTPROCESSING = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale")
 
 
