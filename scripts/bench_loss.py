@@ -115,7 +115,8 @@ def run_variant(variant: str, model_dir: str, rows: int, seq: int) -> dict:
     value = step()
     seconds = time.perf_counter() - t0
     peak = _status_kib("VmHWM")
-    return {"variant": variant, "step_s": round(seconds, 3), "step_peak_above_start_mib": round((peak - before) / 1024, 1),
+    return {"variant": variant, "step_s": round(seconds, 3),
+            "step_peak_above_start_mib": round((peak - before) / 1024, 1),
             "rss_before_step_mib": round(before / 1024, 1), "loss_after_one_step": value,
             "trained_tokens": rows * seq, "torch_threads": torch.get_num_threads()}
 

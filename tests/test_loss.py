@@ -87,7 +87,8 @@ def _saved_bytes(fn) -> int:
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         result = fn()
-    alive = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in (r() for r in saved) if t is not None}
+    alive = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes()
+             for t in (r() for r in saved) if t is not None}
     del result
     return sum(alive.values())
 

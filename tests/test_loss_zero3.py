@@ -56,7 +56,8 @@ def test_zero3_finishes_with_uneven_and_empty_ranks(tmp_path, tiny_llama, head):
             "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger",
                        "init_args": {"save_dir": str(out), "name": "", "version": "logs"}},
             "callbacks": [{"class_path": "tests.loss_probe.UnevenLoss",
-                           "init_args": {"record_dir": str(out), "chunk_size": 4, "empty_rank": 1, "empty_steps": [1]}}],
+                           "init_args": {"record_dir": str(out), "chunk_size": 4, "empty_rank": 1,
+                                         "empty_steps": [1]}}],
         },
     }
     path = tmp_path / "config.yaml"

@@ -8,15 +8,16 @@ logits outlive it:
   computed right away in the forward pass (the logits are freed before the next chunk) and the backward
   pass only scales it; with a trainable head, each chunk is recomputed in the backward pass
   (``torch.utils.checkpoint``). Memory: one chunk's logits, not trained tokens x vocabulary.
-* ``liger`` (CUDA, ``liger-kernel`` installed, a plain ``nn.Linear`` head that is not sharded): Liger's fused
-  linear cross-entropy kernel.
+* ``liger`` (CUDA, ``liger-kernel`` installed, a plain ``nn.Linear`` head, no sharded strategy): Liger's
+  fused linear cross-entropy kernel.
 
 Sharded heads (ZeRO-3, FSDP): every call of a partitioned head is a collective, so ranks must make the same
 calls whatever their number of trained tokens (zero included). A frozen ``nn.Linear`` head under ZeRO-3 is
 gathered once per call of :func:`lm_loss_from_hidden` and the chunks run on the gathered weight
-(:mod:`litft.model.zero3_head`); any other head under ``symmetric=True`` runs the chunk count agreed across
-ranks (one all-reduce), empty chunks included. Every path runs at least one chunk, so the loss always depends on the hidden states and every
-rank runs the whole backward pass, even with no trained token.
+(:mod:`litft.model.zero3_head`); any other head under ``symmetric=True`` runs the chunk count agreed
+across ranks (one all-reduce), empty chunks included. Every path runs at least one chunk, so the loss
+always depends on the hidden states and every rank runs the whole backward pass, even with no trained
+token.
 """
 
 from __future__ import annotations
