@@ -205,7 +205,7 @@ class LitFTModule(L.LightningModule):
             decoder, head = base.get_decoder(), base.get_output_embeddings()
             hidden = decoder(**inputs, use_cache=False).last_hidden_state
             return lm_loss.lm_loss_from_hidden(
-                hidden, head, labels, chunk_size=self.loss_chunk_size, symmetric=self._zero3_or_fsdp()
+                hidden, head, labels, chunk_size=self.loss_chunk_size, symmetric=self._zero3()
             )
         logits = self.model(**inputs, use_cache=False).logits
         return lm_loss.lm_loss_from_logits(logits, labels)
