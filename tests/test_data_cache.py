@@ -86,10 +86,10 @@ def test_only_the_preparing_rank_tokenizes(tmp_path, tiny_qwen2, monkeypatch):
     built = []
     original = LitFTDataModule.build
 
-    def build(self):
+    def build(self, workdir):
         built.append(self.trainer.global_rank)
         time.sleep(1.0)
-        return original(self)
+        return original(self, workdir)
 
     monkeypatch.setattr(LitFTDataModule, "build", build)
     waiter = threading.Thread(target=rank1.setup)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import random
+import time
+import uuid
 from pathlib import Path
 from typing import Any, Literal
 
@@ -12,12 +14,12 @@ import lightning.pytorch as pl
 from torch.utils.data import DataLoader
 
 from litft.data import cache
-from litft.data.collate import PadCollator, count_targets
+from litft.data.collate import PadCollator
 from litft.data.loader import ResumableBatchSampler, ResumableLoader
-from litft.data.packing import PackedCollator, pack
+from litft.data.packing import PackedCollator
 from litft.data.registry import data_files, resolve
 from litft.data.templates import resolve_template
-from litft.data.tokenize import Stats, conversations, encode_all, mix
+from litft.data.tokenize import Stats, iter_conversations, mix, sample_indices
 from litft.errors import LitFTError
 
 log = logging.getLogger(__name__)
@@ -51,7 +53,10 @@ class LitFTDataModule(pl.LightningDataModule):
         attn_implementation: The model's attention implementation (linked from model.attn_implementation): with
             flash_attention_2/3 packed batches carry position_ids only (varlen), otherwise a 4-D block mask.
         shared_filesystem: All nodes see the same cache folder: prepare once (global rank 0). False: once per
-            node (local rank 0).
+            node (local rank 0). Either way only global rank 0 fingerprints the data; the others receive the key.
+        cache_wait_timeout: Seconds a rank waits for the cache with no sign of the preparing rank (its heartbeat)
+            before stopping with an error that names data.shared_filesystem.
+        preprocessing_num_workers: Worker processes that tokenize (and pack) in parallel (None or 1: in-process).
         overwrite_cache: Rebuild the tokenized dataset even when a cached copy exists.
         group_by_length: Batch rows of similar length together (less padding, faster); ignored when packing.
     """
@@ -82,6 +87,8 @@ class LitFTDataModule(pl.LightningDataModule):
         shared_filesystem: bool = True,
         overwrite_cache: bool = False,
         group_by_length: bool = False,
+        cache_wait_timeout: float = 600.0,
+        preprocessing_num_workers: int | None = None,
     ):
         super().__init__()
         if on_bad_record not in ("error", "skip"):
@@ -90,6 +97,10 @@ class LitFTDataModule(pl.LightningDataModule):
             raise LitFTError("data.cutoff_len must be at least 2")
         if val_size < 0:
             raise LitFTError("data.val_size must be >= 0")
+        if preprocessing_num_workers is not None and preprocessing_num_workers < 1:
+            raise LitFTError("data.preprocessing_num_workers must be >= 1 (or null)")
+        if cache_wait_timeout <= 0:
+            raise LitFTError("data.cache_wait_timeout must be > 0 seconds")
         self.dataset, self.dataset_dir = dataset, dataset_dir
         self.tokenizer_name, self.gguf_file, self.trust_remote_code = tokenizer, gguf_file, trust_remote_code
         self.template, self.cutoff_len, self.val_size = template, cutoff_len, val_size
@@ -103,6 +114,8 @@ class LitFTDataModule(pl.LightningDataModule):
         # Lightning runs prepare_data on global rank 0 only, or on local rank 0 of every node.
         self.prepare_data_per_node = not shared_filesystem
         self.group_by_length = group_by_length
+        self.cache_wait_timeout, self.preprocessing_num_workers = cache_wait_timeout, preprocessing_num_workers
+        self._run_token: str | None = None  # identifies this run's failure marker (global rank 0 makes it)
         self._tokenizer = None
         self.train_rows = None  # a sequence of row dicts (an Arrow dataset once cached)
         self.val_rows = None
@@ -128,43 +141,56 @@ class LitFTDataModule(pl.LightningDataModule):
         self._tokenizer = value
 
     # ------------------------------------------------------------------ preparation
-    def build(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]], Stats]:
-        """Read, format, split, tokenize: (train rows, validation rows, statistics)."""
+    def build(self, workdir: Path) -> tuple[dict[str, Any], Stats]:
+        """Read, format, split, tokenize (and pack) into Arrow files under ``workdir``:
+        ({"train": rows, "val": rows or None}, statistics); rows are ``datasets.Dataset`` objects."""
+        import datasets
+
+        from litft.data import pipeline
+
+        workdir.mkdir(parents=True, exist_ok=True)
+        resolve_template(self.tokenizer, self.template) if self.template or self.tokenizer.chat_template else None
         stats = Stats()
         parts = []
-        for entry in resolve(self.dataset, self.dataset_dir):
-            convs = conversations(entry, on_bad_record=self.on_bad_record, stats=stats)
+        for k, entry in enumerate(resolve(self.dataset, self.dataset_dir)):
+            file = workdir / f"records-{k}.arrow"
+            n = pipeline.write_conversations(iter_conversations(entry, on_bad_record=self.on_bad_record, stats=stats), file)
+            idx = sample_indices(n, entry.num_samples)
             if self.max_samples is not None:
-                convs = convs[: self.max_samples]
-            stats.per_dataset[entry.name] = stats.per_dataset.get(entry.name, 0) + len(convs)
-            parts.append(convs)
-        convs = mix(parts, strategy=self.mix_strategy, probs=self.interleave_probs, seed=self.seed)
+                idx = list(idx if idx is not None else range(n))[: self.max_samples]
+            part = pipeline.select(datasets.Dataset.from_file(str(file)), idx)
+            stats.per_dataset[entry.name] = stats.per_dataset.get(entry.name, 0) + len(part)
+            parts.append(part)
+        order = None
+        if len(parts) > 1 and self.mix_strategy != "concat":
+            offsets = [sum(len(p) for p in parts[:i]) for i in range(len(parts))]
+            order = mix([range(o, o + len(p)) for o, p in zip(offsets, parts)], strategy=self.mix_strategy,
+                        probs=self.interleave_probs, seed=self.seed)
+        convs = pipeline.select(datasets.concatenate_datasets(parts) if len(parts) > 1 else parts[0], order)
         n_val = self._num_val(len(convs))
-        val_convs: list = []
+        train_convs, val_convs = convs, None
         if n_val:
             order = list(range(len(convs)))
             random.Random(self.seed).shuffle(order)
-            val_idx = set(order[:n_val])
-            val_convs = [c for i, c in enumerate(convs) if i in val_idx]
-            convs = [c for i, c in enumerate(convs) if i not in val_idx]
-        kw = dict(
-            template=self.template,
-            cutoff_len=self.cutoff_len,
-            train_on_prompt=self.train_on_prompt,
-            mask_history=self.mask_history,
-        )
-        train = encode_all(convs, self.tokenizer, stats=stats, **kw)
-        val = encode_all(val_convs, self.tokenizer, stats=Stats(), **kw)
-        if not train:
+            is_val = [False] * len(convs)
+            for i in order[:n_val]:
+                is_val[i] = True
+            val_convs = convs.select([i for i, v in enumerate(is_val) if v])
+            train_convs = convs.select([i for i, v in enumerate(is_val) if not v])
+        kw = dict(template=self.template, cutoff_len=self.cutoff_len, train_on_prompt=self.train_on_prompt,
+                  mask_history=self.mask_history)
+        workers = self.preprocessing_num_workers
+        train, train_stats = pipeline.tokenize(train_convs, self.tokenizer, kw, workdir, "train", workers)
+        stats.merge(train_stats)
+        val = pipeline.tokenize(val_convs, self.tokenizer, kw, workdir, "val", workers)[0] if val_convs is not None else None
+        if not len(train):
             raise LitFTError(f"data: no training samples left from '{self.dataset}' (all dropped or empty)")
         if self.packing:
-            train, stats.packing_efficiency = pack(train, self.cutoff_len)
-            val, _ = pack(val, self.cutoff_len) if val else (val, None)
-        for rows in (train, val):
-            for r in rows:
-                r["num_targets"] = count_targets(r["labels"])
+            train, stats.packing_efficiency = pipeline.pack(train, self.cutoff_len, workdir, "train", workers)
+            if val is not None and len(val):
+                val = pipeline.pack(val, self.cutoff_len, workdir, "val", workers)[0]
         stats.rows = len(train)
-        return train, val, stats
+        return {"train": train, "val": val}, stats
 
     def _num_val(self, n: int) -> int:
         if not self.val_size:
@@ -181,15 +207,43 @@ class LitFTDataModule(pl.LightningDataModule):
                 "interleave_probs", "max_samples", "on_bad_record")
         return {"template": [self.template, jinja, eot], **{k: getattr(self, k) for k in keys}}
 
+    def cache_key(self) -> str:
+        """The fingerprint of the data, tokenizer and options (hashes every data file: one rank computes it)."""
+        entries = resolve(self.dataset, self.dataset_dir)
+        files = [f for e in entries if e.file_name for f in data_files(e)]
+        return cache.fingerprint(entries, self.tokenizer, self._options(), files)
+
     def cache_path(self) -> Path:
         """``cache_root()/data/<fingerprint>`` for the current configuration."""
         if self.cache_dir is None:
-            from litft.model.loading import cache_root
+            self._set_cache_key(self.cache_key())
+        return self.cache_dir
 
-            entries = resolve(self.dataset, self.dataset_dir)
-            files = [f for e in entries if e.file_name for f in data_files(e)]
-            key = cache.fingerprint(entries, self.tokenizer, self._options(), files)
-            self.cache_dir = cache_root() / "data" / key
+    def _set_cache_key(self, key: str) -> None:
+        from litft.model.loading import cache_root
+
+        self.cache_dir = cache_root() / "data" / key
+
+    def _token(self) -> str:
+        if self._run_token is None:
+            self._run_token = uuid.uuid4().hex
+        return self._run_token
+
+    def _distributed(self):
+        """The trainer's strategy when this is one rank of several (else None)."""
+        trainer = self.trainer
+        if trainer is None or int(getattr(trainer, "world_size", 1)) <= 1:
+            return None
+        return getattr(trainer, "strategy", None)
+
+    def _agree_on_cache(self) -> Path:
+        """Global rank 0 fingerprints; every rank receives (key, run token) and joins it to its own cache root."""
+        strategy = self._distributed()
+        if strategy is None:
+            return self.cache_path()
+        mine = (self.cache_path().name, self._token()) if int(self.trainer.global_rank) == 0 else None
+        key, self._run_token = strategy.broadcast(mine, src=0)
+        self._set_cache_key(key)
         return self.cache_dir
 
     def _is_preparer(self) -> bool:
@@ -200,16 +254,32 @@ class LitFTDataModule(pl.LightningDataModule):
             return int(trainer.global_rank) == 0
         return int(trainer.local_rank) == 0
 
+    def _build_for_cache(self, workdir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+        splits, stats = self.build(workdir)
+        return splits, dataclasses.asdict(stats)
+
     def _write_cache(self, path: Path) -> None:
+        t0 = time.perf_counter()
         try:
-            train, val, stats = self.build()
-            cache.write(path, {"train": train, "val": val}, dataclasses.asdict(stats), overwrite=self.overwrite_cache)
+            with cache.heartbeat(path):
+                cache.build_into(
+                    path,
+                    self._build_for_cache,
+                    overwrite=self.overwrite_cache,
+                )
         except Exception as err:
-            cache.mark_failed(path, str(err).splitlines()[0] if str(err) else type(err).__name__)
+            cache.mark_failed(path, str(err).splitlines()[0] if str(err) else type(err).__name__, token=self._token())
             raise
+        log.info("data: prepared %s in %.1f s (%s worker process(es))", path, time.perf_counter() - t0,
+                 self.preprocessing_num_workers or 1)
 
     def prepare_data(self) -> None:
-        """Tokenize once and write the cache (Lightning calls this on the preparing rank only)."""
+        """Tokenize once and write the cache (Lightning calls this on the preparing rank(s) only). In a job of
+        several ranks only global rank 0 prepares here; with ``shared_filesystem: false`` the other nodes'
+        local rank 0 prepare in :meth:`setup`, once rank 0 has sent them the fingerprint."""
+        trainer = self.trainer
+        if trainer is not None and int(getattr(trainer, "world_size", 1)) > 1 and int(trainer.global_rank) != 0:
+            return
         path = self.cache_path()
         if self.overwrite_cache or not cache.is_ready(path):
             self._write_cache(path)
@@ -219,15 +289,17 @@ class LitFTDataModule(pl.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.train_rows is not None:
             return
-        path = self.cache_path()
+        path = self._agree_on_cache()
         if cache.is_ready(path) and not self.overwrite_cache:
             if self.cache_hit is None:
                 self.cache_hit = True
                 log.info("data: reusing the cached dataset %s", path)
         elif self._is_preparer():
-            self.prepare_data()
+            self._write_cache(path)
+            self.cache_hit = False
+            self.overwrite_cache = False
         else:
-            cache.wait_for(path)
+            cache.wait_for(path, token=self._run_token, timeout_s=self.cache_wait_timeout)
         splits, stats = cache.load(path)
         self.train_rows, self.val_rows = splits["train"], splits.get("val") or []
         self.stats = Stats(**stats)
@@ -239,6 +311,15 @@ class LitFTDataModule(pl.LightningDataModule):
         )
 
     # ------------------------------------------------------------------ loaders
+    def _column(self, name: str, of_row) -> list[int]:
+        """An integer column of the training rows (read alone from Arrow; no token ids are loaded)."""
+        rows = self.train_rows
+        if hasattr(rows, "column_names") and name in rows.column_names:
+            from litft.data.pipeline import column
+
+            return column(rows, name).tolist()
+        return [of_row(r) for r in rows]
+
     def _rank_world(self) -> tuple[int, int]:
         trainer = self.trainer
         if trainer is None:
@@ -264,10 +345,7 @@ class LitFTDataModule(pl.LightningDataModule):
         rank, world = self._rank_world()
         lengths = None
         if self.group_by_length and not self.packing:
-            ids = self.train_rows["input_ids"] if hasattr(self.train_rows, "column_names") else (
-                r["input_ids"] for r in self.train_rows
-            )
-            lengths = [len(x) for x in ids]
+            lengths = self._column("length", lambda r: len(r["input_ids"]))
         sampler = ResumableBatchSampler(
             len(self.train_rows), self.batch_size, shuffle=True, seed=self.seed, rank=rank, world_size=world,
             lengths=lengths,
@@ -275,10 +353,9 @@ class LitFTDataModule(pl.LightningDataModule):
         if len(sampler) == 0:
             raise LitFTError(f"data: {len(self.train_rows)} training rows are too few for {world} ranks")
         rows = self.train_rows
-        targets = rows["num_targets"] if hasattr(rows, "column_names") else [r["num_targets"] for r in rows]
         return ResumableLoader(
             rows,
-            list(targets),
+            self._column("num_targets", lambda r: r["num_targets"]),
             self.collator(),
             sampler,
             accumulate_grad_batches=self._accumulate,
