@@ -7,7 +7,8 @@ Flow (one module per step)::
     templates.py  the tokenizer's chat template (default) or a named one → input_ids + labels
     tokenize.py   truncation to cutoff_len (policy in its docstring), statistics, mixing
     packing.py    best-fit decreasing packing, block-diagonal mask / varlen position_ids
-    cache.py      fingerprinted Arrow cache, prepared on one rank, others wait (no timeout)
+    pipeline.py   corpus-scale preparation on datasets: Arrow all the way, batched map with worker processes
+    cache.py      fingerprinted Arrow cache, prepared on one rank, others wait (heartbeat + timeout)
     loader.py     resumable, sharded training loader with num_target_tokens
     datamodule.py LitFTDataModule
 
