@@ -27,12 +27,14 @@ Runners (``--runners``):
     floor           minimal PEFT loop on litft's batches (same rows, same order), HF model loss on padded batches
     floor-random    minimal PEFT loop on random batches padded to the longest (the field-notes floor)
 
-Needs the ``bench`` extra (TRL) for the trl runners.
+The trl runners use TRL from the ``bench`` extra when it is installed, else from a venv this script creates once
+under ``$LITFT_CACHE/bench/`` (pip from the package registry; it reuses this environment's packages).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import statistics
@@ -442,7 +444,7 @@ def run_gpu_litft(args) -> dict:
                   "attn_implementation": gpu_attn(), "lora": {"r": 16, "alpha": 32, "dropout": 0.0, "target_modules": "all"},
                   "optimizer": {"lr": args.lr}, "scheduler": {"name": "constant"}},
         "data": {"dataset": "synth", "dataset_dir": str(gpu_corpus()), "template": "qwen", "cutoff_len": args.cutoff,
-                 "batch_size": args.gpu_batch, "packing": True, "num_workers": args.workers},
+                 "batch_size": args.gpu_batch, "packing": True, "num_workers": args.workers, "max_samples": args.max_samples},
         "trainer": {"accelerator": "cuda" if cuda else "cpu", "devices": 1, "precision": "bf16-mixed" if cuda else "32-true",
                     "max_steps": args.steps, "logger": False, "enable_checkpointing": False,
                     "enable_progress_bar": False, "enable_model_summary": False},
@@ -485,7 +487,7 @@ def run_gpu_trl(args) -> dict:
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16 if cuda else torch.float32,
                                                  attn_implementation=gpu_attn())
-    records = json.loads((gpu_corpus() / "synth.json").read_text(encoding="utf-8"))
+    records = json.loads((gpu_corpus() / "synth.json").read_text(encoding="utf-8"))[: args.max_samples]
     data = [{"prompt": [{"role": "user", "content": f"{r['instruction']}\n{r['input']}" if r["input"] else r["instruction"]}],
              "completion": [{"role": "assistant", "content": r["output"]}]} for r in records]
     config = SFTConfig(
@@ -654,6 +656,10 @@ def spawn(runner: str, args) -> dict:
            "--repeats-inner", str(args.repeats_inner), "--shape", args.shape, "--gpu-batch", str(args.gpu_batch)]
     if args.max_samples:
         cmd += ["--max-samples", str(args.max_samples)]
+    if "trl" in runner and importlib.util.find_spec("trl") is None:
+        import bench_data
+
+        cmd[0] = str(bench_data.trl_python())  # TRL in its own venv (created once), on top of this environment
     env = dict(os.environ, TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO))
     if args.threads:
         env["OMP_NUM_THREADS"] = str(args.threads)

@@ -19,7 +19,8 @@ What runs, side by side (each run its own process tree, runners alternating):
 Reported per run: wall seconds (process start to exit, imports included), the preparation seconds each tool
 reports (litft: ``prepare``'s own timing of setup; LLaMA-Factory: ``get_dataset``), tokens written (each tool's
 own count of its output rows: LLaMA-Factory's ``qwen`` template adds its default system prompt, litft's does
-not), tokens/s over both times, and the peak RSS of the whole process tree (sampled every 0.2 s, workers
+not), tokens/s over both times, tokens per CPU-second of the whole process tree (steadier than wall time on a
+shared machine), and the peak RSS of the whole process tree (sampled every 0.2 s, workers
 included).
 """
 
@@ -39,6 +40,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 LLAMAFACTORY = "llamafactory==0.9.5"
+TRL = "trl==1.16.0"
 # LLaMA-Factory 0.9.5's own requirements for what its data code imports (its full list adds gradio, torchvision,
 # torchaudio, ... that preprocessing never touches and that would pull a different torch).
 LLAMAFACTORY_DEPS = ["transformers==4.57.1", "datasets==4.0.0", "peft==0.18.1", "accelerate==1.11.0", "trl==0.24.0",
@@ -74,32 +76,47 @@ def write_corpus(folder: Path, records: int, seed: int = 0) -> Path:
 
 
 # ---------------------------------------------------------------------------------------------- LLaMA-Factory venv
-def llamafactory_python() -> Path:
-    """The interpreter of a venv holding LLaMA-Factory (created on first use; pip from the package registry)."""
+def bench_venv(name: str, installs: list[list[str]], after=None) -> Path:
+    """The interpreter of ``$LITFT_CACHE/bench/<name>``, a venv created on first use: pip installs ``installs``
+    (each a list of pip arguments) from the package registry. A ``.pth`` file puts this environment's
+    site-packages *after* the venv's own, so torch & co. are reused and only what the venv pins is downloaded."""
     sys.path.insert(0, str(REPO))
+    import site
+
     from litft.model.loading import cache_root
 
-    venv = cache_root() / "bench" / LLAMAFACTORY.replace("==", "-")
+    venv = cache_root() / "bench" / name
     py = venv / "bin" / "python"
     if (venv / ".ready").exists():
         return py
     subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
-    purelib = subprocess.check_output([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], text=True).strip()
-    import site
-
+    purelib = Path(subprocess.check_output([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], text=True).strip())
     host = [p for p in site.getsitepackages() if Path(p).is_dir()]
-    # after the venv's own site-packages: LLaMA-Factory's pins win, torch & co. come from this environment
-    (Path(purelib) / "zz_host_site.pth").write_text("\n".join(host) + "\n")
-    pip = [str(py), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
-    subprocess.run(pip + ["--no-deps", LLAMAFACTORY], check=True)
-    subprocess.run(pip + LLAMAFACTORY_DEPS, check=True)
-    # LLaMA-Factory's mm_plugin imports torchaudio at module level; no torchaudio is built for this torch, and text
-    # SFT preprocessing never calls it: an empty stand-in module lets the import succeed.
-    stub = Path(purelib) / "torchaudio"
-    stub.mkdir(exist_ok=True)
-    (stub / "__init__.py").write_text('"""Empty stand-in (litft bench): LLaMA-Factory imports torchaudio; text SFT never uses it."""\n')
+    (purelib / "zz_host_site.pth").write_text("\n".join(host) + "\n")
+    for args in installs:
+        subprocess.run([str(py), "-m", "pip", "install", "-q", "--disable-pip-version-check", *args], check=True)
+    if after is not None:
+        after(purelib)
     (venv / ".ready").touch()
     return py
+
+
+def _torchaudio_stub(purelib: Path) -> None:
+    # LLaMA-Factory's mm_plugin imports torchaudio at module level; no torchaudio is built for this torch, and text
+    # SFT preprocessing never calls it: an empty stand-in module lets the import succeed.
+    stub = purelib / "torchaudio"
+    stub.mkdir(exist_ok=True)
+    (stub / "__init__.py").write_text('"""Empty stand-in (litft bench): LLaMA-Factory imports torchaudio; text SFT never uses it."""\n')
+
+
+def llamafactory_python() -> Path:
+    """The interpreter of a venv holding LLaMA-Factory (LLaMA-Factory pins other transformers/datasets than litft)."""
+    return bench_venv(LLAMAFACTORY.replace("==", "-"), [["--no-deps", LLAMAFACTORY], LLAMAFACTORY_DEPS], _torchaudio_stub)
+
+
+def trl_python() -> Path:
+    """The interpreter of a venv adding TRL (``bench`` extra's version) to this environment (its deps are litft's)."""
+    return bench_venv(TRL.replace("==", "-"), [["--no-deps", TRL]])
 
 
 LLAMAFACTORY_RUN = r'''
@@ -160,8 +177,11 @@ def litft_cmd(corpus: Path, model: str, workers: int, cutoff: int, out: Path) ->
 # ---------------------------------------------------------------------------------------------- measuring
 def run_tree(cmd: list[str], env: dict[str, str]) -> dict:
     """Run ``cmd``; wall time, exit code, output, and the peak summed RSS of its process tree (sampled)."""
+    import resource
+
     import psutil
 
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     peak = 0
@@ -185,7 +205,10 @@ def run_tree(cmd: list[str], env: dict[str, str]) -> dict:
             pass
         time.sleep(0.2)
     reader.join()
-    return {"rc": proc.returncode, "wall_s": time.perf_counter() - t0, "peak_rss_mib": peak / 2**20, "output": "".join(lines)}
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)  # every waited-for descendant: the workers too
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return {"rc": proc.returncode, "wall_s": time.perf_counter() - t0, "cpu_s": cpu, "peak_rss_mib": peak / 2**20,
+            "output": "".join(lines)}
 
 
 def _litft_tokens(output: str) -> tuple[int | None, int | None, float | None]:
@@ -224,6 +247,7 @@ def one(tool: str, workers: int, corpus: Path, model: str, cutoff: int) -> dict:
     res.pop("output")
     res["tokens_per_s"] = res["tokens"] / res["wall_s"]
     res["prepare_tokens_per_s"] = res["tokens"] / res["prepare_s"] if res.get("prepare_s") else None
+    res["tokens_per_cpu_s"] = res["tokens"] / res["cpu_s"] if res.get("cpu_s") else None
     import shutil
 
     shutil.rmtree(out, ignore_errors=True)
@@ -258,13 +282,16 @@ def run(args, model: str) -> dict:
     summary = {}
     for key, runs in results.items():
         summary[key] = {k: statistics.median(r[k] for r in runs if r.get(k) is not None)
-                        for k in ("wall_s", "tokens_per_s", "prepare_s", "prepare_tokens_per_s", "peak_rss_mib")}
+                        for k in ("wall_s", "tokens_per_s", "prepare_s", "prepare_tokens_per_s", "cpu_s", "tokens_per_cpu_s",
+                                  "peak_rss_mib")}
         summary[key]["tokens"] = runs[0]["tokens"]
     for w in workers:
         a, b = summary.get(f"litft-w{w}"), summary.get(f"llamafactory-w{w}")
         if a and b:
             summary[f"ratio-w{w}"] = {"litft_vs_llamafactory_tokens_per_s": a["tokens_per_s"] / b["tokens_per_s"],
-                                      "litft_vs_llamafactory_prepare_tokens_per_s": a["prepare_tokens_per_s"] / b["prepare_tokens_per_s"]}
+                                      "litft_vs_llamafactory_prepare_tokens_per_s": a["prepare_tokens_per_s"] / b["prepare_tokens_per_s"],
+                                      "litft_vs_llamafactory_tokens_per_cpu_s": a["tokens_per_cpu_s"] / b["tokens_per_cpu_s"],
+                                      "peak_rss_litft_over_llamafactory": a["peak_rss_mib"] / b["peak_rss_mib"]}
     for tool in tools:
         if f"{tool}-w1" in summary and f"{tool}-w2" in summary:
             summary[f"{tool}-scaling-1to2"] = summary[f"{tool}-w2"]["tokens_per_s"] / summary[f"{tool}-w1"]["tokens_per_s"]
