@@ -32,6 +32,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_warn
 
 from litft.errors import DataError
+from litft.generation import generate
 
 DEFAULT_GROUP = "all"
 
@@ -119,33 +120,6 @@ def prompt_ids(tokenizer, probe: Probe, template: str | None = None) -> list[int
     from litft.data.templates import encode_prompt
 
     return list(encode_prompt(tokenizer, messages, template=template))
-
-
-@torch.no_grad()
-def generate_answers(model, tokenizer, prompts: list[list[int]], *, max_new_tokens: int, batch_size: int) -> list[str]:
-    """Greedy answers, batched with left padding, decoded without special tokens."""
-    device = next(model.parameters()).device
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    answers = []
-    for start in range(0, len(prompts), batch_size):
-        chunk = prompts[start : start + batch_size]
-        width = max(len(ids) for ids in chunk)
-        input_ids = torch.tensor([[pad_id] * (width - len(ids)) + ids for ids in chunk], device=device)
-        attention_mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in chunk], device=device)
-        out = model.generate(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            temperature=None,
-            top_p=None,
-            top_k=None,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=pad_id,
-            use_cache=True,  # training sets config.use_cache = False; without the cache every token costs a full pass
-        )
-        answers.extend(tokenizer.decode(row[width:], skip_special_tokens=True).strip() for row in out)
-    return answers
 
 
 def _shorten(text: str, width: int) -> str:
@@ -251,9 +225,7 @@ class GenerationProbe(Callback):
         start, start_cpu = time.perf_counter(), time.process_time()
         try:
             with trainer.precision_plugin.forward_context():
-                answers = generate_answers(
-                    model, tokenizer, prompts, max_new_tokens=self.max_new_tokens, batch_size=self.batch_size
-                )
+                answers = generate(model, tokenizer, prompts, max_new_tokens=self.max_new_tokens, batch_size=self.batch_size)
         finally:
             model.train(was_training)
         result = score_answers(self.probes, answers)

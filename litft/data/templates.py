@@ -133,6 +133,11 @@ def resolve_template(tokenizer, template: str | None) -> tuple[str, str | None]:
     return t.jinja, t.eot if t.eot is not None else tokenizer.eos_token
 
 
+def chat_template_for(tokenizer, template: str | None) -> str:
+    """The Jinja chat template to ship with a trained model's tokenizer: the one ``data.template`` trained with."""
+    return resolve_template(tokenizer, template)[0]
+
+
 def _render(tokenizer, jinja: str, messages, tools, *, add_generation_prompt: bool) -> str:
     kwargs = {"tools": tools} if tools else {}
     try:

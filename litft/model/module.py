@@ -253,3 +253,52 @@ class LitFTModule(L.LightningModule):
         if strict and missing:
             raise LitFTError(f"checkpoint lacks {len(missing)} trainable weights, e.g. {missing[0]} (different lora config?)")
         return super().load_state_dict(state_dict, strict=False, assign=assign)
+
+    # ------------------------------------------------------------------ inference (generate, chat, predict, evaluate, export)
+    def for_inference(
+        self,
+        adapter: Optional[str] = None,
+        *,
+        dtype: Optional[str] = None,
+        precision: Any = None,
+        quantized: bool = True,
+        device: Optional[str] = None,
+    ):
+        """The model to generate with (or merge): the base built by :meth:`load_base_model`, the one builder training
+        uses (same ``dtype``, same 4/8-bit ``quantization``), plus the PEFT adapter folder ``adapter``; eval mode, KV
+        cache on. The tokenizer is :attr:`tokenizer`.
+
+        dtype: override of ``model.dtype`` (float32, bfloat16, float16). ``auto`` follows ``precision`` (the
+            trainer's: bf16-* → bfloat16, 16-* → float16, auto → bfloat16 on a CUDA GPU with bf16, else float32).
+        quantized: False loads the base unquantized even when training quantized it (export merges into it).
+        device: where the model runs (default: cuda when available, else cpu).
+        """
+        from pathlib import Path
+
+        name = dtype or self.dtype_name
+        if name == "auto":
+            p = str(precision if precision is not None else "auto")
+            if p == "auto":
+                bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+                p = "bf16" if bf16 else "32"
+            name = "bfloat16" if p.startswith("bf16") else "float16" if p.startswith("16") else "float32"
+        if name not in _DTYPES:
+            raise LitFTError(f"dtype: unknown '{name}' (float32, bfloat16 or float16)")
+        if adapter is not None and not (Path(adapter).expanduser() / "adapter_config.json").is_file():
+            raise LitFTError(f"--adapter: {adapter} is not a PEFT adapter folder (no adapter_config.json)")
+        overrides = {"dtype": name, "quantization": self.quantization if quantized else None}
+        import inspect
+
+        params = inspect.signature(type(self).__init__).parameters  # hparams also hold LightningCLI's _instantiator
+        builder = type(self)(**{**{k: v for k, v in self.hparams.items() if k in params}, **overrides})
+        model = builder.load_base_model()
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        if next(model.parameters()).device.type != torch.device(device).type:
+            model.to(device)  # a quantized base is placed on the CPU without a trainer; bitsandbytes moves 4-bit weights
+        if adapter is not None:
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(model, str(Path(adapter).expanduser()))
+        model.config.use_cache = True
+        model.eval()
+        return model
