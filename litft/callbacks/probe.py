@@ -213,8 +213,7 @@ class GenerationProbe(Callback):
         if self.template is not None:
             return self.template
         datamodule = getattr(trainer, "datamodule", None)
-        template = getattr(datamodule, "template", None)
-        return template if isinstance(template, str) else None
+        return getattr(datamodule, "template", None)
 
     def _run(self, stage: str, trainer: Trainer, pl_module: LightningModule) -> None:
         model, tokenizer = pl_module.model, pl_module.tokenizer

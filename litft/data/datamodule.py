@@ -32,9 +32,15 @@ class LitFTDataModule(pl.LightningDataModule):
         tokenizer: Model name or path the tokenizer is loaded from (linked from ``model.name_or_path``).
         gguf_file: GGUF file inside ``tokenizer`` (linked from ``model.gguf_file``).
         trust_remote_code: Allow custom tokenizer code (linked from ``model.trust_remote_code``).
-        template: Chat template: None = the tokenizer's own; or alpaca, chatml, qwen, llama2, llama3, phi, empty.
+        template: Chat template: None = the tokenizer's own; a built-in name (alpaca, chatml, empty, llama2, llama3,
+            phi, qwen); a Jinja chat template (inline or a .jinja file); or a declarative template (a .yaml file or
+            a mapping with user/assistant/system/input/tool blocks, default_system, end_of_turn): see
+            litft/data/template_spec.py. It is also written into the adapter's and the export's tokenizer.
         cutoff_len: Maximum tokens per sample (and per packed row); longer samples are truncated (see docs).
-        val_size: Validation share: a fraction (< 1) or an absolute number of records (>= 1); 0 = none.
+        eval_dataset: Validation data for fit, and what evaluate/predict score by default: comma-separated names
+            or paths like ``dataset`` (None = none, or a val_size split of the training records).
+        val_size: Validation share split off the training records: a fraction (< 1) or a number of records
+            (>= 1); 0 = none. Not together with eval_dataset.
         batch_size: Micro-batch size (rows per step per device).
         eval_batch_size: Validation batch size (None = batch_size).
         num_workers: DataLoader worker processes.
@@ -63,9 +69,10 @@ class LitFTDataModule(pl.LightningDataModule):
         tokenizer: str | None = None,
         gguf_file: str | None = None,
         trust_remote_code: bool = False,
-        template: str | None = None,
+        template: str | dict[str, Any] | None = None,
         cutoff_len: int = 1024,
         val_size: float = 0.0,
+        eval_dataset: str | None = None,
         batch_size: int = 1,
         eval_batch_size: int | None = None,
         num_workers: int = 0,
@@ -90,6 +97,9 @@ class LitFTDataModule(pl.LightningDataModule):
             raise LitFTError("data.cutoff_len must be at least 2")
         if val_size < 0:
             raise LitFTError("data.val_size must be >= 0")
+        if eval_dataset and val_size:
+            raise LitFTError("data.eval_dataset and data.val_size: give one (validation data, or a split of the training data)")
+        self.eval_dataset = eval_dataset
         self.dataset, self.dataset_dir = dataset, dataset_dir
         self.tokenizer_name, self.gguf_file, self.trust_remote_code = tokenizer, gguf_file, trust_remote_code
         self.template, self.cutoff_len, self.val_size = template, cutoff_len, val_size
@@ -141,6 +151,8 @@ class LitFTDataModule(pl.LightningDataModule):
         convs = mix(parts, strategy=self.mix_strategy, probs=self.interleave_probs, seed=self.seed)
         n_val = self._num_val(len(convs))
         val_convs: list = []
+        for entry in resolve(self.eval_dataset, self.dataset_dir) if self.eval_dataset else []:
+            val_convs += conversations(entry, on_bad_record=self.on_bad_record)
         if n_val:
             order = list(range(len(convs)))
             random.Random(self.seed).shuffle(order)
@@ -177,7 +189,7 @@ class LitFTDataModule(pl.LightningDataModule):
     def _options(self) -> dict[str, Any]:
         """Everything besides data files and tokenizer that changes the rows (part of the fingerprint)."""
         jinja, eot = resolve_template(self.tokenizer, self.template) if self.template or self.tokenizer.chat_template else (None, None)
-        keys = ("cutoff_len", "val_size", "seed", "packing", "train_on_prompt", "mask_history", "mix_strategy",
+        keys = ("cutoff_len", "val_size", "eval_dataset", "seed", "packing", "train_on_prompt", "mask_history", "mix_strategy",
                 "interleave_probs", "max_samples", "on_bad_record")
         return {"template": [self.template, jinja, eot], **{k: getattr(self, k) for k in keys}}
 
@@ -187,6 +199,8 @@ class LitFTDataModule(pl.LightningDataModule):
             from litft.model.loading import cache_root
 
             entries = resolve(self.dataset, self.dataset_dir)
+            if self.eval_dataset:
+                entries = entries + resolve(self.eval_dataset, self.dataset_dir)
             files = [f for e in entries if e.file_name for f in data_files(e)]
             key = cache.fingerprint(entries, self.tokenizer, self._options(), files)
             self.cache_dir = cache_root() / "data" / key
