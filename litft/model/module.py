@@ -12,7 +12,7 @@ from litft.errors import LitFTError
 from litft.model import loss as lm_loss
 from litft.model.adapters import apply_lora
 from litft.model.config import LoraConfig, OptimizerConfig, QuantizationConfig, SchedulerConfig
-from litft.model.loading import load_tokenizer, resolve_model_path
+from litft.model.loading import check_attn_implementation, load_tokenizer, resolve_model_path
 from litft.model.optim import build_optimizer, build_scheduler
 
 log = logging.getLogger(__name__)
@@ -106,6 +106,7 @@ class LitFTModule(L.LightningModule):
         """The frozen transformers model, quantized when asked."""
         from transformers import AutoModelForCausalLM
 
+        check_attn_implementation(self.attn_implementation)
         path = resolve_model_path(self.name_or_path, gguf_file=self.gguf_file, trust_remote_code=self.trust_remote_code)
         dtype = self.weights_dtype()
         kwargs: dict[str, Any] = dict(
