@@ -79,3 +79,21 @@ def test_predict_then_evaluate_base_vs_finetuned(trained_run, capsys):  # noqa: 
     assert litft_run(["evaluate", "--config", str(config), "--predictions", str(out / "predictions-base.jsonl"),
                       str(out / "predictions.jsonl"), "--labels", "base", "fine-tuned"]) == 0
     assert capsys.readouterr().out.splitlines()[:4] == printed.splitlines()[:4]
+
+
+def test_evaluate_chinese_partial_matches_score_nonzero(tiny_qwen2, tmp_path, capsys):
+    import yaml
+
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({"output_dir": str(tmp_path), "model": {"name_or_path": tiny_qwen2},
+                                      "data": {"dataset": "unused"}}))
+    rows = [{"prediction": "公司甲碳排放量为12万吨。\n### End\n多余", "reference": "公司乙用水量为12万吨。"},
+            {"prediction": "实体: 公司甲", "reference": "实体: 公司甲"}]
+    path = tmp_path / "p.jsonl"
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    assert litft_run(["evaluate", "--config", str(config), "--predictions", str(path), "--stop", "### End"]) == 0
+    scores = json.loads((tmp_path / "eval_results.json").read_text())["scores"]["p"]
+    cut = ["公司甲碳排放量为12万吨。", "实体: 公司甲"]  # the stop string and what follows are cut before scoring
+    assert scores == score(cut, [r["reference"] for r in rows])
+    assert 0 < scores["rouge1"] < 100 and scores["exact_match"] == 50.0
+    assert "scored: predictions files: " in capsys.readouterr().out
