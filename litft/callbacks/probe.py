@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -33,6 +32,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 
 from litft.errors import DataError
 from litft.generation import generate
+from litft.io import atomic_write_text
 
 DEFAULT_GROUP = "all"
 
@@ -146,19 +146,6 @@ def format_report(probes: list[Probe], before: dict | None, after: dict | None, 
     return "\n".join(lines)
 
 
-def write_json_atomic(path: Path, obj: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, ensure_ascii=False, indent=1)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 class GenerationProbe(Callback):
     """Answer held-out prompts greedily before and after fine-tuning; print and save the scores.
 
@@ -237,7 +224,6 @@ class GenerationProbe(Callback):
         self.results[stage] = result
         print(f"GenerationProbe {stage}: {result['passed']}/{result['total']} = {result['score']:.2f} "
               f"({result['seconds']:.1f} s)", flush=True)
-        write_json_atomic(
-            Path(trainer.default_root_dir) / self.filename,
-            {"prompts_file": str(self.prompts_file), "probes": [asdict(p) for p in self.probes], **self.results},
-        )
+        report = {"prompts_file": str(self.prompts_file), "probes": [asdict(p) for p in self.probes], **self.results}
+        atomic_write_text(Path(trainer.default_root_dir) / self.filename,
+                          json.dumps(report, ensure_ascii=False, indent=1) + "\n")
