@@ -105,6 +105,18 @@ def test_example_trains_with_a_tiny_model_of_its_architecture(name, tmp_path):
     messages = [{"role": "user", "content": "#Person1#: Hi.\n#Person2#: Hello."}]
     assert served.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False) == \
         encode_prompt(dm.tokenizer, messages, template=dm.template)
+    if name == "phi2-dialogsum-qlora.yaml":  # and so does the merged export's tokenizer
+        from litft.data.conversation import Conversation, Turn
+        from litft.data.templates import render_with_spans
+
+        assert litft_run(["export", "--config", str(EXAMPLES / name), "--model.name_or_path", str(tmp_path / "model"),
+                          "--data.dataset_dir", str(tmp_path / "data"), "--adapter", str(adapter),
+                          "--output_dir", str(tmp_path / "merged")]) == 0
+        conv = Conversation(turns=[Turn("user", "#Person1#: Hi."), Turn("assistant", "They greet.")])
+        exported = AutoTokenizer.from_pretrained(tmp_path / "merged")
+        text = exported.apply_chat_template(conv.messages(), tokenize=False)
+        assert text == render_with_spans(dm.tokenizer, conv, template=dm.template)[0]
+        assert text.endswith("### Output:\nThey greet.\n\n### End")
 
 
 def test_phi2_prepare_preview_shows_the_blurb_and_end_trained(tmp_path, capsys):

@@ -219,3 +219,18 @@ def test_builtin_names_match_llamafactory(tiny_llama, tiny_qwen2, name):
             else:
                 assert text == lf_text
                 assert ids == lf_ids
+
+
+def test_inline_mapping_in_a_config_stays_text(tiny_qwen2, tmp_path):
+    import yaml
+
+    from litft.cli import LitFTCLI
+
+    spec = {"user": "U: {content}\n", "assistant": "A: {content}", "end_of_turn": "{eos}"}
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({"model": {"name_or_path": tiny_qwen2}, "data": {"dataset": "x", "template": spec}}))
+    dm = LitFTCLI(args=["--config", str(config)], run=False).datamodule
+    assert dm.template == spec
+    conv = Conversation(turns=[Turn("user", "q"), Turn("assistant", "a")])
+    ids, labels = encode_conversation(dm.tokenizer, conv, template=dm.template)
+    assert dm.tokenizer.decode(ids) == "U: q\nA: a<|im_end|>" and _trained(dm.tokenizer, ids, labels) == [" a<|im_end|>"]

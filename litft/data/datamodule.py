@@ -69,7 +69,7 @@ class LitFTDataModule(pl.LightningDataModule):
         tokenizer: str | None = None,
         gguf_file: str | None = None,
         trust_remote_code: bool = False,
-        template: str | dict[str, Any] | None = None,
+        template: str | dict[str, str] | None = None,
         cutoff_len: int = 1024,
         val_size: float = 0.0,
         eval_dataset: str | None = None,
