@@ -18,7 +18,7 @@ from litft.model.optim import build_optimizer, build_scheduler
 log = logging.getLogger(__name__)
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-# Architectures whose logits are exactly head(hidden): the loss can skip masked positions before the head.
+# Config names of logit post-processing: such a model's loss takes its own logits (no head(hidden) shortcut).
 _NO_LOGIT_POSTPROCESSING = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale")
 
 
@@ -157,8 +157,10 @@ class LitFTModule(L.LightningModule):
 
             keep_4bit_weights_trainable(model)
         elif self.gradient_checkpointing:
-            enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
-            enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x's name
+                model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            else:
+                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if self.lora is not None:
             # ZeRO-3 partitions parameters at init; PEFT's adapter dtype autocast trips its dtype check there.
             model = apply_lora(model, self.lora, autocast_adapter_dtype=not self._zero3_or_fsdp())
@@ -175,18 +177,38 @@ class LitFTModule(L.LightningModule):
         """The transformers model under the PEFT wrapper."""
         return self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
 
-    def _hidden_path_ok(self, base) -> bool:
-        return not any(getattr(base.config, name, None) not in (None, 1, 1.0) for name in _NO_LOGIT_POSTPROCESSING)
+    loss_chunk_size: Optional[int] = None
+    """Trained tokens per output-head chunk in the loss; None = sized so one chunk's fp32 logits take ~256 MiB."""
+
+    def _hidden_path_ok(self, base, inputs: dict) -> bool:
+        """Whether the loss may run the head on hidden states itself: checked once per model (see
+        ``lm_loss.hidden_shortcut_holds``); otherwise the loss takes the model's own logits."""
+        verdict = getattr(self, "_hidden_path_verdict", None)
+        if verdict is not None and verdict[0] is base:
+            return verdict[1]
+        known = [n for n in _NO_LOGIT_POSTPROCESSING if getattr(base.config, n, None) not in (None, 1, 1.0)]
+        if known:
+            ok, why = False, f"config sets {known[0]}"
+        else:
+            ok = lm_loss.hidden_shortcut_holds(self.model, base.get_decoder(), base.get_output_embeddings(), inputs)
+            why = "head(hidden) differs from the model's logits"
+        if not ok:
+            log.warning("loss: %s (%s): using the model's full logits (memory grows with tokens x vocabulary)",
+                        why, type(base).__name__)
+        self._hidden_path_verdict = (base, ok)
+        return ok
 
     def loss_sum(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """(summed token cross-entropy, number of trained tokens) for one micro-batch."""
         labels = batch["labels"]
         inputs = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "position_ids")}
         base = self.base_model()
-        if self._hidden_path_ok(base):
+        if self._hidden_path_ok(base, inputs):
             decoder, head = base.get_decoder(), base.get_output_embeddings()
             hidden = decoder(**inputs, use_cache=False).last_hidden_state
-            return lm_loss.lm_loss_from_hidden(hidden, head, labels)
+            return lm_loss.lm_loss_from_hidden(
+                hidden, head, labels, chunk_size=self.loss_chunk_size, symmetric=self._zero3_or_fsdp()
+            )
         logits = self.model(**inputs, use_cache=False).logits
         return lm_loss.lm_loss_from_logits(logits, labels)
 
