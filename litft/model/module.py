@@ -102,8 +102,9 @@ class LitFTModule(L.LightningModule):
         stage = stage.get("zero_optimization", {}).get("stage", 0) if isinstance(stage, dict) else 0
         return stage == 3 or "fsdp" in self._strategy_name()
 
-    def load_base_model(self):
-        """The frozen transformers model, quantized when asked."""
+    def load_base_model(self, device: Optional[torch.device | str] = None):
+        """The frozen transformers model, quantized when asked (a quantized model is loaded onto ``device``,
+        default: the trainer's device, else the CPU)."""
         from transformers import AutoModelForCausalLM
 
         check_attn_implementation(self.attn_implementation)
@@ -131,8 +132,9 @@ class LitFTModule(L.LightningModule):
                 )
             kwargs["quantization_config"] = bnb_config(self.quantization, model_dtype=dtype, sharded=sharded)
             if not sharded:
-                device = self.trainer.strategy.root_device if self._trainer is not None else torch.device("cpu")
-                kwargs["device_map"] = {"": device}
+                if device is None:
+                    device = self.trainer.strategy.root_device if self._trainer is not None else torch.device("cpu")
+                kwargs["device_map"] = {"": torch.device(device)}
         try:
             model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
         except OSError as err:
@@ -319,10 +321,10 @@ class LitFTModule(L.LightningModule):
 
         params = inspect.signature(type(self).__init__).parameters  # hparams also hold LightningCLI's _instantiator
         builder = type(self)(**{**{k: v for k, v in self.hparams.items() if k in params}, **overrides})
-        model = builder.load_base_model()
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        model = builder.load_base_model(device)  # a quantized base is loaded onto the device (8-bit cannot move)
         if next(model.parameters()).device.type != torch.device(device).type:
-            model.to(device)  # a quantized base is placed on the CPU without a trainer; bitsandbytes moves 4-bit weights
+            model.to(device)
         if adapter is not None:
             from peft import PeftModel
 
