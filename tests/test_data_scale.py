@@ -117,3 +117,21 @@ def test_failure_markers_belong_to_their_run(tmp_path):
     assert json.loads(target.with_name("key.failed").read_text())["token"] == "now"
     with pytest.raises(LitFTError, match="record 3: boom"):
         cache.wait_for(target, token="now", timeout_s=5, poll_s=0.05)
+
+
+def test_conversations_round_trip_through_arrow(tmp_path):
+    import dataclasses
+
+    import datasets
+
+    from litft.data.conversation import Conversation, Turn
+    from litft.data.pipeline import _to_conversations, write_conversations
+
+    convs = [
+        Conversation(turns=[Turn("user", "Add\n2", input="2", instruction="Add"), Turn("assistant", "4")], system="S"),
+        Conversation(turns=[Turn("user", "q"), Turn("tool", "t"), Turn("assistant", "a")], tools='[{"name": "f"}]'),
+        Conversation(text="a plain document"),
+    ]
+    assert write_conversations(iter(convs), tmp_path / "c.arrow") == 3
+    back = _to_conversations(datasets.Dataset.from_file(str(tmp_path / "c.arrow"))[:])
+    assert [dataclasses.asdict(c) for c in back] == [dataclasses.asdict(c) for c in convs]  # input/instruction too

@@ -34,9 +34,15 @@ class LitFTDataModule(pl.LightningDataModule):
         tokenizer: Model name or path the tokenizer is loaded from (linked from ``model.name_or_path``).
         gguf_file: GGUF file inside ``tokenizer`` (linked from ``model.gguf_file``).
         trust_remote_code: Allow custom tokenizer code (linked from ``model.trust_remote_code``).
-        template: Chat template: None = the tokenizer's own; or alpaca, chatml, qwen, llama2, llama3, phi, empty.
+        template: Chat template: None = the tokenizer's own; a built-in name (alpaca, chatml, empty, llama2, llama3,
+            phi, qwen); a Jinja chat template (inline or a .jinja file); or a declarative template (a .yaml file or
+            a mapping with user/assistant/system/input/tool blocks, default_system, end_of_turn): see
+            litft/data/template_spec.py. It is also written into the adapter's and the export's tokenizer.
         cutoff_len: Maximum tokens per sample (and per packed row); longer samples are truncated (see docs).
-        val_size: Validation share: a fraction (< 1) or an absolute number of records (>= 1); 0 = none.
+        eval_dataset: Validation data for fit, and what evaluate/predict score by default: comma-separated names
+            or paths like ``dataset`` (None = none, or a val_size split of the training records).
+        val_size: Validation share split off the training records: a fraction (< 1) or a number of records
+            (>= 1); 0 = none. Not together with eval_dataset.
         batch_size: Micro-batch size (rows per step per device).
         eval_batch_size: Validation batch size (None = batch_size).
         num_workers: DataLoader worker processes.
@@ -68,9 +74,10 @@ class LitFTDataModule(pl.LightningDataModule):
         tokenizer: str | None = None,
         gguf_file: str | None = None,
         trust_remote_code: bool = False,
-        template: str | None = None,
+        template: str | dict[str, str] | None = None,
         cutoff_len: int = 1024,
         val_size: float = 0.0,
+        eval_dataset: str | None = None,
         batch_size: int = 1,
         eval_batch_size: int | None = None,
         num_workers: int = 0,
@@ -101,6 +108,9 @@ class LitFTDataModule(pl.LightningDataModule):
             raise LitFTError("data.preprocessing_num_workers must be >= 1 (or null)")
         if cache_wait_timeout <= 0:
             raise LitFTError("data.cache_wait_timeout must be > 0 seconds")
+        if eval_dataset and val_size:
+            raise LitFTError("data.eval_dataset and data.val_size: give one (validation data, or a split of the training data)")
+        self.eval_dataset = eval_dataset
         self.dataset, self.dataset_dir = dataset, dataset_dir
         self.tokenizer_name, self.gguf_file, self.trust_remote_code = tokenizer, gguf_file, trust_remote_code
         self.template, self.cutoff_len, self.val_size = template, cutoff_len, val_size
@@ -169,6 +179,13 @@ class LitFTDataModule(pl.LightningDataModule):
         convs = pipeline.select(datasets.concatenate_datasets(parts) if len(parts) > 1 else parts[0], order)
         n_val = self._num_val(len(convs))
         train_convs, val_convs = convs, None
+        if self.eval_dataset:  # validation data of its own (never together with val_size)
+            evals = []
+            for k, entry in enumerate(resolve(self.eval_dataset, self.dataset_dir)):
+                file = workdir / f"eval-{k}.arrow"
+                n = pipeline.write_conversations(iter_conversations(entry, on_bad_record=self.on_bad_record), file)
+                evals.append(pipeline.select(datasets.Dataset.from_file(str(file)), sample_indices(n, entry.num_samples)))
+            val_convs = datasets.concatenate_datasets(evals) if len(evals) > 1 else evals[0]
         if n_val:
             order = list(range(len(convs)))
             random.Random(self.seed).shuffle(order)
@@ -203,13 +220,15 @@ class LitFTDataModule(pl.LightningDataModule):
     def _options(self) -> dict[str, Any]:
         """Everything besides data files and tokenizer that changes the rows (part of the fingerprint)."""
         jinja, eot = resolve_template(self.tokenizer, self.template) if self.template or self.tokenizer.chat_template else (None, None)
-        keys = ("cutoff_len", "val_size", "seed", "packing", "train_on_prompt", "mask_history", "mix_strategy",
+        keys = ("cutoff_len", "val_size", "eval_dataset", "seed", "packing", "train_on_prompt", "mask_history", "mix_strategy",
                 "interleave_probs", "max_samples", "on_bad_record")
         return {"template": [self.template, jinja, eot], **{k: getattr(self, k) for k in keys}}
 
     def cache_key(self) -> str:
         """The fingerprint of the data, tokenizer and options (hashes every data file: one rank computes it)."""
         entries = resolve(self.dataset, self.dataset_dir)
+        if self.eval_dataset:
+            entries = entries + resolve(self.eval_dataset, self.dataset_dir)
         files = [f for e in entries if e.file_name for f in data_files(e)]
         return cache.fingerprint(entries, self.tokenizer, self._options(), files)
 

@@ -36,7 +36,8 @@ def _conv_schema():
     import pyarrow as pa
 
     return pa.schema([("system", pa.string()), ("tools", pa.string()), ("text", pa.string()),
-                      ("roles", pa.list_(pa.string())), ("contents", pa.list_(pa.string()))])
+                      ("roles", pa.list_(pa.string())), ("contents", pa.list_(pa.string())),
+                      ("inputs", pa.list_(pa.string())), ("instructions", pa.list_(pa.string()))])
 
 
 def write_conversations(convs: Iterable[Conversation], path: Path) -> int:
@@ -60,6 +61,8 @@ def write_conversations(convs: Iterable[Conversation], path: Path) -> int:
             cols["text"].append(c.text)
             cols["roles"].append([t.role for t in c.turns])
             cols["contents"].append([t.content for t in c.turns])
+            cols["inputs"].append([t.input for t in c.turns])
+            cols["instructions"].append([t.instruction for t in c.turns])
             n += 1
             if n % _CHUNK == 0:
                 flush(writer)
@@ -69,9 +72,11 @@ def write_conversations(convs: Iterable[Conversation], path: Path) -> int:
 
 def _to_conversations(batch: dict[str, list]) -> list[Conversation]:
     return [
-        Conversation(turns=[Turn(r, c) for r, c in zip(roles, contents)], system=system, tools=tools, text=text)
-        for system, tools, text, roles, contents in zip(
-            batch["system"], batch["tools"], batch["text"], batch["roles"], batch["contents"]
+        Conversation(turns=[Turn(r, c, input=i, instruction=n) for r, c, i, n in zip(roles, contents, inputs, instructions)],
+                     system=system, tools=tools, text=text)
+        for system, tools, text, roles, contents, inputs, instructions in zip(
+            batch["system"], batch["tools"], batch["text"], batch["roles"], batch["contents"], batch["inputs"],
+            batch["instructions"],
         )
     ]
 

@@ -1,15 +1,52 @@
-"""Causal-LM loss on trained positions only, computed from hidden states.
+"""Causal-LM loss on trained positions only, computed from hidden states, in memory bounded by one chunk.
 
-Positions whose (shifted) label is -100 are dropped *before* the output projection, so the
-vocabulary-wide head runs only where a token is trained, in chunks to bound the fp32 logits.
+Positions whose (shifted) label is -100 are dropped *before* the output projection, so the vocabulary-wide
+head runs only where a token is trained. The head + cross-entropy then runs chunk by chunk and no chunk's
+logits outlive it:
+
+* ``chunked`` (any device): with a frozen head, each chunk's gradient with respect to its hidden states is
+  computed right away in the forward pass (the logits are freed before the next chunk) and the backward
+  pass only scales it; with a trainable head, each chunk is recomputed in the backward pass
+  (``torch.utils.checkpoint``). Memory: one chunk's logits, not trained tokens x vocabulary.
+* ``liger`` (CUDA, ``liger-kernel`` installed, a plain ``nn.Linear`` head, no sharded strategy): Liger's
+  fused linear cross-entropy kernel.
+
+Sharded heads (ZeRO-3, FSDP): every call of a partitioned head is a collective, so ranks must make the same
+calls whatever their number of trained tokens (zero included). A frozen ``nn.Linear`` head under ZeRO-3 is
+gathered once per call of :func:`lm_loss_from_hidden` and the chunks run on the gathered weight
+(:mod:`litft.model.zero3_head`); any other head under ``symmetric=True`` runs the chunk count agreed
+across ranks (one all-reduce), empty chunks included. Every path runs at least one chunk, so the loss
+always depends on the hidden states and every rank runs the whole backward pass, even with no trained
+token.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
+from typing import Callable, Optional
+
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+from litft.model import zero3_head
+
+log = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100
+CHUNK_LOGITS_BYTES = 256 * 2**20
+"""Default chunk: as many trained tokens as keep one chunk's fp32 logits near 256 MiB."""
+PATHS = ("auto", "chunked", "liger")
+
+_logged: set[str] = set()
+
+
+def _log_once(message: str, *args) -> None:
+    text = message % args
+    if text not in _logged:
+        _logged.add(text)
+        log.info(text)
 
 
 def target_count(labels: torch.Tensor) -> torch.Tensor:
@@ -17,19 +54,167 @@ def target_count(labels: torch.Tensor) -> torch.Tensor:
     return (labels[..., 1:] != IGNORE_INDEX).sum()
 
 
+def default_chunk_size(vocab_size: int) -> int:
+    """Trained tokens per chunk so that one chunk's fp32 logits take about ``CHUNK_LOGITS_BYTES``."""
+    return max(16, CHUNK_LOGITS_BYTES // (4 * max(int(vocab_size), 1)))
+
+
+def _ce_sum(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits.float(), targets, reduction="sum")
+
+
+def _chunks(n: int, chunk_size: int, n_chunks: int):
+    for i in range(n_chunks):
+        yield slice(min(i * chunk_size, n), min((i + 1) * chunk_size, n))
+
+
+class _FrozenHeadCE(torch.autograd.Function):
+    """Summed cross-entropy of ``project(hidden)``; each chunk's gradient with respect to ``hidden`` is computed in
+    the forward pass while its logits exist, then the logits are freed. Backward scales the stored gradient.
+    Only for a projection without trainable parameters (their gradients would be lost)."""
+
+    @staticmethod
+    def forward(ctx, hidden, targets, project, chunk_size, n_chunks):
+        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        grad = torch.empty_like(hidden)
+        for part in _chunks(hidden.shape[0], chunk_size, n_chunks):
+            with torch.enable_grad():
+                h = hidden[part].detach().requires_grad_(True)
+                loss = _ce_sum(project(h), targets[part])
+                (g,) = torch.autograd.grad(loss, h)
+            grad[part] = g
+            total += loss.detach()
+        ctx.save_for_backward(grad)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        (grad,) = ctx.saved_tensors
+        return grad * grad_output.to(grad.dtype), None, None, None, None
+
+
+def _recomputed_chunks(hidden, targets, project, chunk_size, n_chunks) -> torch.Tensor:
+    """Summed cross-entropy, each chunk recomputed in backward (a trainable head gets its gradients normally)."""
+    total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+    for part in _chunks(hidden.shape[0], chunk_size, n_chunks):
+        total = total + checkpoint(_chunk_loss, project, hidden[part], targets[part], use_reentrant=False)
+    return total
+
+
+def _chunk_loss(project, hidden, targets):
+    return _ce_sum(project(hidden), targets)
+
+
+def _agreed_chunk_count(n_chunks: int, device: torch.device) -> int:
+    """The largest chunk count over all ranks (one all-reduce), so every rank makes the same head calls."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return n_chunks
+    count = torch.tensor([n_chunks], dtype=torch.int64, device=device)
+    dist.all_reduce(count, op=dist.ReduceOp.MAX)
+    return int(count.item())
+
+
+def _frozen(head: torch.nn.Module) -> bool:
+    return not any(p.requires_grad for p in head.parameters())
+
+
+def _plain_linear(head: torch.nn.Module) -> bool:
+    return type(head) is torch.nn.Linear
+
+
+def _liger_loss():
+    """Liger's fused linear cross-entropy (summed), or None when liger-kernel is not installed."""
+    try:
+        from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
+    except ImportError:
+        return None
+    return LigerFusedLinearCrossEntropyLoss(ignore_index=IGNORE_INDEX, reduction="sum")
+
+
+def _use_liger(path: str, hidden: torch.Tensor, head: torch.nn.Module, n_targets: int, symmetric: bool) -> bool:
+    usable = (
+        hidden.is_cuda
+        and not symmetric  # a sharded strategy: the weight may be a shard
+        and _plain_linear(head)
+        and not zero3_head.is_partitioned(head)
+        and type(head.weight) is torch.nn.Parameter  # not an FSDP2 DTensor shard
+        and n_targets > 0  # an empty input would leave the loss without a graph
+    )
+    if path == "liger" and not usable:
+        raise ValueError("loss path 'liger' needs CUDA, a plain nn.Linear head that is not sharded, and trained tokens")
+    return usable and path in ("auto", "liger") and _liger_loss() is not None
+
+
 def lm_loss_from_hidden(
-    hidden: torch.Tensor, head: torch.nn.Module, labels: torch.Tensor, *, chunk_size: int = 8192
+    hidden: torch.Tensor,
+    head: torch.nn.Module,
+    labels: torch.Tensor,
+    *,
+    chunk_size: Optional[int] = None,
+    symmetric: bool = False,
+    path: str = "auto",
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(summed cross-entropy, number of trained positions) for hidden states ``(B, T, H)``."""
+    """(summed cross-entropy, number of trained positions) for hidden states ``(B, T, H)``.
+
+    chunk_size: trained tokens per head call; None = :func:`default_chunk_size` of the head's vocabulary.
+    symmetric: the head may be sharded (ZeRO-3, FSDP): make every rank run the same head calls.
+    path: "auto" (Liger on CUDA when installed and usable, else chunked), "chunked" or "liger".
+    """
+    if path not in PATHS:
+        raise ValueError(f"loss path must be one of {PATHS}, got {path!r}")
     targets = labels[..., 1:]
     mask = targets != IGNORE_INDEX
     selected = hidden[..., :-1, :][mask]
     wanted = targets[mask]
-    total = hidden.new_zeros((), dtype=torch.float32)
-    for start in range(0, wanted.numel(), chunk_size):
-        logits = head(selected[start : start + chunk_size]).float()
-        total = total + F.cross_entropy(logits, wanted[start : start + chunk_size], reduction="sum")
+    n = wanted.numel()
+    if _use_liger(path, hidden, head, n, symmetric):
+        _log_once("loss: Liger fused linear cross-entropy (liger-kernel)")
+        loss = _liger_loss()(head.weight, selected, wanted, head.bias)
+        loss = loss[0] if isinstance(loss, tuple) else getattr(loss, "loss", loss)
+        return loss.float(), mask.sum()
+
+    size = int(chunk_size or default_chunk_size(zero3_head.full_rows(head.weight)))
+    if size < 1:
+        raise ValueError(f"loss chunk_size must be >= 1, got {size}")
+    n_chunks = max(1, -(-n // size))
+    gathered = None
+    project: Callable[[torch.Tensor], torch.Tensor] = head
+    if _frozen(head) and _plain_linear(head):
+        gathered = zero3_head.gather_once(head)
+    gathered_once = gathered is not None
+    if gathered_once:
+        # One all-gather of the head on every rank, chunks on the gathered weight (no per-call module hooks).
+        project = _linear_of(head)
+        kind = "head gathered once per micro-batch (ZeRO-3)"
+    elif symmetric:
+        n_chunks = _agreed_chunk_count(n_chunks, hidden.device)
+        kind = "chunk count agreed across ranks"
+    else:
+        kind = "local chunk count"
+    if gathered is None:
+        gathered = contextlib.nullcontext()
+    # A trainable head gets its gradients from chunks recomputed in backward. So does a partitioned head called
+    # through its module (ZeRO-3 hooks gather it at each call): ZeRO-3 supports recomputation (activation
+    # checkpointing), not a backward pass run inside the forward pass.
+    recompute = not _frozen(head) or (zero3_head.is_partitioned(head) and not gathered_once)
+    with gathered:
+        if not (torch.is_grad_enabled() and hidden.requires_grad):
+            with torch.no_grad():
+                total = sum((_ce_sum(project(selected[p]), wanted[p]) for p in _chunks(n, size, n_chunks)),
+                            torch.zeros((), dtype=torch.float32, device=hidden.device))
+        elif recompute:
+            total = _recomputed_chunks(selected, wanted, project, size, n_chunks)
+        else:
+            total = _FrozenHeadCE.apply(selected, wanted, project, size, n_chunks)
+    _log_once("loss: chunked head + cross-entropy, %d trained tokens per chunk, %s head%s, %s", size,
+              "frozen" if _frozen(head) else "trainable", " (chunks recomputed in backward)" if recompute else "", kind)
     return total, mask.sum()
+
+
+def _linear_of(head: torch.nn.Linear) -> Callable[[torch.Tensor], torch.Tensor]:
+    return lambda h: F.linear(h, head.weight, head.bias)
 
 
 def lm_loss_from_logits(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -38,3 +223,34 @@ def lm_loss_from_logits(logits: torch.Tensor, labels: torch.Tensor) -> tuple[tor
     mask = targets != IGNORE_INDEX
     loss = F.cross_entropy(logits[..., :-1, :][mask].float(), targets[mask], reduction="sum")
     return loss, mask.sum()
+
+
+def hidden_shortcut_holds(model: torch.nn.Module, decoder: torch.nn.Module, head: torch.nn.Module,
+                          inputs: dict, *, tokens: int = 16) -> bool:
+    """Whether the model's logits are exactly ``head(decoder(...).last_hidden_state)``.
+
+    Runs the model once on the first ``tokens`` positions of the first row (no gradients; a 4-D block mask of
+    packed rows is cut to match), recording the
+    decoder's output and the head's input and output with forward hooks: a model that scales the hidden states
+    before the head or post-processes the logits after it (multipliers, soft-capping) fails the check.
+    """
+    short = {k: v[:1, :, :tokens, :tokens] if v.dim() == 4 else v[:1, :tokens] for k, v in inputs.items()}
+    seen: dict[str, torch.Tensor] = {}
+
+    def on_decoder(module, args, out):
+        seen["hidden"] = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+
+    def on_head(module, args, out):
+        seen["head_in"], seen["head_out"] = args[0], out
+
+    handles = [decoder.register_forward_hook(on_decoder), head.register_forward_hook(on_head)]
+    try:
+        with torch.no_grad():
+            logits = model(**short, use_cache=False).logits
+    finally:
+        for handle in handles:
+            handle.remove()
+    if len(seen) != 3 or seen["head_in"].shape != seen["hidden"].shape or seen["head_out"].shape != logits.shape:
+        return False
+    same = lambda a, b: torch.allclose(a.float(), b.float(), rtol=1e-5, atol=1e-6)  # noqa: E731
+    return same(seen["head_in"], seen["hidden"]) and same(seen["head_out"], logits)

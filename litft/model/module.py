@@ -12,13 +12,13 @@ from litft.errors import LitFTError
 from litft.model import loss as lm_loss
 from litft.model.adapters import apply_lora
 from litft.model.config import LoraConfig, OptimizerConfig, QuantizationConfig, SchedulerConfig
-from litft.model.loading import load_tokenizer, resolve_model_path
+from litft.model.loading import check_attn_implementation, load_tokenizer, resolve_model_path
 from litft.model.optim import build_optimizer, build_scheduler
 
 log = logging.getLogger(__name__)
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-# Architectures whose logits are exactly head(hidden): the loss can skip masked positions before the head.
+# Config names of logit post-processing: such a model's loss takes its own logits (no head(hidden) shortcut).
 _NO_LOGIT_POSTPROCESSING = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale")
 
 
@@ -102,10 +102,12 @@ class LitFTModule(L.LightningModule):
         stage = stage.get("zero_optimization", {}).get("stage", 0) if isinstance(stage, dict) else 0
         return stage == 3 or "fsdp" in self._strategy_name()
 
-    def load_base_model(self):
-        """The frozen transformers model, quantized when asked."""
+    def load_base_model(self, device: Optional[torch.device | str] = None):
+        """The frozen transformers model, quantized when asked (a quantized model is loaded onto ``device``,
+        default: the trainer's device, else the CPU)."""
         from transformers import AutoModelForCausalLM
 
+        check_attn_implementation(self.attn_implementation)
         path = resolve_model_path(self.name_or_path, gguf_file=self.gguf_file, trust_remote_code=self.trust_remote_code)
         dtype = self.weights_dtype()
         kwargs: dict[str, Any] = dict(
@@ -130,8 +132,9 @@ class LitFTModule(L.LightningModule):
                 )
             kwargs["quantization_config"] = bnb_config(self.quantization, model_dtype=dtype, sharded=sharded)
             if not sharded:
-                device = self.trainer.strategy.root_device if self._trainer is not None else torch.device("cpu")
-                kwargs["device_map"] = {"": device}
+                if device is None:
+                    device = self.trainer.strategy.root_device if self._trainer is not None else torch.device("cpu")
+                kwargs["device_map"] = {"": torch.device(device)}
         try:
             model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
         except OSError as err:
@@ -151,8 +154,15 @@ class LitFTModule(L.LightningModule):
                 use_gradient_checkpointing=self.gradient_checkpointing,
                 gradient_checkpointing_kwargs={"use_reentrant": False},
             )
+            # Validation must not switch the 4-bit weights to bitsandbytes' inference-only CPU layout.
+            from litft.shims.bitsandbytes import keep_4bit_weights_trainable
+
+            keep_4bit_weights_trainable(model)
         elif self.gradient_checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x's name
+                model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            else:
+                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if self.lora is not None:
             # ZeRO-3 partitions parameters at init; PEFT's adapter dtype autocast trips its dtype check there.
             model = apply_lora(model, self.lora, autocast_adapter_dtype=not self._zero3_or_fsdp())
@@ -169,18 +179,38 @@ class LitFTModule(L.LightningModule):
         """The transformers model under the PEFT wrapper."""
         return self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
 
-    def _hidden_path_ok(self, base) -> bool:
-        return not any(getattr(base.config, name, None) not in (None, 1, 1.0) for name in _NO_LOGIT_POSTPROCESSING)
+    loss_chunk_size: Optional[int] = None
+    """Trained tokens per output-head chunk in the loss; None = sized so one chunk's fp32 logits take ~256 MiB."""
+
+    def _hidden_path_ok(self, base, inputs: dict) -> bool:
+        """Whether the loss may run the head on hidden states itself: checked once per model (see
+        ``lm_loss.hidden_shortcut_holds``); otherwise the loss takes the model's own logits."""
+        verdict = getattr(self, "_hidden_path_verdict", None)
+        if verdict is not None and verdict[0] is base:
+            return verdict[1]
+        known = [n for n in _NO_LOGIT_POSTPROCESSING if getattr(base.config, n, None) not in (None, 1, 1.0)]
+        if known:
+            ok, why = False, f"config sets {known[0]}"
+        else:
+            ok = lm_loss.hidden_shortcut_holds(self.model, base.get_decoder(), base.get_output_embeddings(), inputs)
+            why = "head(hidden) differs from the model's logits"
+        if not ok:
+            log.warning("loss: %s (%s): using the model's full logits (memory grows with tokens x vocabulary)",
+                        why, type(base).__name__)
+        self._hidden_path_verdict = (base, ok)
+        return ok
 
     def loss_sum(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """(summed token cross-entropy, number of trained tokens) for one micro-batch."""
         labels = batch["labels"]
         inputs = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "position_ids")}
         base = self.base_model()
-        if self._hidden_path_ok(base):
+        if self._hidden_path_ok(base, inputs):
             decoder, head = base.get_decoder(), base.get_output_embeddings()
             hidden = decoder(**inputs, use_cache=False).last_hidden_state
-            return lm_loss.lm_loss_from_hidden(hidden, head, labels)
+            return lm_loss.lm_loss_from_hidden(
+                hidden, head, labels, chunk_size=self.loss_chunk_size, symmetric=self._zero3_or_fsdp()
+            )
         logits = self.model(**inputs, use_cache=False).logits
         return lm_loss.lm_loss_from_logits(logits, labels)
 
@@ -253,3 +283,52 @@ class LitFTModule(L.LightningModule):
         if strict and missing:
             raise LitFTError(f"checkpoint lacks {len(missing)} trainable weights, e.g. {missing[0]} (different lora config?)")
         return super().load_state_dict(state_dict, strict=False, assign=assign)
+
+    # ------------------------------------------------------------------ inference (generate, chat, predict, evaluate, export)
+    def for_inference(
+        self,
+        adapter: Optional[str] = None,
+        *,
+        dtype: Optional[str] = None,
+        precision: Any = None,
+        quantized: bool = True,
+        device: Optional[str] = None,
+    ):
+        """The model to generate with (or merge): the base built by :meth:`load_base_model`, the one builder training
+        uses (same ``dtype``, same 4/8-bit ``quantization``), plus the PEFT adapter folder ``adapter``; eval mode, KV
+        cache on. The tokenizer is :attr:`tokenizer`.
+
+        dtype: override of ``model.dtype`` (float32, bfloat16, float16). ``auto`` follows ``precision`` (the
+            trainer's: bf16-* → bfloat16, 16-* → float16, auto → bfloat16 on a CUDA GPU with bf16, else float32).
+        quantized: False loads the base unquantized even when training quantized it (export merges into it).
+        device: where the model runs (default: cuda when available, else cpu).
+        """
+        from pathlib import Path
+
+        name = dtype or self.dtype_name
+        if name == "auto":
+            p = str(precision if precision is not None else "auto")
+            if p == "auto":
+                bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+                p = "bf16" if bf16 else "32"
+            name = "bfloat16" if p.startswith("bf16") else "float16" if p.startswith("16") else "float32"
+        if name not in _DTYPES:
+            raise LitFTError(f"dtype: unknown '{name}' (float32, bfloat16 or float16)")
+        if adapter is not None and not (Path(adapter).expanduser() / "adapter_config.json").is_file():
+            raise LitFTError(f"--adapter: {adapter} is not a PEFT adapter folder (no adapter_config.json)")
+        overrides = {"dtype": name, "quantization": self.quantization if quantized else None}
+        import inspect
+
+        params = inspect.signature(type(self).__init__).parameters  # hparams also hold LightningCLI's _instantiator
+        builder = type(self)(**{**{k: v for k, v in self.hparams.items() if k in params}, **overrides})
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        model = builder.load_base_model(device)  # a quantized base is loaded onto the device (8-bit cannot move)
+        if next(model.parameters()).device.type != torch.device(device).type:
+            model.to(device)
+        if adapter is not None:
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(model, str(Path(adapter).expanduser()))
+        model.config.use_cache = True
+        model.eval()
+        return model
