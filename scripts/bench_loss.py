@@ -121,7 +121,7 @@ def run_variant(variant: str, model_dir: str, rows: int, seq: int) -> dict:
             "trained_tokens": rows * seq, "torch_threads": torch.get_num_threads()}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=False, help="JSON file to write (atomically)")
     parser.add_argument("--rows", type=int, default=4)
@@ -131,7 +131,7 @@ def main() -> None:
                         help="address-space cap of each variant's process (a shared machine fails one run, not others)")
     parser.add_argument("--_variant", help=argparse.SUPPRESS)
     parser.add_argument("--_model", help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args._variant:
         print(json.dumps(run_variant(args._variant, args._model, args.rows, args.seq)))
         return

@@ -1,4 +1,4 @@
-"""Dataset cache: second run reuses it, fingerprint follows data/template/lengths, waiting ranks never time out."""
+"""Dataset cache: second run reuses it, fingerprint follows data/template/lengths, waiting ranks poll the filesystem."""
 
 from __future__ import annotations
 
@@ -75,7 +75,7 @@ def test_wait_for_polls_until_ready_and_reports_failure(tmp_path):
 
 
 def test_only_the_preparing_rank_tokenizes(tmp_path, tiny_qwen2, monkeypatch):
-    """Rank 1 of 2 never builds the dataset: it waits (polling, no timeout) for rank 0's cache."""
+    """Rank 1 of 2 never builds the dataset: it waits (polling the filesystem) for rank 0's cache."""
     from types import SimpleNamespace
 
     data = write_alpaca(tmp_path / "a.json", 8)
@@ -86,10 +86,10 @@ def test_only_the_preparing_rank_tokenizes(tmp_path, tiny_qwen2, monkeypatch):
     built = []
     original = LitFTDataModule.build
 
-    def build(self):
+    def build(self, workdir):
         built.append(self.trainer.global_rank)
         time.sleep(1.0)
-        return original(self)
+        return original(self, workdir)
 
     monkeypatch.setattr(LitFTDataModule, "build", build)
     waiter = threading.Thread(target=rank1.setup)

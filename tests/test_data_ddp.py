@@ -23,10 +23,10 @@ SCRIPT = textwrap.dedent(
     out = sys.argv[1]
     original = LitFTDataModule.build
 
-    def build(self):
+    def build(self, workdir):
         with open(os.path.join(out, "builds.txt"), "a") as f:
             f.write(f"{self.trainer.global_rank}\\n")
-        return original(self)
+        return original(self, workdir)
 
     LitFTDataModule.build = build
 

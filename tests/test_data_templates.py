@@ -6,7 +6,8 @@ import pytest
 from transformers import AutoTokenizer
 
 from litft.data.conversation import Conversation, Turn
-from litft.data.templates import IGNORE_INDEX, TEMPLATES, encode_conversation, encode_prompt
+from litft.data.template_spec import builtin_names
+from litft.data.templates import IGNORE_INDEX, encode_conversation, encode_prompt
 
 
 def _ids(x):
@@ -133,26 +134,26 @@ def test_smollm2_default_system_prompt(smollm2):
 
 
 # ---------------------------------------------------------------- named templates
+# Trained span = reply + the template's end-of-turn text (as LLaMA-Factory 0.9.5 trains them).
 @pytest.mark.parametrize(
     "name,eot,first",
     [
-        ("chatml", "<|im_end|>", "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\n"),
-        ("qwen", "<|im_end|>", "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\n"),
+        ("chatml", "<|im_end|>\n", "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\n"),
+        ("qwen", "<|im_end|>\n", "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\n"),
         ("llama3", "<|eot_id|>", "<|start_header_id|>system<|end_header_id|>\n\nBe brief.<|eot_id|>"),
-        ("phi", "<|end|>", "<|system|>\nBe brief.<|end|>\n<|user|>\n"),
-        ("alpaca", "<|im_end|>", "Be brief.\n\n### Instruction:\nWhat is 2 plus 2?\n\n### Response:\n"),
-        ("llama2", "<|im_end|>", "[INST] <<SYS>>\nBe brief.\n<</SYS>>\n\nWhat is 2 plus 2? [/INST]"),
-        ("empty", "<|im_end|>", "Be brief.What is 2 plus 2?"),
+        ("phi", "<|end|>\n", "<|system|>\nBe brief.<|end|>\n<|user|>\n"),
+        ("alpaca", "<|im_end|>\n\n", "Be brief.### Instruction:\nWhat is 2 plus 2?\n\n### Response:\n"),
+        ("llama2", "<|im_end|>", "[INST] <<SYS>>\nBe brief.\n<</SYS>>\n\nWhat is 2 plus 2? [/INST] 4<|im_end|>[INST]"),
+        ("empty", "", "Be brief.What is 2 plus 2?4And 3 plus 3?"),
     ],
 )
 def test_named_templates_mask_content_and_eot(toks, name, eot, first):
     tok = toks["qwen2"]  # eos <|im_end|>; named templates use eos where they have no end-of-turn of their own
-    assert name in TEMPLATES
+    assert name in builtin_names()
     ids, labels = encode_conversation(tok, MULTI, template=name)
     assert tok.decode(ids).startswith(first)
     runs = _trained_runs(tok, ids, labels)
-    sep = " " if name == "llama2" else ""
-    assert [r.strip() if name == "llama2" else r for r in runs] == [t.content + sep + eot for t in MULTI.turns if t.role == "assistant"]
+    assert [r.strip(" ") for r in runs] == [t.content + eot for t in MULTI.turns if t.role == "assistant"]
     prompt = encode_prompt(tok, MULTI.messages()[:-1], template=name)
     assert ids[: len(prompt)] == prompt
 
@@ -165,7 +166,7 @@ def test_tokenizer_without_template_needs_a_named_one(tmp_path):
     with pytest.raises(LitFTError, match="no chat template: set data.template"):
         encode_conversation(tok, SINGLE)
     ids, labels = encode_conversation(tok, SINGLE, template="alpaca")
-    assert _trained_runs(tok, ids, labels) == ["Hello! How can I help you today?<|endoftext|>"]
+    assert _trained_runs(tok, ids, labels) == ["Hello! How can I help you today?<|endoftext|>\n\n"]
 
 
 def test_plain_text_is_all_trained(toks):

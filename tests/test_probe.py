@@ -16,12 +16,12 @@ from litft.callbacks.probe import (
     Probe,
     answer_passes,
     format_report,
-    generate_answers,
     load_probes,
     prompt_ids,
     score_answers,
 )
 from litft.errors import DataError
+from litft.generation import generate
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -135,9 +135,9 @@ def test_batched_left_padded_generation_matches_greedy_reference(tiny_qwen2):
     prompts = [prompt_ids(tokenizer, p) for p in probes]
     assert len({len(p) for p in prompts}) == 3  # really padded
     assert prompts[2][:3] == tokenizer("<|im_start|>system\n")["input_ids"][:3]
-    answers = generate_answers(model, tokenizer, prompts, max_new_tokens=6, batch_size=3)
+    answers = generate(model, tokenizer, prompts, max_new_tokens=6, batch_size=3)
     assert answers == [_greedy_reference(model, tokenizer, p, 6) for p in prompts]
-    assert generate_answers(model, tokenizer, prompts, max_new_tokens=6, batch_size=2) == answers
+    assert generate(model, tokenizer, prompts, max_new_tokens=6, batch_size=2) == answers
 
 
 # --- the callback in a real fit ------------------------------------------------------------------
@@ -228,7 +228,7 @@ def test_real_smollm2_base_knows_paris_but_not_lumen(smollm2):
               Probe("By what name are you known?", ("Lumen",), "identity")]
     prompts = [prompt_ids(tokenizer, p) for p in probes]
     assert "named SmolLM" in tokenizer.decode(prompts[0])  # the template's default system prompt
-    answers = generate_answers(model, tokenizer, prompts, max_new_tokens=8, batch_size=2)
+    answers = generate(model, tokenizer, prompts, max_new_tokens=8, batch_size=2)
     assert answers[0] == "The capital of France is Paris."
     result = score_answers(probes, answers)
     assert result["groups"] == {"general": {"score": 1.0, "passed": 1, "total": 1},

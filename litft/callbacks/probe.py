@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -32,6 +31,8 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_warn
 
 from litft.errors import DataError
+from litft.generation import generate
+from litft.io import atomic_write_text
 
 DEFAULT_GROUP = "all"
 
@@ -121,33 +122,6 @@ def prompt_ids(tokenizer, probe: Probe, template: str | None = None) -> list[int
     return list(encode_prompt(tokenizer, messages, template=template))
 
 
-@torch.no_grad()
-def generate_answers(model, tokenizer, prompts: list[list[int]], *, max_new_tokens: int, batch_size: int) -> list[str]:
-    """Greedy answers, batched with left padding, decoded without special tokens."""
-    device = next(model.parameters()).device
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    answers = []
-    for start in range(0, len(prompts), batch_size):
-        chunk = prompts[start : start + batch_size]
-        width = max(len(ids) for ids in chunk)
-        input_ids = torch.tensor([[pad_id] * (width - len(ids)) + ids for ids in chunk], device=device)
-        attention_mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in chunk], device=device)
-        out = model.generate(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            temperature=None,
-            top_p=None,
-            top_k=None,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=pad_id,
-            use_cache=True,  # training sets config.use_cache = False; without the cache every token costs a full pass
-        )
-        answers.extend(tokenizer.decode(row[width:], skip_special_tokens=True).strip() for row in out)
-    return answers
-
-
 def _shorten(text: str, width: int) -> str:
     text = " ".join(text.split())
     return text if len(text) <= width else text[: width - 1] + "…"
@@ -170,19 +144,6 @@ def format_report(probes: list[Probe], before: dict | None, after: dict | None, 
             f"{g} {v['passed']}/{v['total']}" for g, v in groups.items()) + ")"
         lines.append(f"Score {label:<6} {result['passed']}/{result['total']} = {result['score']:.2f}{per_group}")
     return "\n".join(lines)
-
-
-def write_json_atomic(path: Path, obj: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, ensure_ascii=False, indent=1)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class GenerationProbe(Callback):
@@ -239,8 +200,7 @@ class GenerationProbe(Callback):
         if self.template is not None:
             return self.template
         datamodule = getattr(trainer, "datamodule", None)
-        template = getattr(datamodule, "template", None)
-        return template if isinstance(template, str) else None
+        return getattr(datamodule, "template", None)
 
     def _run(self, stage: str, trainer: Trainer, pl_module: LightningModule) -> None:
         model, tokenizer = pl_module.model, pl_module.tokenizer
@@ -251,9 +211,7 @@ class GenerationProbe(Callback):
         start, start_cpu = time.perf_counter(), time.process_time()
         try:
             with trainer.precision_plugin.forward_context():
-                answers = generate_answers(
-                    model, tokenizer, prompts, max_new_tokens=self.max_new_tokens, batch_size=self.batch_size
-                )
+                answers = generate(model, tokenizer, prompts, max_new_tokens=self.max_new_tokens, batch_size=self.batch_size)
         finally:
             model.train(was_training)
         result = score_answers(self.probes, answers)
@@ -266,7 +224,6 @@ class GenerationProbe(Callback):
         self.results[stage] = result
         print(f"GenerationProbe {stage}: {result['passed']}/{result['total']} = {result['score']:.2f} "
               f"({result['seconds']:.1f} s)", flush=True)
-        write_json_atomic(
-            Path(trainer.default_root_dir) / self.filename,
-            {"prompts_file": str(self.prompts_file), "probes": [asdict(p) for p in self.probes], **self.results},
-        )
+        report = {"prompts_file": str(self.prompts_file), "probes": [asdict(p) for p in self.probes], **self.results}
+        atomic_write_text(Path(trainer.default_root_dir) / self.filename,
+                          json.dumps(report, ensure_ascii=False, indent=1) + "\n")

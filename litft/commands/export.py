@@ -9,14 +9,10 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Optional
-
-import torch
+from typing import Optional
 
 from litft.errors import LitFTError
-from litft.inference import _get, check_adapter, is_quantized, load_base, resolve_dtype
 from litft.io import atomic_dir
-from litft.model.loading import load_tokenizer
 
 NEEDS_TRAINER = False
 log = logging.getLogger(__name__)
@@ -29,22 +25,22 @@ def add_arguments(parser) -> None:
                         help="dtype of the merged weights: float32, bfloat16, float16 (default: model.dtype, else float32).")
 
 
-def merge_adapter(model_cfg: Any, adapter: str | Path, out_dir: str | Path, *, dtype: Any = None) -> Path:
-    """Merge ``adapter`` into the base named by ``model_cfg`` and save it to ``out_dir`` (atomically)."""
-    from peft import PeftModel
+def merge_adapter(module, adapter: str | Path, out_dir: str | Path, *, dtype: Optional[str] = None,
+                  template: Optional[str] = None) -> Path:
+    """Merge ``adapter`` into the base that ``module`` (a LitFTModule) builds and save it to ``out_dir`` atomically,
+    with the tokenizer whose ``chat_template`` is the training template ``template`` (data.template)."""
+    from litft.data.templates import chat_template_for
 
-    adapter_path = check_adapter(str(adapter))
-    dtype = resolve_dtype(dtype if dtype is not None else _get(model_cfg, "dtype"))
-    if is_quantized(model_cfg):
+    name = dtype or (module.dtype_name if module.dtype_name != "auto" else "float32")
+    if module.quantization is not None:
         log.warning(
             "The adapter was trained on a quantized (QLoRA) base: merging it into the base reloaded unquantized in %s. "
-            "The merged model's outputs differ slightly from the 4-bit base + adapter.", dtype,
+            "The merged model's outputs differ slightly from the 4-bit base + adapter.", name,
         )
-    base = load_base(model_cfg, dtype=dtype, device="cpu")
-    merged = PeftModel.from_pretrained(base, str(adapter_path)).merge_and_unload()
-    merged.to(dtype)
-    tokenizer = load_tokenizer(_get(model_cfg, "name_or_path"), gguf_file=_get(model_cfg, "gguf_file"),
-                               trust_remote_code=bool(_get(model_cfg, "trust_remote_code", False)))
+    model = module.for_inference(str(adapter), dtype=name, quantized=False, device="cpu")
+    merged = model.merge_and_unload()
+    tokenizer = module.tokenizer
+    tokenizer.chat_template = chat_template_for(tokenizer, template)
     out_dir = Path(out_dir)
     with atomic_dir(out_dir) as tmp:
         merged.save_pretrained(tmp, safe_serialization=True)
@@ -65,11 +61,10 @@ def _target(output_dir: str) -> Path:
 
 def run(cli) -> int:
     cfg = cli.config
-    output_dir = _get(cfg, "output_dir")
-    if not output_dir:
+    if not cfg.output_dir:
         raise LitFTError("export: give --output_dir (where the merged model goes)")
-    adapter = _get(cfg, "adapter") or str(Path(output_dir) / "adapter")
-    target = _target(output_dir)
-    merge_adapter(_get(cfg, "model"), adapter, target, dtype=_get(cfg, "export_dtype"))
+    adapter = cfg.adapter or str(Path(cfg.output_dir) / "adapter")
+    target = _target(cfg.output_dir)
+    merge_adapter(cli.model, adapter, target, dtype=cfg.export_dtype, template=cli.datamodule.template)
     print(f"Merged model saved to {target} (load it with AutoModelForCausalLM.from_pretrained)")
     return 0

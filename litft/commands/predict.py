@@ -1,9 +1,10 @@
 """``python -m litft predict --config X.yaml [--adapter DIR] [--eval_dataset NAME|FILE] [--predictions OUT.jsonl]``
 
-Generates a completion for every record of a dataset (any format the data pipeline reads; the last assistant
-turn is the reference) and writes JSONL lines ``{"prompt", "prediction", "reference"}`` atomically.
-litft's predict is this command (Lightning's own ``predict`` subcommand is not used: it would need a
-prediction loader and a writer callback for what is plain batched generation).
+Generates a completion for every record of the evaluation data (any format the data pipeline reads; the last
+assistant turn is the reference) and writes JSONL lines ``{"prompt", "prediction", "reference"}`` atomically.
+The data is ``--eval_dataset``, else ``data.eval_dataset``; scoring the training data (``data.dataset``) needs
+``--on_training_data`` and is said so. litft's predict is this command (Lightning's own ``predict`` subcommand
+is not used: it would need a prediction loader and a writer callback for what is plain batched generation).
 """
 
 from __future__ import annotations
@@ -13,9 +14,8 @@ import logging
 from pathlib import Path
 from typing import Optional
 
-from litft.commands.generate import add_generation_arguments
+from litft.commands.generate import add_generation_arguments, generation_kwargs, inference_model
 from litft.errors import LitFTError
-from litft.inference import _get, encode_messages, generate, load_for_inference
 from litft.io import atomic_write_text
 
 NEEDS_TRAINER = False
@@ -25,7 +25,9 @@ log = logging.getLogger(__name__)
 def add_prediction_arguments(parser, **kwargs) -> None:
     add_generation_arguments(parser, **kwargs)
     parser.add_argument("--eval_dataset", type=Optional[str], default=None,
-                        help="Dataset name(s) in dataset_info.json or file path(s) (default: data.dataset).")
+                        help="Dataset name(s) in dataset_info.json or file path(s) (default: data.eval_dataset).")
+    parser.add_argument("--on_training_data", type=bool, default=False,
+                        help="Score the training data (data.dataset) when no evaluation data is given.")
     parser.add_argument("--max_samples", type=Optional[int], default=None, help="Use at most this many records.")
     parser.add_argument("--gen_batch_size", type=int, default=8, help="Prompts generated together.")
 
@@ -36,15 +38,27 @@ def add_arguments(parser) -> None:
                         help="Output JSONL (default: <output_dir>/predictions.jsonl, or predictions-base.jsonl without --adapter).")
 
 
-def load_examples(data_cfg, dataset: Optional[str] = None, max_samples: Optional[int] = None) -> list[tuple[list[dict], str, Optional[str]]]:
+def eval_data(cli) -> tuple[str, str]:
+    """(dataset names/paths to score, where they come from), or a LitFTError when there is no evaluation data."""
+    cfg, dm = cli.config, cli.datamodule
+    if cfg.eval_dataset:
+        return cfg.eval_dataset, "--eval_dataset"
+    if getattr(dm, "eval_dataset", None):
+        return dm.eval_dataset, "data.eval_dataset"
+    if cfg.on_training_data:
+        return dm.dataset, "data.dataset: the TRAINING data (--on_training_data)"
+    raise LitFTError("no evaluation data: set data.eval_dataset or --eval_dataset "
+                     "(or pass --on_training_data to score the training data, data.dataset)")
+
+
+def load_examples(dm, dataset: str, max_samples: Optional[int] = None) -> list[tuple[list[dict], str, Optional[str]]]:
     """(prompt messages, reference, tools) for each record: the conversation up to its last assistant turn."""
     from litft.data.registry import resolve
     from litft.data.tokenize import conversations
 
-    name = dataset or _get(data_cfg, "dataset")
     examples = []
-    for entry in resolve(name, _get(data_cfg, "dataset_dir", "data")):
-        for conv in conversations(entry):
+    for entry in resolve(dataset, dm.dataset_dir):
+        for conv in conversations(entry, on_bad_record=dm.on_bad_record):
             messages = conv.messages()
             last = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=None)
             if last is None:
@@ -53,21 +67,21 @@ def load_examples(data_cfg, dataset: Optional[str] = None, max_samples: Optional
     return examples[:max_samples] if max_samples else examples
 
 
-def predict(cli_config, adapter: Optional[str]) -> list[dict]:
-    """Predictions for the evaluation dataset with the base model (+ adapter)."""
-    data_cfg = _get(cli_config, "data")
-    examples = load_examples(data_cfg, _get(cli_config, "eval_dataset"), _get(cli_config, "max_samples"))
-    model, tokenizer = load_for_inference(_get(cli_config, "model"), adapter)
-    template = _get(data_cfg, "template")
-    system = _get(cli_config, "system")
+def predict(cli, adapter: Optional[str], examples=None) -> list[dict]:
+    """Predictions for the evaluation data with the base model (+ adapter)."""
+    from litft.data.templates import encode_prompt
+    from litft.generation import generate
+
+    cfg, dm = cli.config, cli.datamodule
+    if examples is None:
+        examples = load_examples(dm, eval_data(cli)[0], cfg.max_samples)
+    model, tokenizer = inference_model(cli, adapter)
     prompts = []
     for messages, _, tools in examples:
-        if system and not any(m["role"] == "system" for m in messages):
-            messages = [{"role": "system", "content": system}] + messages
-        prompts.append(encode_messages(tokenizer, messages, template=template, tools=tools))
-    outputs = generate(model, tokenizer, prompts, max_new_tokens=_get(cli_config, "max_new_tokens", 256),
-                       temperature=_get(cli_config, "temperature", 0.0), top_p=_get(cli_config, "top_p", 1.0),
-                       batch_size=_get(cli_config, "gen_batch_size", 8))
+        if cfg.system and not any(m["role"] == "system" for m in messages):
+            messages = [{"role": "system", "content": cfg.system}] + messages
+        prompts.append(encode_prompt(tokenizer, messages, template=dm.template, tools=tools))
+    outputs = generate(model, tokenizer, prompts, batch_size=cfg.gen_batch_size, **generation_kwargs(cfg))
     return [{"prompt": messages[-1]["content"], "prediction": out, "reference": ref}
             for (messages, ref, _), out in zip(examples, outputs)]
 
@@ -82,9 +96,10 @@ def default_path(output_dir: str, adapter: Optional[str]) -> Path:
 
 def run(cli) -> int:
     cfg = cli.config
-    adapter = _get(cfg, "adapter")
-    path = _get(cfg, "predictions") or default_path(_get(cfg, "output_dir"), adapter)
-    rows = predict(cfg, adapter)
+    dataset, source = eval_data(cli)
+    print(f"predict: scoring {dataset} ({source})")
+    path = cfg.predictions or default_path(cfg.output_dir, cfg.adapter)
+    rows = predict(cli, cfg.adapter, load_examples(cli.datamodule, dataset, cfg.max_samples))
     write_jsonl(rows, path)
     print(f"{len(rows)} predictions written to {path}")
     return 0

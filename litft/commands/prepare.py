@@ -2,6 +2,10 @@
 
 Tokenizes (and packs) the configured datasets, writes the cache that ``fit`` will reuse, and prints the
 figures: records, samples, rows, tokens, trained tokens, truncated, dropped, skipped, packing efficiency.
+
+This is the way to prepare a large corpus before a multi-node job: run it once (on a login node or one node,
+with ``--data.preprocessing_num_workers N`` to tokenize in N processes) against the cache folder the job will
+see (``LITFT_CACHE``); every rank of the job then finds the cache and only loads it (memory-mapped Arrow).
 ``--preview N`` prints N rendered training samples with the trained spans between « and ».
 """
 
@@ -45,10 +49,14 @@ def _samples(row):
 
 
 def run(cli) -> int:
+    import time
+
     dm = cli.datamodule
+    t0 = time.perf_counter()
     dm.setup("fit")
     s, path = dm.stats, dm.cache_dir
-    print(f"cache: {'reused' if dm.cache_hit else 'wrote'} {path}")
+    workers = f", {dm.preprocessing_num_workers or 1} worker process(es)" if not dm.cache_hit else ""
+    print(f"cache: {'reused' if dm.cache_hit else 'wrote'} {path} ({time.perf_counter() - t0:.1f} s{workers})")
     for name, n in s.per_dataset.items():
         print(f"dataset {name}: {n} records")
     lines = [

@@ -4,15 +4,18 @@ Flow (one module per step)::
 
     registry.py   dataset_info.json (LLaMA-Factory semantics) or file paths → DatasetEntry
     formats.py    alpaca | sharegpt | openai | lima | dolly | text → Conversation (system, tools, turns)
-    templates.py  the tokenizer's chat template (default) or a named one → input_ids + labels
+    template_spec.py  what data.template may be: built-in, Jinja, declarative YAML → one Jinja chat template
+    templates.py  the tokenizer's chat template (default) or data.template → input_ids + labels
     tokenize.py   truncation to cutoff_len (policy in its docstring), statistics, mixing
     packing.py    best-fit decreasing packing, block-diagonal mask / varlen position_ids
-    cache.py      fingerprinted Arrow cache, prepared on one rank, others wait (no timeout)
+    pipeline.py   corpus-scale preparation on datasets: Arrow all the way, batched map with worker processes
+    cache.py      fingerprinted Arrow cache, prepared on one rank, others wait (heartbeat + timeout)
     loader.py     resumable, sharded training loader with num_target_tokens
     datamodule.py LitFTDataModule
 
 Masking: labels are -100 everywhere but the assistant turns; each assistant turn's content and its
-end-of-turn token (``<|im_end|>``, ``<|eot_id|>``, EOS, ...) are trained, text the template puts after
-it (ChatML's newline) is not. With the tokenizer's own template, ``input_ids`` equal
+end-of-turn text are trained: a declarative/built-in template's ``end_of_turn`` (``<|im_end|>\n``,
+``</s>\n\n``, ``\n### End``), else the first special token (``<|im_end|>``, ``<|eot_id|>``, EOS); text a
+Jinja template puts after that token (ChatML's newline) is not. With the tokenizer's own template, ``input_ids`` equal
 ``tokenizer.apply_chat_template(messages, tokenize=True)`` exactly.
 """

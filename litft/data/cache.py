@@ -7,18 +7,25 @@ masking, packing, split, seed) and the source of the pipeline modules themselves
 written to a temporary folder and renamed into place, so a reader sees all of it or nothing.
 
 In a distributed job one process prepares (see :meth:`LitFTDataModule.prepare_data`); the others call
-:func:`wait_for`, which polls without any timeout (a long preparation never trips a collective's timeout)
-and stops with the preparer's error if it failed.
+:func:`wait_for`, which polls the filesystem (a long preparation never trips a collective's timeout). The
+preparer keeps a heartbeat file ``<key>.alive`` whose *content* (a counter) changes every few seconds; a
+waiter that sees neither the cache nor a change of the heartbeat for ``timeout_s`` stops with one line naming
+``data.shared_filesystem`` (the usual cause: a cache on node-local disk while the config says it is shared).
+A failed preparation writes ``<key>.failed`` holding the run's token and the error; waiters raise it only
+when the token is their run's, so a marker left by an earlier run is ignored. No file time is compared with
+the local clock (nodes' clocks and a network filesystem's times need not agree).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -27,8 +34,9 @@ from typing import Any
 from litft.errors import LitFTError
 
 log = logging.getLogger(__name__)
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: rows carry a length column
 _FAILED = ".failed"
+_ALIVE = ".alive"
 
 
 def _file_digest(path: Path) -> str:
@@ -63,7 +71,8 @@ def tokenizer_digest(tokenizer) -> str:
 def code_digest() -> str:
     """A digest of the pipeline's own source, so a fix in litft's data code never reuses stale rows."""
     h = hashlib.sha256()
-    for name in ("registry.py", "formats.py", "conversation.py", "templates.py", "tokenize.py", "packing.py"):
+    for name in ("registry.py", "formats.py", "conversation.py", "templates.py", "tokenize.py", "packing.py", "pipeline.py", "collate.py",
+                 "template_spec.py"):
         h.update((Path(__file__).parent / name).read_bytes())
     return h.hexdigest()
 
@@ -85,26 +94,36 @@ def is_ready(path: Path) -> bool:
     return (path / "stats.json").is_file()
 
 
-def write(path: Path, splits: dict[str, list[dict[str, list[int]]]], stats: dict[str, Any], *, overwrite: bool = False) -> None:
-    """Store the rows atomically (temp folder + rename); ``overwrite`` replaces an existing cache."""
+def _rows_dataset(rows: list[dict[str, Any]]):
     import datasets
 
+    columns = sorted(rows[0])
+    data = {c: [r[c] for r in rows] for c in columns}
+    features = datasets.Features(
+        {c: datasets.Value("int64") if isinstance(rows[0][c], int) else datasets.Sequence(datasets.Value("int32")) for c in columns}
+    )
+    return datasets.Dataset.from_dict(data, features=features)
+
+
+def build_into(
+    path: Path,
+    build: Callable[[Path], tuple[dict[str, Any], dict[str, Any]]],
+    *,
+    overwrite: bool = False,
+) -> None:
+    """``build(workdir)`` → (splits, stats); store them atomically (temp folder + rename). A split is a
+    ``datasets.Dataset`` or a list of row dicts; empty splits are left out. ``overwrite`` replaces a cache."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=path.name + ".tmp.", dir=path.parent))
     try:
-        datasets.disable_progress_bars()
+        splits, stats = build(tmp / "work")
         for name, rows in splits.items():
-            if not rows:
+            if rows is None or len(rows) == 0:
                 continue
-            columns = sorted(rows[0]) if rows else ["input_ids", "labels"]
-            data = {c: [r[c] for r in rows] for c in columns}
-            features = datasets.Features(
-                {
-                    c: datasets.Value("int64") if rows and isinstance(rows[0][c], int) else datasets.Sequence(datasets.Value("int32"))
-                    for c in columns
-                }
-            )
-            datasets.Dataset.from_dict(data, features=features).save_to_disk(str(tmp / name))
+            ds = _rows_dataset(rows) if isinstance(rows, list) else rows
+            ds.save_to_disk(str(tmp / name))  # one process: a copy, disk-bound (its num_proc spawns fresh interpreters)
+        del splits
+        shutil.rmtree(tmp / "work", ignore_errors=True)
         (tmp / "stats.json").write_text(json.dumps(stats, indent=1, ensure_ascii=False), encoding="utf-8")
         if overwrite and path.exists():
             old = Path(tempfile.mkdtemp(prefix=path.name + ".old.", dir=path.parent))
@@ -117,14 +136,65 @@ def write(path: Path, splits: dict[str, list[dict[str, list[int]]]], stats: dict
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    failed = path.with_name(path.name + _FAILED)
-    failed.unlink(missing_ok=True)
+    path.with_name(path.name + _FAILED).unlink(missing_ok=True)
 
 
-def mark_failed(path: Path, message: str) -> None:
-    """Tell waiting ranks that preparation failed (they raise the same message)."""
+def write(path: Path, splits: dict[str, Any], stats: dict[str, Any], *, overwrite: bool = False) -> None:
+    """Store ready rows (lists of row dicts or datasets) atomically; ``overwrite`` replaces an existing cache."""
+    build_into(path, lambda _work: (splits, stats), overwrite=overwrite)
+
+
+def mark_failed(path: Path, message: str, *, token: str | None = None) -> None:
+    """Tell waiting ranks of run ``token`` that preparation failed (they raise the same message)."""
+    from litft.io import atomic_write_text
+
+    atomic_write_text(path.with_name(path.name + _FAILED), json.dumps({"token": token, "message": message}))
+
+
+def _failure(path: Path, token: str | None) -> str | None:
+    """The failure message for run ``token``, if the preparer of that run wrote one."""
+    try:
+        raw = path.with_name(path.name + _FAILED).read_text(encoding="utf-8")
+    except OSError:
+        return None
+    try:
+        marker = json.loads(raw)
+    except ValueError:
+        return None
+    if not isinstance(marker, dict) or marker.get("token") != token:
+        return None  # an earlier run's marker
+    return str(marker.get("message"))
+
+
+@contextlib.contextmanager
+def heartbeat(path: Path, *, every_s: float = 5.0):
+    """While the block runs, rewrite ``<key>.alive`` with a growing counter every ``every_s`` seconds."""
+    from litft.io import atomic_write_text
+
+    alive = path.with_name(path.name + _ALIVE)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.with_name(path.name + _FAILED).write_text(message, encoding="utf-8")
+    stop = threading.Event()
+    nonce = f"{os.getpid()}-{time.monotonic_ns()}"
+
+    def beat():
+        n = 0
+        while True:
+            try:
+                atomic_write_text(alive, f"{nonce} {n}")
+            except OSError:
+                pass
+            n += 1
+            if stop.wait(every_s):
+                return
+
+    thread = threading.Thread(target=beat, name="litft-cache-heartbeat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+        alive.unlink(missing_ok=True)
 
 
 def load(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -136,18 +206,45 @@ def load(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     return splits, stats
 
 
-def wait_for(path: Path, *, poll_s: float = 1.0, log_every_s: float = 60.0, is_alive: Callable[[], bool] | None = None) -> None:
-    """Block until ``path`` is ready (no timeout). Raises if the preparing rank reported a failure."""
-    failed = path.with_name(path.name + _FAILED)
-    start = last = time.monotonic()
-    started_at = time.time() - 5.0  # a marker older than this wait belongs to an earlier run
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError:
+        return None
+
+
+def wait_for(
+    path: Path,
+    *,
+    token: str | None = None,
+    timeout_s: float = 600.0,
+    poll_s: float = 1.0,
+    log_every_s: float = 60.0,
+    is_alive: Callable[[], bool] | None = None,
+) -> None:
+    """Block until ``path`` is ready. Raises the preparer's error if run ``token``'s preparation failed, and a
+    one-line error naming ``data.shared_filesystem`` after ``timeout_s`` seconds without the cache appearing or
+    the preparer's heartbeat changing."""
+    alive = path.with_name(path.name + _ALIVE)
+    start = last_log = last_sign = time.monotonic()
+    seen = _read(alive)
     while not is_ready(path):
-        if failed.is_file() and failed.stat().st_mtime >= started_at:
-            raise LitFTError(f"data preparation failed on the preparing rank: {failed.read_text(encoding='utf-8')}")
+        message = _failure(path, token)
+        if message is not None:
+            raise LitFTError(f"data preparation failed on the preparing rank: {message}")
         if is_alive is not None and not is_alive():
             raise LitFTError("data preparation: the preparing rank is gone")
         now = time.monotonic()
-        if now - last >= log_every_s:
+        beat = _read(alive)
+        if beat is not None and beat != seen:
+            seen, last_sign = beat, now
+        if now - last_sign >= timeout_s:
+            raise LitFTError(
+                f"data: waited {now - start:.0f} s for the dataset cache {path} without seeing it or any sign of the "
+                f"preparing rank; with data.shared_filesystem: true every node must see the same cache folder "
+                f"(LITFT_CACHE): on node-local disks set data.shared_filesystem: false (or raise data.cache_wait_timeout)"
+            )
+        if now - last_log >= log_every_s:
             log.info("data: waiting for the dataset cache %s (%.0f s)", path, now - start)
-            last = now
+            last_log = now
         time.sleep(poll_s)

@@ -14,6 +14,11 @@ class Turn:
     """One of ``user``, ``assistant``, ``tool``."""
     content: str
     """The text of the turn."""
+    input: str | None = field(default=None, compare=False)
+    """Alpaca's ``input`` field when the record had one (``content`` is then instruction + "\n" + input); a
+    declarative template with an ``input`` block renders it as a block of its own."""
+    instruction: str | None = field(default=None, compare=False)
+    """Alpaca's ``instruction`` field, set together with ``input``."""
 
 
 @dataclass
@@ -32,4 +37,7 @@ class Conversation:
     def messages(self) -> list[dict[str, str]]:
         """The turns as chat-template messages ({role, content}), the system prompt first when set."""
         msgs = [{"role": "system", "content": self.system}] if self.system else []
-        return msgs + [{"role": t.role, "content": t.content} for t in self.turns]
+        return msgs + [
+            {"role": t.role, "content": t.content, **({"instruction": t.instruction, "input": t.input} if t.input else {})}
+            for t in self.turns
+        ]

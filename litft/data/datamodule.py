@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import random
+import time
+import uuid
 from pathlib import Path
 from typing import Any, Literal
 
@@ -12,12 +14,12 @@ import lightning.pytorch as pl
 from torch.utils.data import DataLoader
 
 from litft.data import cache
-from litft.data.collate import PadCollator, count_targets
+from litft.data.collate import PadCollator
 from litft.data.loader import ResumableBatchSampler, ResumableLoader
-from litft.data.packing import PackedCollator, pack
+from litft.data.packing import PackedCollator
 from litft.data.registry import data_files, resolve
 from litft.data.templates import resolve_template
-from litft.data.tokenize import Stats, conversations, encode_all, mix
+from litft.data.tokenize import Stats, iter_conversations, mix, sample_indices
 from litft.errors import LitFTError
 
 log = logging.getLogger(__name__)
@@ -32,9 +34,15 @@ class LitFTDataModule(pl.LightningDataModule):
         tokenizer: Model name or path the tokenizer is loaded from (linked from ``model.name_or_path``).
         gguf_file: GGUF file inside ``tokenizer`` (linked from ``model.gguf_file``).
         trust_remote_code: Allow custom tokenizer code (linked from ``model.trust_remote_code``).
-        template: Chat template: None = the tokenizer's own; or alpaca, chatml, qwen, llama2, llama3, phi, empty.
+        template: Chat template: None = the tokenizer's own; a built-in name (alpaca, chatml, empty, llama2, llama3,
+            phi, qwen); a Jinja chat template (inline or a .jinja file); or a declarative template (a .yaml file or
+            a mapping with user/assistant/system/input/tool blocks, default_system, end_of_turn): see
+            litft/data/template_spec.py. It is also written into the adapter's and the export's tokenizer.
         cutoff_len: Maximum tokens per sample (and per packed row); longer samples are truncated (see docs).
-        val_size: Validation share: a fraction (< 1) or an absolute number of records (>= 1); 0 = none.
+        eval_dataset: Validation data for fit, and what evaluate/predict score by default: comma-separated names
+            or paths like ``dataset`` (None = none, or a val_size split of the training records).
+        val_size: Validation share split off the training records: a fraction (< 1) or a number of records
+            (>= 1); 0 = none. Not together with eval_dataset.
         batch_size: Micro-batch size (rows per step per device).
         eval_batch_size: Validation batch size (None = batch_size).
         num_workers: DataLoader worker processes.
@@ -51,7 +59,10 @@ class LitFTDataModule(pl.LightningDataModule):
         attn_implementation: The model's attention implementation (linked from model.attn_implementation): with
             flash_attention_2/3 packed batches carry position_ids only (varlen), otherwise a 4-D block mask.
         shared_filesystem: All nodes see the same cache folder: prepare once (global rank 0). False: once per
-            node (local rank 0).
+            node (local rank 0). Either way only global rank 0 fingerprints the data; the others receive the key.
+        cache_wait_timeout: Seconds a rank waits for the cache with no sign of the preparing rank (its heartbeat)
+            before stopping with an error that names data.shared_filesystem.
+        preprocessing_num_workers: Worker processes that tokenize (and pack) in parallel (None or 1: in-process).
         overwrite_cache: Rebuild the tokenized dataset even when a cached copy exists.
         group_by_length: Batch rows of similar length together (less padding, faster); ignored when packing.
     """
@@ -63,9 +74,10 @@ class LitFTDataModule(pl.LightningDataModule):
         tokenizer: str | None = None,
         gguf_file: str | None = None,
         trust_remote_code: bool = False,
-        template: str | None = None,
+        template: str | dict[str, str] | None = None,
         cutoff_len: int = 1024,
         val_size: float = 0.0,
+        eval_dataset: str | None = None,
         batch_size: int = 1,
         eval_batch_size: int | None = None,
         num_workers: int = 0,
@@ -82,6 +94,8 @@ class LitFTDataModule(pl.LightningDataModule):
         shared_filesystem: bool = True,
         overwrite_cache: bool = False,
         group_by_length: bool = False,
+        cache_wait_timeout: float = 600.0,
+        preprocessing_num_workers: int | None = None,
     ):
         super().__init__()
         if on_bad_record not in ("error", "skip"):
@@ -90,6 +104,13 @@ class LitFTDataModule(pl.LightningDataModule):
             raise LitFTError("data.cutoff_len must be at least 2")
         if val_size < 0:
             raise LitFTError("data.val_size must be >= 0")
+        if preprocessing_num_workers is not None and preprocessing_num_workers < 1:
+            raise LitFTError("data.preprocessing_num_workers must be >= 1 (or null)")
+        if cache_wait_timeout <= 0:
+            raise LitFTError("data.cache_wait_timeout must be > 0 seconds")
+        if eval_dataset and val_size:
+            raise LitFTError("data.eval_dataset and data.val_size: give one (validation data, or a split of the training data)")
+        self.eval_dataset = eval_dataset
         self.dataset, self.dataset_dir = dataset, dataset_dir
         self.tokenizer_name, self.gguf_file, self.trust_remote_code = tokenizer, gguf_file, trust_remote_code
         self.template, self.cutoff_len, self.val_size = template, cutoff_len, val_size
@@ -103,6 +124,8 @@ class LitFTDataModule(pl.LightningDataModule):
         # Lightning runs prepare_data on global rank 0 only, or on local rank 0 of every node.
         self.prepare_data_per_node = not shared_filesystem
         self.group_by_length = group_by_length
+        self.cache_wait_timeout, self.preprocessing_num_workers = cache_wait_timeout, preprocessing_num_workers
+        self._run_token: str | None = None  # identifies this run's failure marker (global rank 0 makes it)
         self._tokenizer = None
         self.train_rows = None  # a sequence of row dicts (an Arrow dataset once cached)
         self.val_rows = None
@@ -128,43 +151,63 @@ class LitFTDataModule(pl.LightningDataModule):
         self._tokenizer = value
 
     # ------------------------------------------------------------------ preparation
-    def build(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]], Stats]:
-        """Read, format, split, tokenize: (train rows, validation rows, statistics)."""
+    def build(self, workdir: Path) -> tuple[dict[str, Any], Stats]:
+        """Read, format, split, tokenize (and pack) into Arrow files under ``workdir``:
+        ({"train": rows, "val": rows or None}, statistics); rows are ``datasets.Dataset`` objects."""
+        import datasets
+
+        from litft.data import pipeline
+
+        workdir.mkdir(parents=True, exist_ok=True)
+        resolve_template(self.tokenizer, self.template) if self.template or self.tokenizer.chat_template else None
         stats = Stats()
         parts = []
-        for entry in resolve(self.dataset, self.dataset_dir):
-            convs = conversations(entry, on_bad_record=self.on_bad_record, stats=stats)
+        for k, entry in enumerate(resolve(self.dataset, self.dataset_dir)):
+            file = workdir / f"records-{k}.arrow"
+            n = pipeline.write_conversations(iter_conversations(entry, on_bad_record=self.on_bad_record, stats=stats), file)
+            idx = sample_indices(n, entry.num_samples)
             if self.max_samples is not None:
-                convs = convs[: self.max_samples]
-            stats.per_dataset[entry.name] = stats.per_dataset.get(entry.name, 0) + len(convs)
-            parts.append(convs)
-        convs = mix(parts, strategy=self.mix_strategy, probs=self.interleave_probs, seed=self.seed)
+                idx = list(idx if idx is not None else range(n))[: self.max_samples]
+            part = pipeline.select(datasets.Dataset.from_file(str(file)), idx)
+            stats.per_dataset[entry.name] = stats.per_dataset.get(entry.name, 0) + len(part)
+            parts.append(part)
+        order = None
+        if len(parts) > 1 and self.mix_strategy != "concat":
+            offsets = [sum(len(p) for p in parts[:i]) for i in range(len(parts))]
+            order = mix([range(o, o + len(p)) for o, p in zip(offsets, parts)], strategy=self.mix_strategy,
+                        probs=self.interleave_probs, seed=self.seed)
+        convs = pipeline.select(datasets.concatenate_datasets(parts) if len(parts) > 1 else parts[0], order)
         n_val = self._num_val(len(convs))
-        val_convs: list = []
+        train_convs, val_convs = convs, None
+        if self.eval_dataset:  # validation data of its own (never together with val_size)
+            evals = []
+            for k, entry in enumerate(resolve(self.eval_dataset, self.dataset_dir)):
+                file = workdir / f"eval-{k}.arrow"
+                n = pipeline.write_conversations(iter_conversations(entry, on_bad_record=self.on_bad_record), file)
+                evals.append(pipeline.select(datasets.Dataset.from_file(str(file)), sample_indices(n, entry.num_samples)))
+            val_convs = datasets.concatenate_datasets(evals) if len(evals) > 1 else evals[0]
         if n_val:
             order = list(range(len(convs)))
             random.Random(self.seed).shuffle(order)
-            val_idx = set(order[:n_val])
-            val_convs = [c for i, c in enumerate(convs) if i in val_idx]
-            convs = [c for i, c in enumerate(convs) if i not in val_idx]
-        kw = dict(
-            template=self.template,
-            cutoff_len=self.cutoff_len,
-            train_on_prompt=self.train_on_prompt,
-            mask_history=self.mask_history,
-        )
-        train = encode_all(convs, self.tokenizer, stats=stats, **kw)
-        val = encode_all(val_convs, self.tokenizer, stats=Stats(), **kw)
-        if not train:
+            is_val = [False] * len(convs)
+            for i in order[:n_val]:
+                is_val[i] = True
+            val_convs = convs.select([i for i, v in enumerate(is_val) if v])
+            train_convs = convs.select([i for i, v in enumerate(is_val) if not v])
+        kw = dict(template=self.template, cutoff_len=self.cutoff_len, train_on_prompt=self.train_on_prompt,
+                  mask_history=self.mask_history)
+        workers = self.preprocessing_num_workers
+        train, train_stats = pipeline.tokenize(train_convs, self.tokenizer, kw, workdir, "train", workers)
+        stats.merge(train_stats)
+        val = pipeline.tokenize(val_convs, self.tokenizer, kw, workdir, "val", workers)[0] if val_convs is not None else None
+        if not len(train):
             raise LitFTError(f"data: no training samples left from '{self.dataset}' (all dropped or empty)")
         if self.packing:
-            train, stats.packing_efficiency = pack(train, self.cutoff_len)
-            val, _ = pack(val, self.cutoff_len) if val else (val, None)
-        for rows in (train, val):
-            for r in rows:
-                r["num_targets"] = count_targets(r["labels"])
+            train, stats.packing_efficiency = pipeline.pack(train, self.cutoff_len, workdir, "train", workers)
+            if val is not None and len(val):
+                val = pipeline.pack(val, self.cutoff_len, workdir, "val", workers)[0]
         stats.rows = len(train)
-        return train, val, stats
+        return {"train": train, "val": val}, stats
 
     def _num_val(self, n: int) -> int:
         if not self.val_size:
@@ -177,19 +220,49 @@ class LitFTDataModule(pl.LightningDataModule):
     def _options(self) -> dict[str, Any]:
         """Everything besides data files and tokenizer that changes the rows (part of the fingerprint)."""
         jinja, eot = resolve_template(self.tokenizer, self.template) if self.template or self.tokenizer.chat_template else (None, None)
-        keys = ("cutoff_len", "val_size", "seed", "packing", "train_on_prompt", "mask_history", "mix_strategy",
+        keys = ("cutoff_len", "val_size", "eval_dataset", "seed", "packing", "train_on_prompt", "mask_history", "mix_strategy",
                 "interleave_probs", "max_samples", "on_bad_record")
         return {"template": [self.template, jinja, eot], **{k: getattr(self, k) for k in keys}}
+
+    def cache_key(self) -> str:
+        """The fingerprint of the data, tokenizer and options (hashes every data file: one rank computes it)."""
+        entries = resolve(self.dataset, self.dataset_dir)
+        if self.eval_dataset:
+            entries = entries + resolve(self.eval_dataset, self.dataset_dir)
+        files = [f for e in entries if e.file_name for f in data_files(e)]
+        return cache.fingerprint(entries, self.tokenizer, self._options(), files)
 
     def cache_path(self) -> Path:
         """``cache_root()/data/<fingerprint>`` for the current configuration."""
         if self.cache_dir is None:
-            from litft.model.loading import cache_root
+            self._set_cache_key(self.cache_key())
+        return self.cache_dir
 
-            entries = resolve(self.dataset, self.dataset_dir)
-            files = [f for e in entries if e.file_name for f in data_files(e)]
-            key = cache.fingerprint(entries, self.tokenizer, self._options(), files)
-            self.cache_dir = cache_root() / "data" / key
+    def _set_cache_key(self, key: str) -> None:
+        from litft.model.loading import cache_root
+
+        self.cache_dir = cache_root() / "data" / key
+
+    def _token(self) -> str:
+        if self._run_token is None:
+            self._run_token = uuid.uuid4().hex
+        return self._run_token
+
+    def _distributed(self):
+        """The trainer's strategy when this is one rank of several (else None)."""
+        trainer = self.trainer
+        if trainer is None or int(getattr(trainer, "world_size", 1)) <= 1:
+            return None
+        return getattr(trainer, "strategy", None)
+
+    def _agree_on_cache(self) -> Path:
+        """Global rank 0 fingerprints; every rank receives (key, run token) and joins it to its own cache root."""
+        strategy = self._distributed()
+        if strategy is None:
+            return self.cache_path()
+        mine = (self.cache_path().name, self._token()) if int(self.trainer.global_rank) == 0 else None
+        key, self._run_token = strategy.broadcast(mine, src=0)
+        self._set_cache_key(key)
         return self.cache_dir
 
     def _is_preparer(self) -> bool:
@@ -200,16 +273,32 @@ class LitFTDataModule(pl.LightningDataModule):
             return int(trainer.global_rank) == 0
         return int(trainer.local_rank) == 0
 
+    def _build_for_cache(self, workdir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+        splits, stats = self.build(workdir)
+        return splits, dataclasses.asdict(stats)
+
     def _write_cache(self, path: Path) -> None:
+        t0 = time.perf_counter()
         try:
-            train, val, stats = self.build()
-            cache.write(path, {"train": train, "val": val}, dataclasses.asdict(stats), overwrite=self.overwrite_cache)
+            with cache.heartbeat(path):
+                cache.build_into(
+                    path,
+                    self._build_for_cache,
+                    overwrite=self.overwrite_cache,
+                )
         except Exception as err:
-            cache.mark_failed(path, str(err).splitlines()[0] if str(err) else type(err).__name__)
+            cache.mark_failed(path, str(err).splitlines()[0] if str(err) else type(err).__name__, token=self._token())
             raise
+        log.info("data: prepared %s in %.1f s (%s worker process(es))", path, time.perf_counter() - t0,
+                 self.preprocessing_num_workers or 1)
 
     def prepare_data(self) -> None:
-        """Tokenize once and write the cache (Lightning calls this on the preparing rank only)."""
+        """Tokenize once and write the cache (Lightning calls this on the preparing rank(s) only). In a job of
+        several ranks only global rank 0 prepares here; with ``shared_filesystem: false`` the other nodes'
+        local rank 0 prepare in :meth:`setup`, once rank 0 has sent them the fingerprint."""
+        trainer = self.trainer
+        if trainer is not None and int(getattr(trainer, "world_size", 1)) > 1 and int(trainer.global_rank) != 0:
+            return
         path = self.cache_path()
         if self.overwrite_cache or not cache.is_ready(path):
             self._write_cache(path)
@@ -219,15 +308,17 @@ class LitFTDataModule(pl.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.train_rows is not None:
             return
-        path = self.cache_path()
+        path = self._agree_on_cache()
         if cache.is_ready(path) and not self.overwrite_cache:
             if self.cache_hit is None:
                 self.cache_hit = True
                 log.info("data: reusing the cached dataset %s", path)
         elif self._is_preparer():
-            self.prepare_data()
+            self._write_cache(path)
+            self.cache_hit = False
+            self.overwrite_cache = False
         else:
-            cache.wait_for(path)
+            cache.wait_for(path, token=self._run_token, timeout_s=self.cache_wait_timeout)
         splits, stats = cache.load(path)
         self.train_rows, self.val_rows = splits["train"], splits.get("val") or []
         self.stats = Stats(**stats)
@@ -239,6 +330,15 @@ class LitFTDataModule(pl.LightningDataModule):
         )
 
     # ------------------------------------------------------------------ loaders
+    def _column(self, name: str, of_row) -> list[int]:
+        """An integer column of the training rows (read alone from Arrow; no token ids are loaded)."""
+        rows = self.train_rows
+        if hasattr(rows, "column_names") and name in rows.column_names:
+            from litft.data.pipeline import column
+
+            return column(rows, name).tolist()
+        return [of_row(r) for r in rows]
+
     def _rank_world(self) -> tuple[int, int]:
         trainer = self.trainer
         if trainer is None:
@@ -264,10 +364,7 @@ class LitFTDataModule(pl.LightningDataModule):
         rank, world = self._rank_world()
         lengths = None
         if self.group_by_length and not self.packing:
-            ids = self.train_rows["input_ids"] if hasattr(self.train_rows, "column_names") else (
-                r["input_ids"] for r in self.train_rows
-            )
-            lengths = [len(x) for x in ids]
+            lengths = self._column("length", lambda r: len(r["input_ids"]))
         sampler = ResumableBatchSampler(
             len(self.train_rows), self.batch_size, shuffle=True, seed=self.seed, rank=rank, world_size=world,
             lengths=lengths,
@@ -275,10 +372,9 @@ class LitFTDataModule(pl.LightningDataModule):
         if len(sampler) == 0:
             raise LitFTError(f"data: {len(self.train_rows)} training rows are too few for {world} ranks")
         rows = self.train_rows
-        targets = rows["num_targets"] if hasattr(rows, "column_names") else [r["num_targets"] for r in rows]
         return ResumableLoader(
             rows,
-            list(targets),
+            self._column("num_targets", lambda r: r["num_targets"]),
             self.collator(),
             sampler,
             accumulate_grad_batches=self._accumulate,

@@ -93,7 +93,8 @@ def alpaca(record: Mapping[str, Any], *, columns: Mapping[str, str] | None = Non
             ):
                 raise RecordError("expected a [prompt, response] pair of strings", f"{history_col}[{i}]")
             turns += [Turn("user", pair[0]), Turn("assistant", pair[1])]
-    turns += [Turn("user", prompt), Turn("assistant", response)]
+    turns += [Turn("user", prompt, input=query or None, instruction=instruction if query else None),
+              Turn("assistant", response)]
     system = _get_str(record, _col(columns, "system", "system"), required=False)
     tools = _get_tools(record, _col(columns, "tools", None))
     return Conversation(turns=turns, system=system or None, tools=tools)

@@ -1,136 +1,52 @@
 """Chat templates and the exact tokenization of a conversation into ``input_ids`` and ``labels``.
 
-By default the tokenizer's own chat template renders the conversation. Named templates (for models without
-one) are small Jinja chat templates in :data:`TEMPLATES`, rendered the same way, so there is one code path.
+By default the tokenizer's own chat template renders the conversation. ``data.template`` may name a built-in, a
+Jinja template or a declarative one (:mod:`litft.data.template_spec`); all become one Jinja chat template,
+rendered the same way, so there is one code path.
 
 Exactness: the conversation is rendered to one string and tokenized once (``add_special_tokens=False``,
 with offsets), which is what ``tokenizer.apply_chat_template(messages, tokenize=True)`` does, so the ids are
 identical. Trained character spans are found by rendering the prefix before each assistant turn with the
 generation prompt: the span runs from the assistant content to the end of the first end-of-turn token
-after it (the template's ``eot`` or any special token, e.g. ``<|im_end|>``, ``<|eot_id|>``, EOS). Text the
-template puts after the end-of-turn token (ChatML's trailing newline) is not trained. A token is trained
+after it: the declarative template's ``end_of_turn`` text when it has one (e.g. ``<|im_end|>\n``, ``</s>\n\n``,
+``\n### End``), else the first special token (``<|im_end|>``, ``<|eot_id|>``, EOS); text a Jinja template puts
+after that token (ChatML's trailing newline) is not trained. A token is trained
 when it overlaps a trained span.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from litft.data.conversation import Conversation
+from litft.data.template_spec import builtin_names
+from litft.data.template_spec import load as load_template
 from litft.errors import LitFTError
 
 IGNORE_INDEX = -100
 
 
-@dataclass(frozen=True)
-class Template:
-    """A named chat template: Jinja source (``apply_chat_template`` syntax) and its end-of-turn marker."""
-
-    name: str
-    """Name used in ``data.template``."""
-    jinja: str
-    """The chat template; ``eos_token`` / ``bos_token`` are available as in transformers."""
-    eot: str | None = None
-    """End-of-turn string after each assistant turn (None: the tokenizer's EOS)."""
-
-
-def _turns(user: str, assistant: str, system: str = "", sep: str = "", tool: str | None = None) -> str:
-    tool = tool if tool is not None else user
-    return (
-        "{% for message in messages %}"
-        "{% if message['role'] == 'system' %}" + system
-        + "{% elif message['role'] == 'user' %}" + user
-        + "{% elif message['role'] == 'tool' %}" + tool
-        + "{% elif message['role'] == 'assistant' %}" + assistant
-        + "{% endif %}{% endfor %}"
-    )
-
-
-_GEN = "{% if add_generation_prompt %}GEN{% endif %}"
-
-TEMPLATES: dict[str, Template] = {}
-
-
-def _register(name: str, body: str, gen: str, eot: str | None = None, prefix: str = "") -> None:
-    TEMPLATES[name] = Template(name, prefix + body + _GEN.replace("GEN", gen), eot)
-
-
-_C = "{{ message['content'] }}"
-_register(
-    "alpaca",
-    _turns(
-        system=_C + "\n\n",
-        user="### Instruction:\n" + _C + "\n\n",
-        assistant="### Response:\n" + _C + "{{ eos_token }}\n\n",
-        tool="### Input:\n" + _C + "\n\n",
-    ),
-    gen="### Response:\n",
-)
-_chatml = _turns(
-    system="<|im_start|>system\n" + _C + "<|im_end|>\n",
-    user="<|im_start|>user\n" + _C + "<|im_end|>\n",
-    assistant="<|im_start|>assistant\n" + _C + "<|im_end|>\n",
-    tool="<|im_start|>tool\n" + _C + "<|im_end|>\n",
-)
-_register("chatml", _chatml, gen="<|im_start|>assistant\n", eot="<|im_end|>")
-_register("qwen", _chatml, gen="<|im_start|>assistant\n", eot="<|im_end|>")
-_register(
-    "llama3",
-    _turns(
-        system="<|start_header_id|>system<|end_header_id|>\n\n" + _C + "<|eot_id|>",
-        user="<|start_header_id|>user<|end_header_id|>\n\n" + _C + "<|eot_id|>",
-        assistant="<|start_header_id|>assistant<|end_header_id|>\n\n" + _C + "<|eot_id|>",
-        tool="<|start_header_id|>ipython<|end_header_id|>\n\n" + _C + "<|eot_id|>",
-    ),
-    gen="<|start_header_id|>assistant<|end_header_id|>\n\n",
-    eot="<|eot_id|>",
-    prefix="{{ bos_token }}",
-)
-# Llama 2: the system prompt goes inside the first [INST] block; each exchange is "<s>[INST] q [/INST] a </s>".
-TEMPLATES["llama2"] = Template(
-    "llama2",
-    "{% set sys = messages[0]['content'] if messages and messages[0]['role'] == 'system' else none %}"
-    "{% for message in messages if message['role'] != 'system' %}"
-    "{% if message['role'] in ['user', 'tool'] %}"
-    "{{ bos_token }}[INST] {% if sys is not none and loop.first %}<<SYS>>\n{{ sys }}\n<</SYS>>\n\n{% endif %}"
-    "{{ message['content'] }} [/INST]"
-    "{% else %} {{ message['content'] }} {{ eos_token }}{% endif %}"
-    "{% endfor %}",
-    None,
-)
-_register(
-    "phi",
-    _turns(
-        system="<|system|>\n" + _C + "<|end|>\n",
-        user="<|user|>\n" + _C + "<|end|>\n",
-        assistant="<|assistant|>\n" + _C + "<|end|>\n",
-    ),
-    gen="<|assistant|>\n",
-    eot="<|end|>",
-)
-_register(
-    "empty",
-    _turns(system=_C, user=_C, assistant=_C + "{{ eos_token }}"),
-    gen="",
-)
-
-
-def resolve_template(tokenizer, template: str | None) -> tuple[str, str | None]:
-    """(jinja source, end-of-turn string) for ``data.template``: None → the tokenizer's own chat template."""
+def resolve_template(tokenizer, template) -> tuple[str, str | None]:
+    """(jinja source, end-of-turn text or None) for ``data.template`` (see :mod:`litft.data.template_spec`):
+    None → the tokenizer's own chat template. End-of-turn None: the span ends at the next special token."""
     if template is None:
         jinja = getattr(tokenizer, "chat_template", None)
         if isinstance(jinja, dict):
             jinja = jinja.get("default")
         if not jinja:
             raise LitFTError(
-                f"the tokenizer has no chat template: set data.template to one of {', '.join(sorted(TEMPLATES))}"
+                f"the tokenizer has no chat template: set data.template to one of {', '.join(builtin_names())} "
+                "(or a Jinja / YAML template)"
             )
         return jinja, None
-    if template not in TEMPLATES:
-        raise LitFTError(f"data.template: unknown template '{template}' (known: {', '.join(sorted(TEMPLATES))})")
-    t = TEMPLATES[template]
-    return t.jinja, t.eot if t.eot is not None else tokenizer.eos_token
+    t = load_template(template)
+    eot = t.eot.replace("{eos}", tokenizer.eos_token or "").replace("{bos}", tokenizer.bos_token or "") if t.eot is not None else None
+    return t.jinja, eot
+
+
+def chat_template_for(tokenizer, template) -> str:
+    """The Jinja chat template to ship with a trained model's tokenizer: the one ``data.template`` trained with."""
+    return resolve_template(tokenizer, template)[0]
 
 
 def _render(tokenizer, jinja: str, messages, tools, *, add_generation_prompt: bool) -> str:
@@ -144,7 +60,7 @@ def _render(tokenizer, jinja: str, messages, tools, *, add_generation_prompt: bo
         first = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise LitFTError(
             f"the chat template cannot render a conversation with roles {roles}: {first} "
-            f"(set data.template to one of {', '.join(sorted(TEMPLATES))}, or fix the data)"
+            f"(set data.template to one of {', '.join(builtin_names())}, or fix the data)"
         ) from None
 
 
@@ -164,7 +80,7 @@ def _parse_tools(tools: str | None):
     try:
         parsed = json.loads(tools)
     except ValueError:
-        return None
+        raise LitFTError(f"a record's tools are not JSON (they would be dropped): {tools[:60]!r}") from None
     return parsed if isinstance(parsed, list) else [parsed]
 
 
@@ -176,9 +92,13 @@ def render_with_spans(
     messages = conversation.messages()
     tools = _parse_tools(conversation.tools)
     full = _render(tokenizer, jinja, messages, tools, add_generation_prompt=False)
-    enders = _special_strings(tokenizer)
-    if eot:
-        enders.append(eot)
+    if tools and full == _render(tokenizer, jinja, messages, None, add_generation_prompt=False):
+        raise LitFTError(
+            f"data.template {template!r} does not render the record's tools (they would be dropped): use a template "
+            "that renders them (the tokenizer's own, data.template: null, or a Jinja template)"
+        )
+    enders = [eot] if eot is not None else _special_strings(tokenizer) + [tokenizer.eos_token or ""]
+    enders = [e for e in enders if e]
     spans: list[tuple[int, int, int]] = []
     cursor = 0
     offset = len(messages) - len(conversation.turns)  # the system message, if any
@@ -195,7 +115,7 @@ def render_with_spans(
             content = content.strip()
         content_start = pos if pos >= 0 else start
         content_end = content_start + len(content) if pos >= 0 else content_start
-        end = segment_end
+        end = segment_end if eot != "" else content_end
         hits = [full.find(s, content_end, segment_end) for s in enders]
         hits = [(h, h + len(s)) for h, s in zip(hits, enders) if h >= 0]
         if hits:

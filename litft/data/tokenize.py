@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -58,9 +58,8 @@ class Stats:
             self.per_dataset[k] = self.per_dataset.get(k, 0) + v
 
 
-def conversations(entry: DatasetEntry, *, on_bad_record: str = "error", stats: Stats | None = None) -> list[Conversation]:
-    """The entry's records as conversations (``num_samples`` applied)."""
-    out: list[Conversation] = []
+def iter_conversations(entry: DatasetEntry, *, on_bad_record: str = "error", stats: Stats | None = None) -> Iterator[Conversation]:
+    """The entry's records as conversations, one file at a time (``num_samples`` not applied)."""
     bad_lines: list[int] | None = [] if on_bad_record == "skip" else None
     for source, records in iter_sources(entry, bad_lines):
         if bad_lines:
@@ -82,23 +81,34 @@ def conversations(entry: DatasetEntry, *, on_bad_record: str = "error", stats: S
             try:
                 if not isinstance(record, dict):
                     raise RecordError(f"expected an object, got {type(record).__name__}", None)
-                out.append(fn(record, columns=guessed_columns, tags=entry.tags))
+                conv = fn(record, columns=guessed_columns, tags=entry.tags)
             except RecordError as err:
                 if on_bad_record == "skip":
                     if stats is not None:
                         stats.skipped += 1
                     continue
                 raise DataError(str(err), file=source, record=i, field=err.field) from None
-    if entry.num_samples is not None:
-        n = int(entry.num_samples)
-        rng = random.Random(0)
-        idx = list(range(len(out)))
-        if n <= len(out):
-            idx = sorted(rng.sample(idx, n))
-        else:
-            idx = idx * (n // len(out)) + sorted(rng.sample(idx, n % len(out)))
-        out = [out[i] for i in idx]
-    return out
+            yield conv
+        del records
+
+
+def sample_indices(n: int, num_samples: int | None) -> list[int] | None:
+    """Which of ``n`` conversations an entry's ``num_samples`` keeps (None: all; repeats when larger than n)."""
+    if num_samples is None:
+        return None
+    k = int(num_samples)
+    rng = random.Random(0)
+    idx = list(range(n))
+    if k <= n:
+        return sorted(rng.sample(idx, k))
+    return idx * (k // n) + sorted(rng.sample(idx, k % n))
+
+
+def conversations(entry: DatasetEntry, *, on_bad_record: str = "error", stats: Stats | None = None) -> list[Conversation]:
+    """The entry's records as conversations (``num_samples`` applied)."""
+    out = list(iter_conversations(entry, on_bad_record=on_bad_record, stats=stats))
+    idx = sample_indices(len(out), entry.num_samples)
+    return out if idx is None else [out[i] for i in idx]
 
 
 def mix(parts: list[list[Any]], *, strategy: str = "concat", probs: list[float] | None = None, seed: int = 42) -> list[Any]:

@@ -41,6 +41,7 @@ def apply_lora(model, lora: LoraConfig, *, autocast_adapter_dtype: bool = True):
         target_modules=targets,
         use_dora=lora.use_dora,
         use_rslora=lora.use_rslora,
+        bias=lora.bias,
         modules_to_save=lora.modules_to_save,
         task_type="CAUSAL_LM",
     )

@@ -38,6 +38,8 @@ class LoraConfig:
     """Weight-decomposed LoRA (DoRA)."""
     use_rslora: bool = False
     """Rank-stabilised scaling alpha / sqrt(r)."""
+    bias: Literal["none", "all", "lora_only"] = "none"
+    """Biases trained too: none, all (every bias of the model), or lora_only (biases of the adapted layers)."""
     modules_to_save: list[str] | None = None
     """Extra modules trained in full and saved with the adapter (e.g. ["lm_head"])."""
 
@@ -46,9 +48,14 @@ class LoraConfig:
 class OptimizerConfig:
     """AdamW and its memory-saving variants, or plain SGD."""
 
-    name: Literal["adamw", "adamw_8bit", "paged_adamw", "paged_adamw_8bit", "sgd"] = "adamw"
-    """adamw (torch), bitsandbytes' 8-bit and/or paged AdamW (CUDA), or sgd (torch, no momentum: the update is
-    lr x gradient, which makes gradient scale visible, e.g. when comparing strategies)."""
+    name: Literal[
+        "adamw", "adamw_8bit", "paged_adamw", "paged_adamw_8bit",
+        "adamw_torch", "adamw_torch_fused", "adamw_bnb_8bit", "paged_adamw_32bit", "sgd",
+    ] = "adamw"
+    """adamw (torch), or bitsandbytes' 8-bit and/or paged AdamW (CUDA). transformers' names are accepted too:
+    adamw_torch and adamw_torch_fused (= adamw), adamw_bnb_8bit (= adamw_8bit), paged_adamw_32bit (= paged_adamw).
+    sgd: torch SGD without momentum (the update is lr x gradient, which makes gradient scale visible, e.g. when
+    comparing strategies)."""
     lr: float = 2e-4
     """Peak learning rate."""
     weight_decay: float = 0.0

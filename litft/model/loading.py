@@ -107,6 +107,22 @@ def _convert_gguf(gguf: Path, target: Path, *, trust_remote_code: bool) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+_FLASH_PACKAGES = {"flash_attention_2": "flash_attn", "flash_attention_3": "flash_attn_interface"}
+
+
+def check_attn_implementation(name: str | None) -> None:
+    """One line instead of transformers' ImportError traceback when a flash-attention kernel is not installed."""
+    import importlib.util
+
+    package = _FLASH_PACKAGES.get(name or "")
+    if package is not None and importlib.util.find_spec(package) is None:
+        install = "pip install flash-attn --no-build-isolation" if name == "flash_attention_2" else "build flash-attn 3 (hopper/)"
+        raise LitFTError(
+            f"model.attn_implementation: {name} needs the {package} package, which is not installed: {install} "
+            "(CUDA GPUs), or set model.attn_implementation: sdpa"
+        )
+
+
 def load_tokenizer(name_or_path: str, *, gguf_file: str | None = None, trust_remote_code: bool = False):
     """The model's own tokenizer, with a pad token (the EOS token when the tokenizer has none)."""
     from transformers import AutoTokenizer

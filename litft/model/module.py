@@ -12,7 +12,7 @@ from litft.errors import LitFTError
 from litft.model import loss as lm_loss
 from litft.model.adapters import apply_lora
 from litft.model.config import LoraConfig, OptimizerConfig, QuantizationConfig, SchedulerConfig
-from litft.model.loading import load_tokenizer, resolve_model_path
+from litft.model.loading import check_attn_implementation, load_tokenizer, resolve_model_path
 from litft.model.optim import build_optimizer, build_scheduler
 from litft.model.params import count_parameters
 from litft.strategies import scale
@@ -102,10 +102,12 @@ class LitFTModule(L.LightningModule):
 
         return is_zero3(self.trainer.strategy)
 
-    def load_base_model(self):
-        """The frozen transformers model, quantized when asked."""
+    def load_base_model(self, device: Optional[torch.device | str] = None):
+        """The frozen transformers model, quantized when asked (a quantized model is loaded onto ``device``,
+        default: the trainer's device, else the CPU)."""
         from transformers import AutoModelForCausalLM
 
+        check_attn_implementation(self.attn_implementation)
         path = resolve_model_path(self.name_or_path, gguf_file=self.gguf_file, trust_remote_code=self.trust_remote_code)
         dtype = self.weights_dtype()
         kwargs: dict[str, Any] = dict(
@@ -130,8 +132,9 @@ class LitFTModule(L.LightningModule):
                 )
             kwargs["quantization_config"] = bnb_config(self.quantization, model_dtype=dtype, sharded=sharded)
             if not sharded:
-                device = self.trainer.strategy.root_device if self._trainer is not None else torch.device("cpu")
-                kwargs["device_map"] = {"": device}
+                if device is None:
+                    device = self.trainer.strategy.root_device if self._trainer is not None else torch.device("cpu")
+                kwargs["device_map"] = {"": torch.device(device)}
         try:
             model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
         except OSError as err:
@@ -292,3 +295,52 @@ class LitFTModule(L.LightningModule):
         if strict and missing:
             raise LitFTError(f"checkpoint lacks {len(missing)} trainable weights, e.g. {missing[0]} (different lora config?)")
         return super().load_state_dict(state_dict, strict=False, assign=assign)
+
+    # ------------------------------------------------------------------ inference (generate, chat, predict, evaluate, export)
+    def for_inference(
+        self,
+        adapter: Optional[str] = None,
+        *,
+        dtype: Optional[str] = None,
+        precision: Any = None,
+        quantized: bool = True,
+        device: Optional[str] = None,
+    ):
+        """The model to generate with (or merge): the base built by :meth:`load_base_model`, the one builder training
+        uses (same ``dtype``, same 4/8-bit ``quantization``), plus the PEFT adapter folder ``adapter``; eval mode, KV
+        cache on. The tokenizer is :attr:`tokenizer`.
+
+        dtype: override of ``model.dtype`` (float32, bfloat16, float16). ``auto`` follows ``precision`` (the
+            trainer's: bf16-* → bfloat16, 16-* → float16, auto → bfloat16 on a CUDA GPU with bf16, else float32).
+        quantized: False loads the base unquantized even when training quantized it (export merges into it).
+        device: where the model runs (default: cuda when available, else cpu).
+        """
+        from pathlib import Path
+
+        name = dtype or self.dtype_name
+        if name == "auto":
+            p = str(precision if precision is not None else "auto")
+            if p == "auto":
+                bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+                p = "bf16" if bf16 else "32"
+            name = "bfloat16" if p.startswith("bf16") else "float16" if p.startswith("16") else "float32"
+        if name not in _DTYPES:
+            raise LitFTError(f"dtype: unknown '{name}' (float32, bfloat16 or float16)")
+        if adapter is not None and not (Path(adapter).expanduser() / "adapter_config.json").is_file():
+            raise LitFTError(f"--adapter: {adapter} is not a PEFT adapter folder (no adapter_config.json)")
+        overrides = {"dtype": name, "quantization": self.quantization if quantized else None}
+        import inspect
+
+        params = inspect.signature(type(self).__init__).parameters  # hparams also hold LightningCLI's _instantiator
+        builder = type(self)(**{**{k: v for k, v in self.hparams.items() if k in params}, **overrides})
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        model = builder.load_base_model(device)  # a quantized base is loaded onto the device (8-bit cannot move)
+        if next(model.parameters()).device.type != torch.device(device).type:
+            model.to(device)
+        if adapter is not None:
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(model, str(Path(adapter).expanduser()))
+        model.config.use_cache = True
+        model.eval()
+        return model

@@ -24,20 +24,31 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     return [g for g in groups if g["params"]]
 
 
+#: transformers' TrainingArguments.optim names → litft's
+HF_ALIASES = {
+    "adamw_torch": "adamw",
+    "adamw_torch_fused": "adamw",
+    "adamw_bnb_8bit": "adamw_8bit",
+    "paged_adamw_32bit": "paged_adamw",
+}
+
+
 def build_optimizer(model: torch.nn.Module, cfg: OptimizerConfig) -> torch.optim.Optimizer:
     groups = param_groups(model, cfg.weight_decay)
     if cfg.name == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr)
     kwargs = dict(lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
-    if cfg.name == "adamw":
-        return torch.optim.AdamW(groups, **kwargs)
+    name = HF_ALIASES.get(cfg.name, cfg.name)
+    if name == "adamw":
+        fused = cfg.name == "adamw_torch_fused" and any(p.is_cuda for g in groups for p in g["params"])
+        return torch.optim.AdamW(groups, **kwargs, **({"fused": True} if fused else {}))
     import bitsandbytes as bnb
 
     cls = {
         "adamw_8bit": bnb.optim.AdamW8bit,
         "paged_adamw": bnb.optim.PagedAdamW,
         "paged_adamw_8bit": bnb.optim.PagedAdamW8bit,
-    }[cfg.name]
+    }[name]
     return cls(groups, **kwargs)
 
 

@@ -1,0 +1,73 @@
+"""One typed way from config to an inference model (LitFTModule.for_inference), the shared batched generation
+helper with stop strings, and the evaluation scores (CJK-aware ROUGE, BLEU-4, exact match)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from litft.errors import LitFTError
+from litft.generation import cut_at_stop, generate
+from litft.metrics import bleu4, exact_match, rouge, score
+from litft.model.config import QuantizationConfig
+from litft.model.module import LitFTModule
+
+
+def test_for_inference_loads_the_base_as_training_does(tiny_qwen2):
+    import bitsandbytes as bnb
+
+    qlora = LitFTModule(tiny_qwen2, quantization=QuantizationConfig(bits=4))
+    model = qlora.for_inference(device="cpu")
+    assert sum(isinstance(m, bnb.nn.Linear4bit) for m in model.modules()) == 14  # 2 layers x 7 linears
+    assert not model.training and model.config.use_cache
+    plain = qlora.for_inference(device="cpu", quantized=False)
+    assert not any(isinstance(m, bnb.nn.Linear4bit) for m in plain.modules())
+    assert LitFTModule(tiny_qwen2, dtype="bfloat16").for_inference(device="cpu").dtype == torch.bfloat16
+    auto = LitFTModule(tiny_qwen2)  # dtype auto follows the trainer's precision
+    assert auto.for_inference(device="cpu", precision="bf16-mixed").dtype == torch.bfloat16
+    assert auto.for_inference(device="cpu", precision="32-true").dtype == torch.float32
+    assert auto.for_inference(device="cpu", dtype="float16").dtype == torch.float16
+    with pytest.raises(LitFTError, match="not a PEFT adapter folder"):
+        auto.for_inference("/nonexistent/adapter")
+
+
+def test_stop_strings_cut_the_text_before_the_first_one():
+    assert cut_at_stop("A summary.\n### End\nmore", ["### End"]) == "A summary."
+    assert cut_at_stop("x ### End y <|x|> z", ["<|x|>", "### End"]) == "x"
+    assert cut_at_stop(" no stop here ", ["### End"]) == "no stop here"
+    assert cut_at_stop("abc", None) == "abc"
+
+
+def test_generation_with_a_stop_string_is_the_unstopped_text_cut(tiny_qwen2):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_qwen2)
+    model = AutoModelForCausalLM.from_pretrained(tiny_qwen2, dtype=torch.float32).eval()
+    prompts = [tok("hello there")["input_ids"], tok("a longer prompt to pad")["input_ids"]]
+    full = generate(model, tok, prompts, max_new_tokens=12, batch_size=2)
+    assert all(len(t) > 4 for t in full)
+    stop = full[0][2:4]  # a piece of the first answer
+    stopped = generate(model, tok, prompts, max_new_tokens=12, batch_size=2, stop=[stop])
+    assert stopped == [cut_at_stop(t, [stop]) for t in full]
+    assert stopped[0] == full[0][: full[0].find(stop)].strip()
+
+
+def test_rouge_scores_chinese_partial_matches_per_character():
+    # 公司甲碳排放量 vs 公司乙用水量: unigrams 公 司 量 shared (P 3/7, R 3/6), one shared bigram 公司 (P 1/6, R 1/5),
+    # LCS 公司量 (3).
+    scores = rouge(["公司甲碳排放量"], ["公司乙用水量"])
+    assert scores["rouge1"] == pytest.approx(100 * 6 / 13)
+    assert scores["rouge2"] == pytest.approx(100 * 2 / 11)
+    assert scores["rougeL"] == pytest.approx(100 * 6 / 13)
+    mixed = rouge(["排放量 is 3 tons"], ["排放量 was 3 tons"])  # CJK characters and stemmed English together
+    assert mixed["rouge1"] == pytest.approx(100 * 5 / 6)
+
+
+def test_bleu4_and_exact_match_exact_values():
+    assert bleu4(["the cat sat on the mat"], ["the cat sat on the mat"]) == pytest.approx(100.0)
+    assert bleu4(["the cat"], ["the cat sat on the mat"]) == 0.0  # no 4-gram
+    # pred 5 tokens vs ref 6: p1 5/5, p2 4/4, p3 3/3, p4 2/2; brevity penalty exp(1 - 6/5)
+    assert bleu4(["the cat sat on the"], ["the cat sat on the mat"]) == pytest.approx(100 * 2.718281828 ** (1 - 6 / 5))
+    assert bleu4(["公司甲碳排放量"], ["公司甲碳排放量"]) == pytest.approx(100.0)
+    assert exact_match(["a  b ", "c"], ["a b", "d"]) == 50.0
+    assert set(score(["a"], ["a"])) == {"rouge1", "rouge2", "rougeL", "bleu4", "exact_match"}
