@@ -536,6 +536,7 @@ def run_micro(args) -> dict:
 
     sys.path.insert(0, str(REPO))
     from litft.data.datamodule import LitFTDataModule
+    from litft.labels import count_targets
     from litft.model import loss as lm_loss
 
     path = plain_model_path()
@@ -546,7 +547,7 @@ def run_micro(args) -> dict:
     batch = dm.collator()(rows)
     real = int(batch["attention_mask"].sum())
     results: dict = {"batch_shape": list(batch["input_ids"].shape), "real_tokens": real,
-                     "trained_tokens": int(lm_loss.target_count(batch["labels"]))}
+                     "trained_tokens": count_targets(batch["labels"])}
 
     def timed(fn, reps):
         out = []

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from litft.data.collate import PadCollator, count_targets
+from litft.data.collate import PadCollator
+from litft.labels import count_targets
 from litft.data.loader import ResumableBatchSampler, ResumableLoader
 
 IGN = -100

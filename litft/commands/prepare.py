@@ -11,7 +11,7 @@ see (``LITFT_CACHE``); every rank of the job then finds the cache and only loads
 
 from __future__ import annotations
 
-from litft.data.templates import IGNORE_INDEX
+from litft.labels import IGNORE_INDEX
 
 NEEDS_TRAINER = False
 OPEN, CLOSE = "«", "»"

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from litft.data.templates import IGNORE_INDEX
+from litft.labels import IGNORE_INDEX
 
 
 class PadCollator:
@@ -43,6 +43,3 @@ class PadCollator:
         return {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}
 
 
-def count_targets(labels: Sequence[int]) -> int:
-    """Trained positions of one row as the loss sees them: ``labels[1:] != -100``."""
-    return sum(1 for x in labels[1:] if x != IGNORE_INDEX)

@@ -4,10 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-#: Roles a turn may have. ``assistant`` turns are trained on; ``tool`` is a tool result (observation).
-ROLES = ("user", "assistant", "tool")
-
-
 @dataclass
 class Turn:
     role: str

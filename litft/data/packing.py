@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from litft.data.templates import IGNORE_INDEX
+from litft.labels import IGNORE_INDEX
 
 VARLEN_IMPLEMENTATIONS = ("flash_attention_2", "flash_attention_3", "kernels-community/flash-attn", "kernels-community/vllm-flash-attn3")
 

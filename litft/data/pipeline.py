@@ -20,10 +20,10 @@ from typing import Any
 
 import numpy as np
 
-from litft.data.collate import count_targets
+from litft.labels import count_targets
 from litft.data.conversation import Conversation, Turn
 from litft.data.packing import best_fit_decreasing
-from litft.data.templates import IGNORE_INDEX
+from litft.labels import IGNORE_INDEX
 from litft.data.tokenize import Stats, encode_all
 
 log = logging.getLogger(__name__)

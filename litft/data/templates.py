@@ -22,8 +22,7 @@ from litft.data.conversation import Conversation
 from litft.data.template_spec import builtin_names
 from litft.data.template_spec import load as load_template
 from litft.errors import LitFTError
-
-IGNORE_INDEX = -100
+from litft.labels import IGNORE_INDEX
 
 
 def resolve_template(tokenizer, template) -> tuple[str, str | None]:

@@ -18,7 +18,8 @@ from typing import Any
 from litft.data.conversation import Conversation
 from litft.data.formats import FORMATS, RecordError
 from litft.data.registry import DatasetEntry, _guess_format, iter_sources
-from litft.data.templates import IGNORE_INDEX, encode_many
+from litft.data.templates import encode_many
+from litft.labels import IGNORE_INDEX
 from litft.errors import DataError, LitFTError
 
 log = logging.getLogger(__name__)

@@ -30,11 +30,11 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from litft.labels import IGNORE_INDEX
 from litft.model import zero3_head
 
 log = logging.getLogger(__name__)
 
-IGNORE_INDEX = -100
 CHUNK_LOGITS_BYTES = 256 * 2**20
 """Default chunk: as many trained tokens as keep one chunk's fp32 logits near 256 MiB."""
 PATHS = ("auto", "chunked", "liger")
@@ -47,11 +47,6 @@ def _log_once(message: str, *args) -> None:
     if text not in _logged:
         _logged.add(text)
         log.info(text)
-
-
-def target_count(labels: torch.Tensor) -> torch.Tensor:
-    """Number of trained positions after the causal shift."""
-    return (labels[..., 1:] != IGNORE_INDEX).sum()
 
 
 def default_chunk_size(vocab_size: int) -> int:

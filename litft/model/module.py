@@ -12,6 +12,7 @@ from litft.errors import LitFTError
 from litft.model import loss as lm_loss
 from litft.model.adapters import apply_lora
 from litft.model.config import LoraConfig, OptimizerConfig, QuantizationConfig, SchedulerConfig
+from litft.model.dtypes import FLOAT_DTYPES, STORAGE_DTYPES
 from litft.model.loading import check_attn_implementation, load_tokenizer, resolve_model_path
 from litft.model.optim import build_optimizer, build_scheduler
 from litft.model.params import count_parameters
@@ -19,7 +20,6 @@ from litft.strategies import scale
 
 log = logging.getLogger(__name__)
 
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # Config names of logit post-processing: such a model's loss takes its own logits (no head(hidden) shortcut).
 _NO_LOGIT_POSTPROCESSING = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale")
 
@@ -86,7 +86,7 @@ class LitFTModule(L.LightningModule):
     def weights_dtype(self) -> torch.dtype:
         """dtype of the frozen base weights."""
         if self.dtype_name != "auto":
-            return _DTYPES[self.dtype_name]
+            return FLOAT_DTYPES[self.dtype_name]
         precision = str(self.trainer.precision) if self._trainer is not None else "32-true"
         if precision.startswith("bf16"):
             return torch.bfloat16
@@ -126,8 +126,8 @@ class LitFTModule(L.LightningModule):
                     self.trainer.strategy,
                     accelerator_name(self.trainer.accelerator),
                     bits=q.bits,
-                    compute_dtype=dtype if q.compute_dtype == "auto" else getattr(torch, q.compute_dtype),
-                    quant_storage=None if q.quant_storage == "auto" else getattr(torch, q.quant_storage),
+                    compute_dtype=dtype if q.compute_dtype == "auto" else FLOAT_DTYPES[q.compute_dtype],
+                    quant_storage=None if q.quant_storage == "auto" else STORAGE_DTYPES[q.quant_storage],
                     double_quant=q.double_quant,
                 )
             kwargs["quantization_config"] = bnb_config(self.quantization, model_dtype=dtype, sharded=sharded)
@@ -324,7 +324,7 @@ class LitFTModule(L.LightningModule):
                 bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
                 p = "bf16" if bf16 else "32"
             name = "bfloat16" if p.startswith("bf16") else "float16" if p.startswith("16") else "float32"
-        if name not in _DTYPES:
+        if name not in FLOAT_DTYPES:
             raise LitFTError(f"dtype: unknown '{name}' (float32, bfloat16 or float16)")
         if adapter is not None and not (Path(adapter).expanduser() / "adapter_config.json").is_file():
             raise LitFTError(f"--adapter: {adapter} is not a PEFT adapter folder (no adapter_config.json)")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 
 from litft.model.config import QuantizationConfig
+from litft.model.dtypes import FLOAT_DTYPES, STORAGE_DTYPES
 
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "uint8": torch.uint8}
 
 
 def bnb_config(quant: QuantizationConfig, *, model_dtype: torch.dtype, sharded: bool = False):
@@ -18,11 +18,11 @@ def bnb_config(quant: QuantizationConfig, *, model_dtype: torch.dtype, sharded: 
 
     if quant.bits == 8:
         return BitsAndBytesConfig(load_in_8bit=True)
-    compute = model_dtype if quant.compute_dtype == "auto" else _DTYPES[quant.compute_dtype]
+    compute = model_dtype if quant.compute_dtype == "auto" else FLOAT_DTYPES[quant.compute_dtype]
     if quant.quant_storage == "auto":
         storage = compute if sharded else torch.uint8
     else:
-        storage = _DTYPES[quant.quant_storage]
+        storage = STORAGE_DTYPES[quant.quant_storage]
     return BitsAndBytesConfig(
         load_in_4bit=True,
         bnb_4bit_quant_type=quant.quant_type,
