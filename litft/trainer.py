@@ -10,6 +10,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint, ProgressBar
 
 from litft.strategies import trainer_kwargs
 from litft.slurm import check_allocation
+from litft.callbacks.preemption import slurm_plugins
 
 _Precision = Union[
     Literal["auto", "32-true", "bf16-mixed", "bf16-true", "16-mixed", "16-true", "64-true"],
@@ -24,7 +25,9 @@ def default_callbacks(enable_checkpointing: bool = True) -> list[Callback]:
     from litft.callbacks.plot import LossPlot
     from litft.callbacks.throughput import Throughput
 
-    callbacks: list[Callback] = [SaveAdapter(), LossPlot(), Throughput()]
+    from litft.callbacks.preemption import Preemption
+
+    callbacks: list[Callback] = [SaveAdapter(), LossPlot(), Throughput(), Preemption()]
     if enable_checkpointing:
         callbacks.append(LitFTCheckpoint(every_n_train_steps=100))
     try:
@@ -61,7 +64,8 @@ class LitFTTrainer(L.Trainer):
             strategy=kwargs.pop("strategy", "auto"),
             devices=kwargs.pop("devices", "auto"),
             num_nodes=kwargs.pop("num_nodes", 1),
-            plugins=kwargs.pop("plugins", None),
+            # Inside SLURM: Lightning's auto-requeue off (it saves inside the signal handler); Preemption does it.
+            plugins=slurm_plugins(kwargs.pop("plugins", None)),
         )
         callbacks = [callbacks] if isinstance(callbacks, Callback) else list(callbacks or [])
         for extra in default_callbacks(kwargs.get("enable_checkpointing") is not False):
@@ -71,3 +75,18 @@ class LitFTTrainer(L.Trainer):
             if not any(isinstance(c, kind) for c in callbacks):
                 callbacks.append(extra)
         super().__init__(*args, callbacks=callbacks, **resolved, **kwargs)
+        from litft.callbacks.preemption import Preemption
+
+        for cb in callbacks:
+            if isinstance(cb, Preemption):
+                cb.install()  # now: a signal during data preparation or model loading is kept for training
+
+    def fit(self, model, train_dataloaders=None, val_dataloaders=None, datamodule=None, ckpt_path=None, **kwargs):
+        """Lightning's fit; ``ckpt_path="last"`` (and, inside SLURM, no ckpt_path) resumes from the newest loadable
+        checkpoint in the output folder, whatever its kind (litft.resume)."""
+        from lightning.fabric.plugins.environments import SLURMEnvironment
+
+        from litft.resume import resolve_ckpt_path
+
+        ckpt_path = resolve_ckpt_path(ckpt_path, self.default_root_dir, SLURMEnvironment.detect())
+        return super().fit(model, train_dataloaders, val_dataloaders, datamodule, ckpt_path, **kwargs)
