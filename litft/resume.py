@@ -37,8 +37,11 @@ def checkpoint_step(path: Path) -> int:
         if not latest.is_file():
             raise ValueError("DeepSpeed folder without a 'latest' file")
         tag = latest.read_text().strip()
-        states = path / tag / "mp_rank_00_model_states.pt"
-        state = torch.load(states, map_location="cpu", weights_only=False)
+        # mp_rank_00_model_states.pt (ZeRO 0-2), zero_pp_rank_<r>_mp_rank_00_model_states.pt per rank (ZeRO-3)
+        model_states = sorted((path / tag).glob("*model_states.pt"), key=lambda p: (len(p.name), p.name))
+        if not model_states:
+            raise ValueError(f"no model states in {path / tag}")
+        state = torch.load(model_states[0], map_location="cpu", weights_only=False)
         shards = list((path / tag).glob("*optim_states.pt"))
         expected = int(state.get("dp_world_size", len(shards) or 1)) if shards else 0
         if len(shards) != expected:
