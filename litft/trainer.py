@@ -75,11 +75,14 @@ class LitFTTrainer(L.Trainer):
             if not any(isinstance(c, kind) for c in callbacks):
                 callbacks.append(extra)
         super().__init__(*args, callbacks=callbacks, **resolved, **kwargs)
+        from lightning.fabric.plugins.environments import SLURMEnvironment
+
         from litft.callbacks.preemption import Preemption
 
-        for cb in callbacks:
-            if isinstance(cb, Preemption):
-                cb.install()  # now: a signal during data preparation or model loading is kept for training
+        if SLURMEnvironment.detect():  # elsewhere at fit's setup (a Trainer that never fits leaves signals alone)
+            for cb in callbacks:
+                if isinstance(cb, Preemption):
+                    cb.install()  # now: a signal during data preparation or model loading is kept for training
 
     def fit(self, model, train_dataloaders=None, val_dataloaders=None, datamodule=None, ckpt_path=None, **kwargs):
         """Lightning's fit; ``ckpt_path="last"`` (and, inside SLURM, no ckpt_path) resumes from the newest loadable

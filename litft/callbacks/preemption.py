@@ -15,8 +15,9 @@ rank: a deadlock), and its SIGTERM handler broadcasts inside the handler too. li
    (no validation, no final adapter: the requeued job resumes from the checkpoint and writes it).
 
 A signal that arrives while the model loads or the data is prepared is kept until training starts and honoured
-there. Handlers are installed when the LitFTTrainer is built (before ``prepare_data``; else at ``setup``), again when training
-starts (Lightning registers its own SIGTERM handler just before) and the previous ones are restored at teardown.
+there. Handlers are installed when the LitFTTrainer is built inside a SLURM job (before ``prepare_data``;
+elsewhere at the callbacks' ``setup``, before the model loads), again when training starts (Lightning registers
+its own SIGTERM handler just before) and the previous ones are restored at teardown.
 """
 
 from __future__ import annotations
