@@ -94,6 +94,10 @@ class Preemption(pl.Callback):
         """(Re)install the recording handler for each signal (main thread only; a no-op elsewhere)."""
         if threading.current_thread() is not threading.main_thread():
             return
+        from litft.signals import early_request
+
+        if self.requested is None and early_request() in [int(s) for s in self.signals]:
+            self.requested = early_request()  # arrived while Python was still importing (python -m litft)
         for sig in self.signals:
             current = signal.getsignal(sig)
             if current == self._handler:
@@ -136,6 +140,8 @@ class Preemption(pl.Callback):
             return  # a micro-batch inside an accumulation group: not a step boundary
         self._seen_step = trainer.global_step
         if not self.preempted and self._agreed(trainer):
+            if 0 < trainer.max_steps <= trainer.global_step:
+                return  # the last step: finishing (checkpoint, adapter) is quicker than a requeue
             self._preempt(trainer)
 
     def teardown(self, trainer, pl_module, stage: str) -> None:

@@ -1,0 +1,299 @@
+#!/usr/bin/env python
+"""Preemption soak on a real two-node SLURM cluster: every preempted job requeues, finishes, and ends on the
+adapter of an uninterrupted run, byte for byte.
+
+    python scripts/soak_preempt.py --trials 20                          # 2 nodes x 1 task, DDP over gloo
+    python scripts/soak_preempt.py --trials 5 --strategy deepspeed_stage_2
+    python scripts/soak_preempt.py --trials 3 --kinds usr1,term,kill    # what `make test` runs (3 trials)
+
+Each trial submits a tiny-Llama LoRA job with `litft slurm` (2 nodes x 1 task, checkpoint every 3 steps,
+validation every 4) and interrupts it at a random moment after its job step started, by one of:
+
+  usr1  `scancel --signal=USR1` (what `#SBATCH --signal=SIGUSR1@90` sends before the time limit)
+  term  `scancel --signal=TERM` (what preemption with PreemptMode=REQUEUE sends)
+  kill  SIGKILL to one rank's process (a node or process dies): the job must end within --bound seconds, and is
+        then requeued with `scontrol requeue` (as a site's requeue-on-failure policy does)
+
+then waits for the job to finish and compares `<output_dir>/adapter/adapter_model.safetensors` with the
+uninterrupted run's. The moment hit (data/model set-up, forward/backward, checkpoint save, validation, ...)
+is read from a per-rank phase file the job writes (:class:`PhaseLog`). Prints one line per trial and a summary;
+exits 1 if any trial failed.
+
+Needs root and Debian's slurm-wlm + munge: it starts its own cluster with scripts/slurm_cluster.sh (in a
+temporary folder, free ports) and stops it at the end, unless --slurm-conf points at a running one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPTS = Path(__file__).resolve().parent
+KINDS = ("usr1", "term", "kill")
+
+try:  # inside the job (class_path soak_preempt.PhaseLog): Lightning is there
+    import lightning.pytorch as _pl
+
+    _Callback = _pl.Callback
+except ImportError:  # pragma: no cover
+    _Callback = object
+
+
+class PhaseLog(_Callback):
+    """Writes ``<dir>/rank<N>.json`` = {"pid", "phase", "step"} at every phase change (read by the soak driver)."""
+
+    def __init__(self, folder: str):
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.rank = int(os.environ.get("SLURM_PROCID", "0"))
+        self._write("setup (data, model)", 0)
+
+    def _write(self, phase: str, step: int) -> None:
+        tmp = self.folder / f".rank{self.rank}.json.tmp"
+        tmp.write_text(json.dumps({"pid": os.getpid(), "phase": phase, "step": step,
+                                   "restart": os.environ.get("SLURM_RESTART_COUNT", "0")}))
+        os.replace(tmp, self.folder / f"rank{self.rank}.json")
+
+    def on_train_start(self, trainer, pl_module):
+        self._write("train start", trainer.global_step)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self._write("forward + loss all-reduce", trainer.global_step)
+
+    def on_before_backward(self, trainer, pl_module, loss):
+        self._write("backward", trainer.global_step)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self._write("step end", trainer.global_step)
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint):
+        self._write("checkpoint save", trainer.global_step)
+
+    def on_validation_start(self, trainer, pl_module):
+        if not trainer.sanity_checking:
+            self._write("validation", trainer.global_step)
+
+    def on_train_end(self, trainer, pl_module):
+        self._write("train end (adapter)", trainer.global_step)
+
+
+# ------------------------------------------------------------------------------------------------ the driver
+def _free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+class Soak:
+    def __init__(self, root: Path, env: dict[str, str], strategy: str, steps: int, bound: float, log=print):
+        self.root, self.env, self.strategy, self.steps, self.bound, self.log = root, env, strategy, steps, bound, log
+        sys.path.insert(0, str(REPO))
+        from tests.helpers import build_tiny_model, write_alpaca
+
+        self.model = str(build_tiny_model("llama", root / "tiny-llama"))
+        self.data = str(write_alpaca(root / "alpaca.json", n=48))
+
+    # -- SLURM helpers -------------------------------------------------------------------------------------------
+    def sh(self, *args: str, check: bool = True) -> str:
+        done = subprocess.run(args, env=self.env, capture_output=True, text=True, timeout=120)
+        if check and done.returncode != 0:
+            raise RuntimeError(f"{' '.join(args)}: {done.stderr.strip()}")
+        return done.stdout
+
+    def job_info(self, job: str) -> dict[str, str]:
+        out = self.sh("scontrol", "-o", "show", "job", job, check=False)
+        return dict(re.findall(r"(\w+)=(\S*)", out))
+
+    def state(self, job: str) -> str:
+        return self.job_info(job).get("JobState", "")
+
+    def step_running(self, job: str) -> bool:
+        return bool(self.sh("squeue", "-h", "-s", "-j", job, "-o", "%i", check=False).strip())
+
+    # -- jobs ----------------------------------------------------------------------------------------------------
+    def submit(self, name: str) -> tuple[str, Path]:
+        import yaml
+
+        out = self.root / name
+        config = {
+            "output_dir": str(out), "seed_everything": 0,
+            "model": {"name_or_path": self.model, "lora": {"r": 4, "alpha": 8, "dropout": 0.1},
+                      "optimizer": {"lr": 1e-2}, "scheduler": {"name": "cosine", "warmup_steps": 2}},
+            "data": {"dataset": self.data, "cutoff_len": 48, "batch_size": 2, "val_size": 4},
+            "trainer": {
+                "accelerator": "cpu", "devices": 1, "num_nodes": 2, "strategy": self.strategy,
+                "precision": "32-true", "max_steps": self.steps, "val_check_interval": 4, "logger": False,
+                "enable_progress_bar": False, "enable_model_summary": False, "log_every_n_steps": 1,
+                "callbacks": [
+                    {"class_path": "litft.callbacks.checkpoint.LitFTCheckpoint", "init_args": {"every_n_train_steps": 3}},
+                    {"class_path": "soak_preempt.PhaseLog", "init_args": {"folder": str(out / "phase")}},
+                ],
+            },
+        }
+        out.mkdir(parents=True, exist_ok=True)
+        path = self.root / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(config))
+        env = {**self.env, "MASTER_PORT": str(_free_ports(1)[0]), "LITFT_CACHE": str(self.root / "cache"),
+               "PYTHONPATH": f"{REPO}{os.pathsep}{SCRIPTS}", "LITFT_DIST_TIMEOUT": "60"}
+        done = subprocess.run([sys.executable, "-m", "litft", "slurm", "--config", str(path), "--job_name", name,
+                               "--time", "20:00"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+        m = re.search(r"Submitted batch job (\d+)", done.stdout)
+        if not m:
+            raise RuntimeError(f"litft slurm failed: {done.stdout}{done.stderr[-3000:]}")
+        return m.group(1), out
+
+    def wait(self, job: str, until, timeout: float, what: str) -> float:
+        start = time.monotonic()
+        while not until():
+            if time.monotonic() - start > timeout:
+                raise RuntimeError(f"job {job}: {what} not reached after {timeout:.0f} s (state {self.state(job)})")
+            time.sleep(0.25)
+        return time.monotonic() - start
+
+    def finish(self, job: str, timeout: float = 600) -> None:
+        self.wait(job, lambda: self.state(job) in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", ""),
+                  timeout, "the end")
+        info = self.job_info(job)
+        if info.get("JobState") != "COMPLETED" or info.get("ExitCode") != "0:0":
+            raise RuntimeError(f"job {job} ended {info.get('JobState')} exit {info.get('ExitCode')}")
+
+    def phases(self, out: Path) -> dict[int, dict]:
+        found = {}
+        for f in (out / "phase").glob("rank*.json"):
+            try:
+                found[int(f.stem[4:])] = json.loads(f.read_text())
+            except (ValueError, OSError):
+                pass
+        return found
+
+    def reference(self) -> tuple[bytes, float]:
+        job, out = self.submit("reference")
+        self.wait(job, lambda: self.step_running(job), 300, "a running step")
+        started = time.monotonic()
+        self.finish(job)
+        return (out / "adapter" / "adapter_model.safetensors").read_bytes(), time.monotonic() - started
+
+    def trial(self, i: int, kind: str, delay: float, reference: bytes) -> dict:
+        job, out = self.submit(f"trial{i}-{kind}")
+        self.wait(job, lambda: self.step_running(job), 300, "a running step")
+        time.sleep(delay)
+        hit = self.phases(out)
+        moment = "; ".join(f"rank{r}: {p['phase']} @ step {p['step']}" for r, p in sorted(hit.items())) or \
+            "python start-up (imports)"
+        result = {"trial": i, "kind": kind, "job": job, "delay_s": round(delay, 1), "moment": moment}
+        if kind in ("usr1", "term"):
+            self.sh("scancel", f"--signal={kind.upper()}", job)
+            # the job saves, requeues itself and comes back (restart 1) or, signalled at the very end, just completes
+            self.wait(job, lambda: int(self.job_info(job).get("Restarts", "0")) > 0 or self.state(job) == "COMPLETED",
+                      self.bound, "requeue (or completion)")
+        else:
+            self.wait(job, lambda: len(self.phases(out)) == 2 or self.state(job) != "RUNNING", 120, "both ranks")
+            victim = self.phases(out).get(1) or self.phases(out).get(0)
+            if self.state(job) == "RUNNING" and victim:
+                try:
+                    os.kill(int(victim["pid"]), signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                ended = self.wait(job, lambda: self.state(job) not in ("RUNNING", "COMPLETING"), self.bound,
+                                  "the end after kill -9")
+                result["ended_after_kill_s"] = round(ended, 1)
+                if self.state(job) != "COMPLETED":
+                    self.sh("scontrol", "requeue", job)
+        self.finish(job)
+        info = self.job_info(job)
+        adapter = out / "adapter" / "adapter_model.safetensors"
+        result["restarts"] = int(info.get("Restarts", "0"))
+        result["equal"] = adapter.is_file() and adapter.read_bytes() == reference
+        return result
+
+
+def start_cluster(folder: Path) -> dict[str, str]:
+    ctld, n1, n2 = _free_ports(3)
+    env = {**os.environ, "LITFT_SLURM_DIR": str(folder), "LITFT_SLURM_PORT": str(ctld),
+           "LITFT_SLURM_NODE_PORTS": f"{n1},{n2}", "SLURM_CONF": str(folder / "slurm.conf"),
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+           "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
+    subprocess.run([str(SCRIPTS / "slurm_cluster.sh"), "start"], env=env, check=True, capture_output=True,
+                   text=True, timeout=180)
+    return env
+
+
+def stop_cluster(env: dict[str, str]) -> None:
+    subprocess.run([str(SCRIPTS / "slurm_cluster.sh"), "stop"], env=env, capture_output=True, text=True, timeout=120)
+
+
+def run(trials: int, strategy: str, kinds: list[str], seed: int, steps: int, bound: float, root: Path,
+        env: dict[str, str], log=print) -> list[dict]:
+    rng = random.Random(seed)
+    soak = Soak(root, env, strategy, steps, bound, log)
+    reference, duration = soak.reference()
+    log(f"soak: reference job ran its step in {duration:.0f} s")
+    results = []
+    for i in range(trials):
+        kind = kinds[i % len(kinds)]
+        try:
+            result = soak.trial(i, kind, rng.uniform(0, duration), reference)
+        except Exception as err:  # a hang, a failed job: the trial failed
+            result = {"trial": i, "kind": kind, "equal": False, "error": str(err)}
+        results.append(result)
+        log("soak: " + json.dumps(result))
+    return results
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--trials", type=int, default=20)
+    parser.add_argument("--strategy", default="ddp", help="ddp or deepspeed_stage_2")
+    parser.add_argument("--kinds", default="usr1,term,kill", help=f"comma-separated, cycled: {', '.join(KINDS)}")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--steps", type=int, default=10, help="max_steps of each job")
+    parser.add_argument("--bound", type=float, default=120, help="seconds a job may take to requeue or end")
+    parser.add_argument("--slurm-conf", default=None, help="use this running cluster instead of starting one")
+    parser.add_argument("--keep", default=None, help="work folder to keep (default: a temporary one, removed)")
+    args = parser.parse_args(argv)
+    kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
+    if any(k not in KINDS for k in kinds):
+        parser.error(f"--kinds: expected some of {', '.join(KINDS)}")
+    root = Path(args.keep or tempfile.mkdtemp(prefix="litft-soak-"))
+    root.mkdir(parents=True, exist_ok=True)
+    if args.slurm_conf:
+        env = {**os.environ, "SLURM_CONF": args.slurm_conf}
+        cluster_dir = None
+    else:
+        cluster_dir = Path(tempfile.mkdtemp(prefix="litft-slurm-", dir="/tmp"))
+        env = start_cluster(cluster_dir)
+    env = {**env, "DS_ACCELERATOR": "cpu", "MASTER_ADDR": "127.0.0.1"}
+    try:
+        results = run(args.trials, args.strategy, kinds, args.seed, args.steps, args.bound, root, env)
+    finally:
+        if cluster_dir is not None:
+            stop_cluster(env)
+            shutil.rmtree(cluster_dir, ignore_errors=True)
+        if not args.keep:
+            shutil.rmtree(root, ignore_errors=True)
+    failed = [r for r in results if not r.get("equal")]
+    moments = sorted({r.get("moment", "?").split(";")[0].split(": ", 1)[-1].split(" @")[0] for r in results})
+    print(f"soak: {args.strategy}, {len(results)} trials, {len(failed)} failed; kinds {','.join(kinds)}; "
+          f"moments hit: {', '.join(moments)}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
