@@ -8,6 +8,7 @@ Standard library only: this runs before any heavy import.
 
 from __future__ import annotations
 
+import atexit
 import os
 import signal
 from typing import Optional
@@ -28,7 +29,15 @@ def record_early(env=os.environ) -> bool:
         return False
     for sig in SIGNALS:
         signal.signal(sig, _record)
+    # Python's finalization puts the default action (terminate) back on every signal it handled: a preemption
+    # signal in the last instants of a finished run would turn its exit code into "killed by a signal".
+    atexit.register(_ignore)
     return True
+
+
+def _ignore() -> None:
+    for sig in SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
 
 
 def early_request() -> Optional[int]:

@@ -183,12 +183,22 @@ class Soak:
                 pass
         return found
 
-    def reference(self) -> tuple[bytes, float]:
+    def reference(self) -> tuple[bytes, float, float]:
+        """The uninterrupted run: (adapter bytes, seconds from its job step's start to its first training step,
+        to its last one)."""
         job, out = self.submit("reference")
         self.wait(job, lambda: self.step_running(job), 300, "a running step")
-        started = time.monotonic()
+        started, first, last = time.monotonic(), None, None
+        while self.state(job) in ("RUNNING", "COMPLETING", "CONFIGURING"):
+            phase = self.phases(out).get(0) or {}
+            if first is None and phase.get("phase", "").startswith("forward"):
+                first = time.monotonic() - started
+            if last is None and phase.get("step") == self.steps:
+                last = time.monotonic() - started
+            time.sleep(0.1)
         self.finish(job)
-        return (out / "adapter" / "adapter_model.safetensors").read_bytes(), time.monotonic() - started
+        end = time.monotonic() - started
+        return (out / "adapter" / "adapter_model.safetensors").read_bytes(), first or 0.0, last or end
 
     def trial(self, i: int, kind: str, delay: float, reference: bytes) -> dict:
         job, out = self.submit(f"trial{i}-{kind}")
@@ -240,16 +250,23 @@ def stop_cluster(env: dict[str, str]) -> None:
 
 
 def run(trials: int, strategy: str, kinds: list[str], seed: int, steps: int, bound: float, root: Path,
-        env: dict[str, str], log=print) -> list[dict]:
+        env: dict[str, str], log=print, training_only: bool = False,
+        window: tuple[float, float] = (0.0, 1.0)) -> list[dict]:
+    """``trials`` jobs, each interrupted once at a random moment between its job step's start (``training_only``:
+    its first training step) and its last training step (``window``: that span's fraction), timed on the
+    reference run; returns one dict per trial (``equal``: the final adapter has the reference's bytes)."""
     rng = random.Random(seed)
     soak = Soak(root, env, strategy, steps, bound, log)
-    reference, duration = soak.reference()
-    log(f"soak: reference job ran its step in {duration:.0f} s")
+    reference, first, last = soak.reference()
+    log(f"soak: reference job: first step {first:.1f} s, last step {last:.1f} s after its start")
     results = []
     for i in range(trials):
         kind = kinds[i % len(kinds)]
         try:
-            result = soak.trial(i, kind, rng.uniform(0, duration), reference)
+            start = first if training_only else 0.0
+            span = last - start
+            delay = rng.uniform(start + window[0] * span, start + window[1] * span)
+            result = soak.trial(i, kind, delay, reference)
         except Exception as err:  # a hang, a failed job: the trial failed
             result = {"trial": i, "kind": kind, "equal": False, "error": str(err)}
         results.append(result)
@@ -263,7 +280,7 @@ def main(argv=None) -> int:
     parser.add_argument("--strategy", default="ddp", help="ddp or deepspeed_stage_2")
     parser.add_argument("--kinds", default="usr1,term,kill", help=f"comma-separated, cycled: {', '.join(KINDS)}")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--steps", type=int, default=10, help="max_steps of each job")
+    parser.add_argument("--steps", type=int, default=16, help="max_steps of each job")
     parser.add_argument("--bound", type=float, default=120, help="seconds a job may take to requeue or end")
     parser.add_argument("--slurm-conf", default=None, help="use this running cluster instead of starting one")
     parser.add_argument("--keep", default=None, help="work folder to keep (default: a temporary one, removed)")
