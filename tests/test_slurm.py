@@ -110,6 +110,66 @@ def test_trainer_refuses_mismatch_before_lightning(monkeypatch):
         LitFTTrainer(accelerator="cpu", devices=1, num_nodes=2, logger=False)
 
 
+def test_trainer_in_slurm_turns_lightnings_requeue_off_and_records_signals(monkeypatch):
+    """Inside a job step: SLURMEnvironment(auto_requeue=False) (no save inside Lightning's signal handler), and
+    litft's recording handlers from the Trainer's construction on (a signal during data preparation is kept)."""
+    import signal
+
+    from lightning.fabric.plugins.environments import SLURMEnvironment
+
+    from litft.callbacks.preemption import Preemption
+    from litft.trainer import LitFTTrainer
+
+    for key, value in _job(SLURM_NTASKS="1", SLURM_NNODES="1").items():
+        monkeypatch.setenv(key, value)
+    before = {s: signal.getsignal(s) for s in (signal.SIGUSR1, signal.SIGTERM)}
+    trainer = LitFTTrainer(accelerator="cpu", devices=1, num_nodes=1, logger=False)
+    try:
+        env = trainer._accelerator_connector.cluster_environment
+        assert isinstance(env, SLURMEnvironment) and env.auto_requeue is False
+        [pre] = [c for c in trainer.callbacks if isinstance(c, Preemption)]
+        os.kill(os.getpid(), signal.SIGUSR1)
+        assert pre.requested == signal.SIGUSR1
+    finally:
+        pre.restore()
+    assert {s: signal.getsignal(s) for s in before} == before
+    assert trainer.strategy.root_device.type == "cpu"
+
+
+def test_dist_timeout_is_bounded_and_configurable(monkeypatch):
+    from datetime import timedelta
+
+    from litft.strategies import LitFTDDPStrategy
+    from litft.strategies.timeout import dist_timeout
+
+    monkeypatch.delenv("LITFT_DIST_TIMEOUT", raising=False)
+    assert dist_timeout() == timedelta(seconds=300) and LitFTDDPStrategy()._timeout == timedelta(seconds=300)
+    monkeypatch.setenv("LITFT_DIST_TIMEOUT", "42")
+    assert LitFTDDPStrategy()._timeout == timedelta(seconds=42)
+    assert LitFTDDPStrategy(timeout=timedelta(seconds=7))._timeout == timedelta(seconds=7)
+    monkeypatch.setenv("LITFT_DIST_TIMEOUT", "soon")
+    with pytest.raises(LitFTError, match=r"^LITFT_DIST_TIMEOUT='soon': expected a number of seconds > 0$"):
+        dist_timeout()
+
+
+def test_rank_logs_rank0_console_others_to_their_file(tmp_path):
+    """Rank 1's whole output goes to <dir>/rank1.log; rank 0 keeps the console and logs litft's lines to rank0.log."""
+    code = ("import logging, sys, warnings; from litft.slurm import setup_rank_logs; "
+            "log = logging.getLogger('litft'); log.addHandler(logging.StreamHandler()); log.setLevel('INFO'); "
+            "print(setup_rank_logs(log)); log.info('hello'); print('out'); warnings.warn('careful')")
+    outputs = {}
+    for rank in ("0", "1"):
+        env = {**os.environ, **_job(SLURM_PROCID=rank), "LITFT_LOG_DIR": str(tmp_path / "logs"),
+               "PYTHONPATH": str(REPO)}
+        done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        outputs[rank] = done.stdout + done.stderr
+    assert "hello" in outputs["0"] and "out" in outputs["0"] and outputs["1"] == ""
+    rank1 = (tmp_path / "logs" / "rank1.log").read_text()
+    assert "hello" in rank1 and "out" in rank1 and "careful" in rank1
+    assert (tmp_path / "logs" / "rank0.log").read_text().endswith("[litft] hello\n")
+
+
 # --------------------------------------------------------------------------- rendering
 def _directives(script: str) -> list[str]:
     return [line.removeprefix("#SBATCH ") for line in script.splitlines() if line.startswith("#SBATCH ")]
