@@ -54,8 +54,8 @@ except ImportError:  # pragma: no cover
 class PhaseLog(_Callback):
     """Writes ``<dir>/rank<N>.json`` = {"pid", "phase", "step"} at every phase change (read by the soak driver)."""
 
-    def __init__(self, folder: str):
-        self.folder = Path(folder)
+    def __init__(self, folder: str, pause_s: float = 0.0):
+        self.folder, self.pause_s = Path(folder), pause_s
         self.folder.mkdir(parents=True, exist_ok=True)
         self.rank = int(os.environ.get("SLURM_PROCID", "0"))
         self._write("setup (data, model)", 0)
@@ -70,7 +70,9 @@ class PhaseLog(_Callback):
         self._write("train start", trainer.global_step)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        # pause_s: a tiny model's step takes milliseconds; a pause makes the steps long enough to aim at
         self._write("forward + loss all-reduce", trainer.global_step)
+        time.sleep(self.pause_s)
 
     def on_before_backward(self, trainer, pl_module, loss):
         self._write("backward", trainer.global_step)
@@ -102,8 +104,10 @@ def _free_ports(n: int) -> list[int]:
 
 
 class Soak:
-    def __init__(self, root: Path, env: dict[str, str], strategy: str, steps: int, bound: float, log=print):
+    def __init__(self, root: Path, env: dict[str, str], strategy: str, steps: int, bound: float, log=print,
+                 pause_s: float = 0.3):
         self.root, self.env, self.strategy, self.steps, self.bound, self.log = root, env, strategy, steps, bound, log
+        self.pause_s = pause_s
         sys.path.insert(0, str(REPO))
         from tests.helpers import build_tiny_model, write_alpaca
 
@@ -143,7 +147,8 @@ class Soak:
                 "enable_progress_bar": False, "enable_model_summary": False, "log_every_n_steps": 1,
                 "callbacks": [
                     {"class_path": "litft.callbacks.checkpoint.LitFTCheckpoint", "init_args": {"every_n_train_steps": 3}},
-                    {"class_path": "soak_preempt.PhaseLog", "init_args": {"folder": str(out / "phase")}},
+                    {"class_path": "soak_preempt.PhaseLog",
+                     "init_args": {"folder": str(out / "phase"), "pause_s": self.pause_s}},
                 ],
             },
         }
@@ -200,14 +205,21 @@ class Soak:
         end = time.monotonic() - started
         return (out / "adapter" / "adapter_model.safetensors").read_bytes(), first or 0.0, last or end
 
-    def trial(self, i: int, kind: str, delay: float, reference: bytes) -> dict:
+    def trial(self, i: int, kind: str, target: tuple[str, float], reference: bytes) -> dict:
+        """One job interrupted once by ``kind`` at ``target``: ("setup", seconds after its job step started) or
+        ("step", n): as soon as rank 0 is in optimizer step n (forward, backward, checkpoint save, validation)."""
         job, out = self.submit(f"trial{i}-{kind}")
         self.wait(job, lambda: self.step_running(job), 300, "a running step")
-        time.sleep(delay)
+        if target[0] == "setup":
+            time.sleep(target[1])
+        else:
+            step = int(target[1])
+            self.wait(job, lambda: (self.phases(out).get(0) or {}).get("step", -1) >= step
+                      or self.state(job) != "RUNNING", 300, f"step {step}")
         hit = self.phases(out)
         moment = "; ".join(f"rank{r}: {p['phase']} @ step {p['step']}" for r, p in sorted(hit.items())) or \
             "python start-up (imports)"
-        result = {"trial": i, "kind": kind, "job": job, "delay_s": round(delay, 1), "moment": moment}
+        result = {"trial": i, "kind": kind, "job": job, "target": f"{target[0]} {target[1]:g}", "moment": moment}
         if kind in ("usr1", "term"):
             self.sh("scancel", f"--signal={kind.upper()}", job)
             # the job saves, requeues itself and comes back (restart 1) or, signalled at the very end, just completes
@@ -250,11 +262,10 @@ def stop_cluster(env: dict[str, str]) -> None:
 
 
 def run(trials: int, strategy: str, kinds: list[str], seed: int, steps: int, bound: float, root: Path,
-        env: dict[str, str], log=print, training_only: bool = False,
-        window: tuple[float, float] = (0.0, 1.0)) -> list[dict]:
-    """``trials`` jobs, each interrupted once at a random moment between its job step's start (``training_only``:
-    its first training step) and its last training step (``window``: that span's fraction), timed on the
-    reference run; returns one dict per trial (``equal``: the final adapter has the reference's bytes)."""
+        env: dict[str, str], log=print, training_only: bool = False) -> list[dict]:
+    """``trials`` jobs, each interrupted once at a random moment: in 1 of 5 (unless ``training_only``) during
+    start-up (imports, data preparation, model loading: timed on the reference run), else at a random optimizer
+    step before the last. Returns one dict per trial (``equal``: the final adapter has the reference's bytes)."""
     rng = random.Random(seed)
     soak = Soak(root, env, strategy, steps, bound, log)
     reference, first, last = soak.reference()
@@ -262,13 +273,15 @@ def run(trials: int, strategy: str, kinds: list[str], seed: int, steps: int, bou
     results = []
     for i in range(trials):
         kind = kinds[i % len(kinds)]
+        if not training_only and rng.random() < 0.2:  # python start-up, data preparation, model loading
+            target = ("setup", round(rng.uniform(0, first), 1))
+        else:  # a step before the last one (a signal at the last step just lets the job finish)
+            target = ("step", rng.randrange(0, max(1, steps - 1)))
         try:
-            start = first if training_only else 0.0
-            span = last - start
-            delay = rng.uniform(start + window[0] * span, start + window[1] * span)
-            result = soak.trial(i, kind, delay, reference)
+            result = soak.trial(i, kind, target, reference)
         except Exception as err:  # a hang, a failed job: the trial failed
-            result = {"trial": i, "kind": kind, "equal": False, "error": str(err)}
+            result = {"trial": i, "kind": kind, "target": f"{target[0]} {target[1]:g}", "equal": False,
+                      "error": str(err)}
         results.append(result)
         log("soak: " + json.dumps(result))
     return results
