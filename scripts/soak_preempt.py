@@ -275,8 +275,8 @@ def run(trials: int, strategy: str, kinds: list[str], seed: int, steps: int, bou
         kind = kinds[i % len(kinds)]
         if not training_only and rng.random() < 0.2:  # python start-up, data preparation, model loading
             target = ("setup", round(rng.uniform(0, first), 1))
-        else:  # a step before the last one (a signal at the last step just lets the job finish)
-            target = ("step", rng.randrange(0, max(1, steps - 1)))
+        else:  # a step well before the last one (a signal at the last step just lets the job finish)
+            target = ("step", rng.randrange(0, max(1, steps - 3)))
         try:
             result = soak.trial(i, kind, target, reference)
         except Exception as err:  # a hang, a failed job: the trial failed
