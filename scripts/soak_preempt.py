@@ -26,6 +26,8 @@ temporary folder, free ports) and stops it at the end, unless --slurm-conf point
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import os
 import random
@@ -36,7 +38,9 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -103,12 +107,40 @@ def _free_ports(n: int) -> list[int]:
             s.close()
 
 
+_SUBMIT = threading.Lock()
+
+
+def _litft_slurm(args: list[str], env: dict[str, str]) -> str:
+    """`python -m litft slurm ...` in this process (Lightning is imported once, not once per job), with ``env`` as
+    the environment sbatch hands to the job; returns what it printed."""
+    from litft.cli import main
+
+    with _SUBMIT:
+        saved, cwd, out = dict(os.environ), os.getcwd(), io.StringIO()
+        os.environ.clear()
+        os.environ.update(env)
+        os.chdir(REPO)
+        try:
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+                try:
+                    main(args)
+                except SystemExit:
+                    pass
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
+            os.chdir(cwd)
+        return out.getvalue()
+
+
 class Soak:
     def __init__(self, root: Path, env: dict[str, str], strategy: str, steps: int, bound: float, log=print,
                  pause_s: float = 0.3):
         self.root, self.env, self.strategy, self.steps, self.bound, self.log = root, env, strategy, steps, bound, log
         self.pause_s = pause_s
-        sys.path.insert(0, str(REPO))
+        for path in (str(REPO), str(SCRIPTS)):  # tests.helpers; soak_preempt.PhaseLog when the config is parsed
+            if path not in sys.path:
+                sys.path.insert(0, path)
         from tests.helpers import build_tiny_model, write_alpaca
 
         self.model = str(build_tiny_model("llama", root / "tiny-llama"))
@@ -157,11 +189,10 @@ class Soak:
         path.write_text(yaml.safe_dump(config))
         env = {**self.env, "MASTER_PORT": str(_free_ports(1)[0]), "LITFT_CACHE": str(self.root / "cache"),
                "PYTHONPATH": f"{REPO}{os.pathsep}{SCRIPTS}", "LITFT_DIST_TIMEOUT": "60"}
-        done = subprocess.run([sys.executable, "-m", "litft", "slurm", "--config", str(path), "--job_name", name,
-                               "--time", "20:00"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-        m = re.search(r"Submitted batch job (\d+)", done.stdout)
+        text = _litft_slurm(["slurm", "--config", str(path), "--job_name", name, "--time", "20:00"], env)
+        m = re.search(r"Submitted batch job (\d+)", text)
         if not m:
-            raise RuntimeError(f"litft slurm failed: {done.stdout}{done.stderr[-3000:]}")
+            raise RuntimeError(f"litft slurm failed: {text[-3000:]}")
         return m.group(1), out
 
     def wait(self, job: str, until, timeout: float, what: str) -> float:
@@ -205,7 +236,7 @@ class Soak:
         end = time.monotonic() - started
         return (out / "adapter" / "adapter_model.safetensors").read_bytes(), first or 0.0, last or end
 
-    def trial(self, i: int, kind: str, target: tuple[str, float], reference: bytes) -> dict:
+    def trial(self, i: int, kind: str, target: tuple[str, float]) -> dict:
         """One job interrupted once by ``kind`` at ``target``: ("setup", seconds after its job step started) or
         ("step", n): as soon as rank 0 is in optimizer step n (forward, backward, checkpoint save, validation)."""
         job, out = self.submit(f"trial{i}-{kind}")
@@ -240,9 +271,8 @@ class Soak:
                     self.sh("scontrol", "requeue", job)
         self.finish(job)
         info = self.job_info(job)
-        adapter = out / "adapter" / "adapter_model.safetensors"
         result["restarts"] = int(info.get("Restarts", "0"))
-        result["equal"] = adapter.is_file() and adapter.read_bytes() == reference
+        result["adapter"] = str(out / "adapter" / "adapter_model.safetensors")
         return result
 
 
@@ -262,27 +292,41 @@ def stop_cluster(env: dict[str, str]) -> None:
 
 
 def run(trials: int, strategy: str, kinds: list[str], seed: int, steps: int, bound: float, root: Path,
-        env: dict[str, str], log=print, training_only: bool = False) -> list[dict]:
+        env: dict[str, str], log=print, training_only: bool = False, parallel: int = 1) -> list[dict]:
     """``trials`` jobs, each interrupted once at a random moment: in 1 of 5 (unless ``training_only``) during
     start-up (imports, data preparation, model loading: timed on the reference run), else at a random optimizer
-    step before the last. Returns one dict per trial (``equal``: the final adapter has the reference's bytes)."""
+    step before the last. ``parallel`` jobs at a time (the reference among them when ``training_only``). Returns
+    one dict per trial (``equal``: the final adapter has the reference's bytes)."""
     rng = random.Random(seed)
     soak = Soak(root, env, strategy, steps, bound, log)
-    reference, first, last = soak.reference()
-    log(f"soak: reference job: first step {first:.1f} s, last step {last:.1f} s after its start")
-    results = []
+    pool = ThreadPoolExecutor(max_workers=max(1, parallel))
+    ref = pool.submit(soak.reference)
+    first = 0.0
+    if not training_only:
+        _, first, last = ref.result()
+        log(f"soak: reference job: first step {first:.1f} s, last step {last:.1f} s after its start")
+    plans = []
     for i in range(trials):
         kind = kinds[i % len(kinds)]
         if not training_only and rng.random() < 0.2:  # python start-up, data preparation, model loading
             target = ("setup", round(rng.uniform(0, first), 1))
         else:  # a step well before the last one (a signal at the last step just lets the job finish)
             target = ("step", rng.randrange(0, max(1, steps - 3)))
+        plans.append((i, kind, target))
+
+    def one(plan):
+        i, kind, target = plan
         try:
-            result = soak.trial(i, kind, target, reference)
+            return soak.trial(i, kind, target)
         except Exception as err:  # a hang, a failed job: the trial failed
-            result = {"trial": i, "kind": kind, "target": f"{target[0]} {target[1]:g}", "equal": False,
-                      "error": str(err)}
-        results.append(result)
+            return {"trial": i, "kind": kind, "target": f"{target[0]} {target[1]:g}", "error": str(err)}
+
+    results = list(pool.map(one, plans))
+    reference = ref.result()[0]
+    pool.shutdown()
+    for result in results:
+        adapter = Path(result.pop("adapter", "") or "/nonexistent")
+        result["equal"] = "error" not in result and adapter.is_file() and adapter.read_bytes() == reference
         log("soak: " + json.dumps(result))
     return results
 
@@ -295,6 +339,7 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int, default=16, help="max_steps of each job")
     parser.add_argument("--bound", type=float, default=120, help="seconds a job may take to requeue or end")
+    parser.add_argument("--parallel", type=int, default=1, help="jobs at a time (each takes 1 CPU on each node)")
     parser.add_argument("--slurm-conf", default=None, help="use this running cluster instead of starting one")
     parser.add_argument("--keep", default=None, help="work folder to keep (default: a temporary one, removed)")
     args = parser.parse_args(argv)
@@ -311,7 +356,8 @@ def main(argv=None) -> int:
         env = start_cluster(cluster_dir)
     env = {**env, "DS_ACCELERATOR": "cpu", "MASTER_ADDR": "127.0.0.1"}
     try:
-        results = run(args.trials, args.strategy, kinds, args.seed, args.steps, args.bound, root, env)
+        results = run(args.trials, args.strategy, kinds, args.seed, args.steps, args.bound, root, env,
+                      parallel=args.parallel)
     finally:
         if cluster_dir is not None:
             stop_cluster(env)

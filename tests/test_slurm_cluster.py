@@ -270,7 +270,7 @@ def test_preemption_soak_usr1_term_and_kill_end_on_the_uninterrupted_adapter(clu
     soak = _soak_module()
     env = {**cluster.env, "DS_ACCELERATOR": "cpu", "MASTER_ADDR": "127.0.0.1"}
     results = soak.run(3, "ddp", ["usr1", "term", "kill"], seed=1, steps=10, bound=120, root=tmp_path, env=env,
-                       training_only=True)
+                       training_only=True, parallel=2)
     assert [r.get("equal") for r in results] == [True] * 3, results
     assert all(r["restarts"] == 1 for r in results), results  # each was interrupted and came back once
     assert results[2]["ended_after_kill_s"] < 60, results  # not gloo's/NCCL's default timeout
