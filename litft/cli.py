@@ -135,7 +135,10 @@ def run(argv: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from litft.console import quiet_library_noise
+
     _setup_logging()
+    quiet_library_noise()
     argv = sys.argv[1:] if argv is None else argv
     try:
         code = run(argv)

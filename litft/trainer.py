@@ -2,21 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Literal, Union
+from typing import Union
 
 import lightning.pytorch as L
 from lightning.pytorch.accelerators import Accelerator
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, ProgressBar
 
 from litft.strategies import trainer_kwargs
+from litft.shims.lightning import PRECISION_INPUT
 from litft.slurm import check_allocation
 from litft.callbacks.preemption import slurm_plugins
-
-_Precision = Union[
-    Literal["auto", "32-true", "bf16-mixed", "bf16-true", "16-mixed", "16-true", "64-true"],
-    Literal[32, 16, 64, "32", "16", "64", "bf16"],
-]
-
 
 def default_callbacks(enable_checkpointing: bool = True) -> list[Callback]:
     """Callbacks every litft run has unless the config already lists one of the same class."""
@@ -50,7 +45,7 @@ class LitFTTrainer(L.Trainer):
         self,
         *args,
         accelerator: Union[str, Accelerator] = "auto",
-        precision: _Precision = "auto",
+        precision: PRECISION_INPUT = "auto",
         callbacks: Union[list[Callback], Callback, None] = None,
         **kwargs,
     ):
@@ -67,6 +62,9 @@ class LitFTTrainer(L.Trainer):
             # Inside SLURM: Lightning's auto-requeue off (it saves inside the signal handler); Preemption does it.
             plugins=slurm_plugins(kwargs.pop("plugins", None)),
         )
+        if kwargs.get("enable_model_summary") is None:
+            # litft logs the trainable/total parameter counts itself; Lightning's table adds a "FLOPs 0" column.
+            kwargs["enable_model_summary"] = False
         callbacks = [callbacks] if isinstance(callbacks, Callback) else list(callbacks or [])
         for extra in default_callbacks(kwargs.get("enable_checkpointing") is not False):
             kind = ProgressBar if isinstance(extra, ProgressBar) else ModelCheckpoint if isinstance(extra, ModelCheckpoint) else type(extra)

@@ -154,6 +154,34 @@ def test_qlora_4bit_trains_on_cpu(tiny_llama, tmp_path):
     assert losses[-1] < losses[0] - 0.5, losses
 
 
+def test_qlora_gradients_unchanged_by_validation(tiny_llama):
+    """bitsandbytes repacks 4-bit weights for inference in an eval forward on AVX512-BF16 CPUs and its
+    packed path has no autograd: a training step after validation must still reach every adapter."""
+    module = LitFTModule(
+        tiny_llama, quantization=QuantizationConfig(bits=4, quant_type="nf4", double_quant=True),
+        lora=LoraConfig(r=8, alpha=16, dropout=0.0, target_modules="all"),
+    )
+    module.configure_model()
+    batch = _batch(module.tokenizer, 2, 12, seed=5)
+    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+
+    def grads():
+        module.model.zero_grad(set_to_none=True)
+        module.model(**inputs, labels=batch["labels"]).loss.backward()
+        return {n: p.grad.clone() for n, p in module.model.named_parameters() if p.requires_grad and p.grad is not None}
+
+    before = grads()
+    module.model.eval()
+    with torch.no_grad():
+        module.model(**inputs)
+    module.model.train()
+    after = grads()
+    trainable = [n for n, p in module.model.named_parameters() if p.requires_grad]
+    assert sorted(before) == sorted(after) == sorted(trainable)
+    for name in trainable:
+        torch.testing.assert_close(after[name], before[name], rtol=0, atol=0, msg=name)
+
+
 def test_quantization_without_lora_is_refused(tiny_llama):
     with pytest.raises(LitFTError, match="needs model.lora"):
         LitFTModule(tiny_llama, quantization=QuantizationConfig(), lora=None)

@@ -111,14 +111,12 @@ def test_broken_torch_npu_import_never_crashes(tmp_path, monkeypatch, body):
         npu_mod._import_torch_npu.cache_clear()
 
 
-def test_import_litft_turns_torch_autoload_off_unless_set():
-    code = "import litft, os; import torch; print(os.environ['TORCH_DEVICE_BACKEND_AUTOLOAD'])"
+def test_import_litft_changes_no_process_wide_setting():
+    """torch's out-of-tree backend autoload stays as the user left it (litft imports torch_npu itself, guarded)."""
+    code = "import os; before = dict(os.environ); import litft, litft.cli; print(dict(os.environ) == before)"
     env = {k: v for k, v in os.environ.items() if k != "TORCH_DEVICE_BACKEND_AUTOLOAD"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "0"
-    env["TORCH_DEVICE_BACKEND_AUTOLOAD"] = "1"
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "1"
+    assert out.stdout.strip().splitlines()[-1] == "True"
 
 
 # --- device parsing and ASCEND_RT_VISIBLE_DEVICES ------------------------------------------------------------

@@ -151,8 +151,13 @@ class LitFTModule(L.LightningModule):
                 use_gradient_checkpointing=self.gradient_checkpointing,
                 gradient_checkpointing_kwargs={"use_reentrant": False},
             )
+            # Validation must not switch the 4-bit weights to bitsandbytes' inference-only CPU layout.
+            from litft.shims.bitsandbytes import keep_4bit_weights_trainable
+
+            keep_4bit_weights_trainable(model)
         elif self.gradient_checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+            enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if self.lora is not None:
             # ZeRO-3 partitions parameters at init; PEFT's adapter dtype autocast trips its dtype check there.
             model = apply_lora(model, self.lora, autocast_adapter_dtype=not self._zero3_or_fsdp())
