@@ -13,6 +13,7 @@ from litft.shims.lightning import PRECISION_INPUT
 from litft.slurm import check_allocation
 from litft.callbacks.preemption import slurm_plugins
 
+
 def default_callbacks(enable_checkpointing: bool = True) -> list[Callback]:
     """Callbacks every litft run has unless the config already lists one of the same class."""
     from litft.callbacks.adapter import SaveAdapter

@@ -125,7 +125,7 @@ def test_trainer_in_slurm_turns_lightnings_requeue_off_and_records_signals(monke
     before = {s: signal.getsignal(s) for s in (signal.SIGUSR1, signal.SIGTERM)}
     trainer = LitFTTrainer(accelerator="cpu", devices=1, num_nodes=1, logger=False)
     try:
-        env = trainer._accelerator_connector.cluster_environment
+        env = trainer.strategy.cluster_environment
         assert isinstance(env, SLURMEnvironment) and env.auto_requeue is False
         [pre] = [c for c in trainer.callbacks if isinstance(c, Preemption)]
         os.kill(os.getpid(), signal.SIGUSR1)
