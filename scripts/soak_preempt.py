@@ -161,7 +161,10 @@ class Soak:
         return self.job_info(job).get("JobState", "")
 
     def step_running(self, job: str) -> bool:
-        return bool(self.sh("squeue", "-h", "-s", "-j", job, "-o", "%i", check=False).strip())
+        """The job step that srun starts (``<job>.0``) runs: signals reach the ranks from now on (before, only the
+        batch script exists, and scancel --signal does not signal it)."""
+        steps = self.sh("squeue", "-h", "-s", "-j", job, "-o", "%i", check=False).split()
+        return any(re.fullmatch(rf"{job}\.\d+", s) for s in steps)
 
     # -- jobs ----------------------------------------------------------------------------------------------------
     def submit(self, name: str) -> tuple[str, Path]:
