@@ -5,6 +5,7 @@
   on the uninterrupted run's adapter is tests/test_distributed.py's).
 - ``LitFTCheckpoint(save_adapter=True)`` under ZeRO-3 writes the real adapter weights (gathered from the shards),
   equal to the adapter written at the end of fit.
+- The link swap itself (litft/strategies/checkpointing.py), in one process with a stand-in for the DeepSpeed save.
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ from safetensors.torch import load_file
 
 from tests.helpers import write_alpaca
 
-pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -82,6 +82,8 @@ def _weights(folder: Path) -> dict[str, torch.Tensor]:
     return load_file(str(folder / "adapter_model.safetensors"))
 
 
+@pytest.mark.slow
+@pytest.mark.distributed
 def test_deepspeed_save_killed_mid_write_keeps_previous_and_resumes(tmp_path, tiny_llama):
     from litft.resume import newest_checkpoint
 
@@ -104,3 +106,51 @@ def test_deepspeed_save_killed_mid_write_keeps_previous_and_resumes(tmp_path, ti
     final, at_4 = _weights(out / "adapter"), _weights(out / "checkpoints" / "last-adapter")
     assert set(final) == set(at_2) == set(at_4)
     assert all(torch.equal(at_4[k], final[k]) and not torch.equal(at_2[k], final[k]) for k in final)
+
+
+class _OneRank:
+    """The strategy calls atomic_save makes, for one process."""
+
+    is_global_zero = True
+
+    def broadcast(self, obj):
+        return obj
+
+    def barrier(self, name=None):
+        pass
+
+
+def _fake_ds_save(checkpoint: dict, folder: str) -> None:
+    """What a DeepSpeed save writes (a folder with ``latest`` and the tag's files)."""
+    (Path(folder) / "checkpoint").mkdir(parents=True)
+    (Path(folder) / "latest").write_text("checkpoint")
+    torch.save({"global_step": checkpoint["global_step"], "dp_world_size": 1},
+               Path(folder) / "checkpoint" / "mp_rank_00_model_states.pt")
+    torch.save({}, Path(folder) / "checkpoint" / "zero_pp_rank_0_mp_rank_00_optim_states.pt")
+
+
+def test_atomic_save_swaps_a_link_and_a_failed_save_leaves_the_previous(tmp_path, monkeypatch):
+    from litft.resume import newest_checkpoint
+    from litft.strategies import checkpointing
+
+    target = tmp_path / "checkpoints" / "last.ckpt"
+    # A real folder written by an older litft is replaced once, by the link.
+    _fake_ds_save({"global_step": 1}, str(target))
+    checkpointing.atomic_save(_OneRank(), _fake_ds_save, {"global_step": 2}, target)
+    assert target.is_symlink() and newest_checkpoint(tmp_path) == (target, 2)
+    first = target.resolve()
+
+    def crash(tmp):
+        raise KeyboardInterrupt("killed inside the save")
+
+    monkeypatch.setattr(checkpointing, "before_commit", crash)
+    with pytest.raises(KeyboardInterrupt):
+        checkpointing.atomic_save(_OneRank(), _fake_ds_save, {"global_step": 3}, target)
+    assert target.resolve() == first and newest_checkpoint(tmp_path) == (target, 2)
+    monkeypatch.setattr(checkpointing, "before_commit", None)
+    checkpointing.atomic_save(_OneRank(), _fake_ds_save, {"global_step": 4}, target)
+    assert newest_checkpoint(tmp_path) == (target, 4)
+    # The previous folder and the killed save's leftover are gone; only the link and its folder remain.
+    assert sorted(p.name for p in target.parent.iterdir()) == sorted(["last.ckpt", target.resolve().name])
+    checkpointing.remove(target)
+    assert list(target.parent.iterdir()) == []
