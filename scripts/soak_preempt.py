@@ -295,8 +295,9 @@ def stop_cluster(env: dict[str, str]) -> None:
 
 
 def run(trials: int, strategy: str, kinds: list[str], seed: int, steps: int, bound: float, root: Path,
-        env: dict[str, str], log=print, training_only: bool = False, parallel: int = 1) -> list[dict]:
-    """``trials`` jobs, each interrupted once at a random moment: in 1 of 5 (unless ``training_only``) during
+        env: dict[str, str], log=print, training_only: bool = False, parallel: int = 1,
+        setup_fraction: float = 0.2) -> list[dict]:
+    """``trials`` jobs, each interrupted once at a random moment: in ``setup_fraction`` of them (unless ``training_only``) during
     start-up (imports, data preparation, model loading: timed on the reference run), else at a random optimizer
     step before the last. ``parallel`` jobs at a time (the reference among them when ``training_only``). Returns
     one dict per trial (``equal``: the final adapter has the reference's bytes)."""
@@ -311,7 +312,7 @@ def run(trials: int, strategy: str, kinds: list[str], seed: int, steps: int, bou
     plans = []
     for i in range(trials):
         kind = kinds[i % len(kinds)]
-        if not training_only and rng.random() < 0.2:  # python start-up, data preparation, model loading
+        if not training_only and rng.random() < setup_fraction:  # python start-up, data preparation, model loading
             target = ("setup", round(rng.uniform(0, first), 1))
         else:  # a step well before the last one (a signal at the last step just lets the job finish)
             target = ("step", rng.randrange(0, max(1, steps - 3)))
@@ -343,6 +344,8 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=16, help="max_steps of each job")
     parser.add_argument("--bound", type=float, default=120, help="seconds a job may take to requeue or end")
     parser.add_argument("--parallel", type=int, default=1, help="jobs at a time (each takes 1 CPU on each node)")
+    parser.add_argument("--setup_fraction", type=float, default=0.2,
+                        help="share of trials interrupted during start-up (imports, data, model) instead of a step")
     parser.add_argument("--slurm-conf", default=None, help="use this running cluster instead of starting one")
     parser.add_argument("--keep", default=None, help="work folder to keep (default: a temporary one, removed)")
     args = parser.parse_args(argv)
@@ -360,7 +363,7 @@ def main(argv=None) -> int:
     env = {**env, "DS_ACCELERATOR": "cpu", "MASTER_ADDR": "127.0.0.1"}
     try:
         results = run(args.trials, args.strategy, kinds, args.seed, args.steps, args.bound, root, env,
-                      parallel=args.parallel)
+                      parallel=args.parallel, setup_fraction=args.setup_fraction)
     finally:
         if cluster_dir is not None:
             stop_cluster(env)
