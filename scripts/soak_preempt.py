@@ -297,9 +297,9 @@ def stop_cluster(env: dict[str, str]) -> None:
 def run(trials: int, strategy: str, kinds: list[str], seed: int, steps: int, bound: float, root: Path,
         env: dict[str, str], log=print, training_only: bool = False, parallel: int = 1,
         setup_fraction: float = 0.2) -> list[dict]:
-    """``trials`` jobs, each interrupted once at a random moment: in ``setup_fraction`` of them (unless ``training_only``) during
-    start-up (imports, data preparation, model loading: timed on the reference run), else at a random optimizer
-    step before the last. ``parallel`` jobs at a time (the reference among them when ``training_only``). Returns
+    """``trials`` jobs, each interrupted once at a random moment: in ``setup_fraction`` of them (unless
+    ``training_only``) during start-up (imports, data preparation, model loading: timed on the reference run),
+    else at a random optimizer step before the last. ``parallel`` jobs at a time (the reference among them when ``training_only``). Returns
     one dict per trial (``equal``: the final adapter has the reference's bytes)."""
     rng = random.Random(seed)
     soak = Soak(root, env, strategy, steps, bound, log)
