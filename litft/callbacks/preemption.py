@@ -154,14 +154,15 @@ class Preemption(pl.Callback):
         self.preempted = True
         name = signal.Signals(self.requested).name if self.requested else "a signal on another rank"
         if trainer.is_global_zero:
-            log.info("Preemption (%s): saving a checkpoint at step %d", name, trainer.global_step)
+            log.info("Preemption (%s) at step %d", name, trainer.global_step)
         # Step 0 (signalled before the first step of a fresh run): nothing to save, the requeued job starts from
         # step 0 exactly as this one did (a step-0 checkpoint would hold the RNG state from before the data
         # loader's iterator was created, which a resumed run restores after creating its own).
         path = save_now(trainer) if trainer.global_step > 0 else None
         trainer.strategy.barrier("litft-preemption-saved")
-        if trainer.is_global_zero and path:
-            log.info("Checkpoint at step %d: %s", trainer.global_step, path)
+        if trainer.is_global_zero:
+            if path:
+                log.info("Checkpoint at step %d: %s", trainer.global_step, path)
             job = slurm_job_id()
             if self.requeue and job is not None and SLURMEnvironment.detect():
                 self._requeue(job)
