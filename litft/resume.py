@@ -61,7 +61,7 @@ def candidates(root: Path) -> list[Path]:
 
 
 def newest_checkpoint(root: Any) -> Optional[tuple[Path, int]]:
-    """(path, global step) of the newest loadable checkpoint under ``root``; unloadable ones are skipped with a warning."""
+    """(path, global step) of the newest loadable checkpoint under ``root``; unloadable ones are skipped, warned."""
     best: Optional[tuple[int, float, Path]] = None
     for path in candidates(Path(root)):
         try:

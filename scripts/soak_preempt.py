@@ -181,7 +181,8 @@ class Soak:
                 "precision": "32-true", "max_steps": self.steps, "val_check_interval": 4, "logger": False,
                 "enable_progress_bar": False, "enable_model_summary": False, "log_every_n_steps": 1,
                 "callbacks": [
-                    {"class_path": "litft.callbacks.checkpoint.LitFTCheckpoint", "init_args": {"every_n_train_steps": 3}},
+                    {"class_path": "litft.callbacks.checkpoint.LitFTCheckpoint",
+                     "init_args": {"every_n_train_steps": 3}},
                     {"class_path": "soak_preempt.PhaseLog",
                      "init_args": {"folder": str(out / "phase"), "pause_s": self.pause_s}},
                 ],
@@ -299,7 +300,8 @@ def run(trials: int, strategy: str, kinds: list[str], seed: int, steps: int, bou
         setup_fraction: float = 0.2) -> list[dict]:
     """``trials`` jobs, each interrupted once at a random moment: in ``setup_fraction`` of them (unless
     ``training_only``) during start-up (imports, data preparation, model loading: timed on the reference run),
-    else at a random optimizer step before the last. ``parallel`` jobs at a time (the reference among them when ``training_only``). Returns
+    else at a random optimizer step before the last. ``parallel`` jobs at a time (the reference among them when
+    ``training_only``). Returns
     one dict per trial (``equal``: the final adapter has the reference's bytes)."""
     rng = random.Random(seed)
     soak = Soak(root, env, strategy, steps, bound, log)
