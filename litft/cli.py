@@ -104,6 +104,9 @@ def _setup_logging() -> None:
         handler.setFormatter(logging.Formatter("[litft] %(message)s"))
         handler._litft = True
         log.addHandler(handler)
+        from litft.slurm import setup_rank_logs
+
+        setup_rank_logs(log)  # inside a SLURM task started by the sbatch template: one log per rank
     log.setLevel(logging.INFO)
 
 

@@ -4,10 +4,11 @@ One template serves three variants (cpu, gpu, npu); `slurm/gpu.sbatch` and `slur
 template rendered with :func:`template_spec` (a test keeps them in sync). Rendezvous and requeue are
 Lightning's (`SLURMEnvironment`): every task started by `srun` reads its rank from SLURM, the main
 address comes from `MASTER_ADDR` (the template sets it to the first node of the allocation), the port is
-15000 + the last 4 digits of the job id unless `MASTER_PORT` is set. On `SIGUSR1` (sent 90 s before the
-time limit by `--signal=SIGUSR1@90`, or by `scancel --signal=USR1 JOBID`) every rank saves
-`<default_root_dir>/hpc_ckpt_N.ckpt`, rank 0 runs `scontrol requeue`, and the requeued job resumes from
-the newest `hpc_ckpt_*.ckpt`.
+15000 + the last 4 digits of the job id unless `MASTER_PORT` is set. Lightning's own requeue handler is
+off (litft/callbacks/preemption.py): `SIGUSR1` (sent 90 s before the time limit by `--signal=SIGUSR1@90`, or
+by `scancel --signal=USR1 JOBID`) and `SIGTERM` only set a flag; at the next step boundary the ranks agree,
+save `<output_dir>/checkpoints/last.ckpt`, rank 0 runs `scontrol requeue`, and the requeued job resumes from
+the newest checkpoint in the output folder (litft/resume.py).
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from dataclasses import dataclass, field
 from litft.errors import LitFTError
 
 VARIANTS = ("cpu", "gpu", "npu")
+DEFAULT_CPUS_PER_TASK = 8
+"""CPUs per task (per device) on gpu/npu nodes when none is given: data loading and tokenization run on them."""
 
 # Job names with which Lightning deliberately ignores SLURM (interactive allocations).
 _INTERACTIVE_JOB_NAMES = ("bash", "interactive")
@@ -43,6 +46,10 @@ class SbatchSpec:
     """#SBATCH --partition; None: the cluster's default partition."""
     time: str | None = None
     """#SBATCH --time, e.g. 1-00:00:00; None: the partition's default limit."""
+    cpus_per_task: int | None = None
+    """#SBATCH --cpus-per-task (data loading, tokenization); None: 8 for gpu/npu, none asked for cpu."""
+    mem: str | None = None
+    """#SBATCH --mem per node, e.g. 200G; None: 0 (all of the node's memory) for gpu/npu, none asked for cpu."""
     log_dir: str | None = None
     """Folder of the per-job log <job_name>-<job id>.out (must exist); None: the submission folder."""
     workdir: str | None = None
@@ -74,6 +81,13 @@ def render_sbatch(spec: SbatchSpec) -> str:
         sb.append(f"--gres=gpu:{spec.devices}")
     elif spec.variant == "npu":
         sb.append(f"--gres=npu:{spec.devices}")
+    accel = spec.variant in ("gpu", "npu")
+    cpus = spec.cpus_per_task if spec.cpus_per_task is not None else (DEFAULT_CPUS_PER_TASK if accel else None)
+    mem = spec.mem if spec.mem is not None else ("0" if accel else None)
+    if cpus is not None:
+        sb.append(f"--cpus-per-task={cpus}")
+    if mem is not None:
+        sb.append(f"--mem={mem}")
     if spec.partition:
         sb.append(f"--partition={spec.partition}")
     if spec.time:
@@ -89,30 +103,43 @@ def render_sbatch(spec: SbatchSpec) -> str:
     config_line = (
         f"CONFIG=${{1:-{q(spec.config)}}}" if spec.config else f'CONFIG=${{1:?"{usage}"}}'
     )
+    rank_logs = f"{spec.log_dir.rstrip('/')}/%x-%j" if spec.log_dir else "%x-%j"
+    rank_logs = rank_logs.replace("%x", "${SLURM_JOB_NAME}").replace("%j", "${SLURM_JOB_ID}")
     lines = [
         "#!/bin/bash",
         f"# litft on SLURM ({spec.variant}): one task per device, started by srun.",
         "# --nodes must equal trainer.num_nodes and --ntasks-per-node trainer.devices (litft checks both).",
-        "# SIGUSR1 90 s before the time limit: Lightning saves hpc_ckpt_N.ckpt in the output dir and requeues",
-        "# the job, which resumes from it.",
+        "# SIGUSR1 90 s before the time limit (or SIGTERM): at the next step boundary litft saves checkpoints/",
+        "# last.ckpt and requeues the job, which resumes from the newest checkpoint. A rank that dies ends the",
+        "# job at once (--kill-on-bad-exit); --cpus-per-task and --mem: see slurm/README.md.",
         *(f"#SBATCH {s}" for s in sb),
         "set -euo pipefail",
         "",
         config_line,
         f"PYTHON=${{PYTHON:-{q(spec.python)}}}",
+        "# One log per rank in this folder (rank<N>.log); the job log above shows rank 0 only.",
+        f'export LITFT_LOG_DIR=${{LITFT_LOG_DIR:-"{rank_logs}"}}',
+        'mkdir -p "$LITFT_LOG_DIR"',
         "",
     ]
     if spec.variant == "npu":
         lines += [
             "# Ascend CANN: runtime, compiler and HCCL libraries (ASCEND_TOOLKIT_HOME overrides the path).",
+            "# HCCL timeouts are CANN's defaults unless exported before sbatch.",
             "set +u",
             'source "${ASCEND_TOOLKIT_HOME:-/usr/local/Ascend/ascend-toolkit}/set_env.sh"',
             "set -u",
-            "# Cards 0..D-1 of each node; task i uses card i (SLURM_LOCALID). Ids must be ascending.",
-            'export ASCEND_RT_VISIBLE_DEVICES=${ASCEND_RT_VISIBLE_DEVICES:-$(seq -s, 0 $((SLURM_NTASKS_PER_NODE - 1)))}',
-            "# Collectives over HCCL (litft's npu accelerator uses backend hccl); slow first rendezvous is normal.",
-            "export HCCL_CONNECT_TIMEOUT=${HCCL_CONNECT_TIMEOUT:-1200}",
-            "export HCCL_EXEC_TIMEOUT=${HCCL_EXEC_TIMEOUT:-1200}",
+            "# The cards SLURM allocated: the site's ASCEND_RT_VISIBLE_DEVICES, else the ids SLURM gives for the",
+            "# gres (sites that declare NPUs as gpu gres), else all cards of the node; task i uses the i-th (SLURM_LOCALID).",
+            'NPU_IDS=${ASCEND_RT_VISIBLE_DEVICES:-${SLURM_STEP_GPUS:-${SLURM_JOB_GPUS:-}}}',
+            'if [[ -n $NPU_IDS ]]; then export ASCEND_RT_VISIBLE_DEVICES=$NPU_IDS; fi',
+            "# HCCL's host network: the interface of the default route unless HCCL_SOCKET_IFNAME is exported.",
+            "if [[ -z ${HCCL_SOCKET_IFNAME:-} ]]; then",
+            "  IFACE=$(ip -o -4 route show to default 2>/dev/null | awk '{print $5; exit}' || true)",
+            '  if [[ -n $IFACE ]]; then export HCCL_SOCKET_IFNAME=$IFACE; fi',
+            "fi",
+            "# CANN's device logs (plog) next to the job's logs, not in $HOME/ascend/log.",
+            'export ASCEND_PROCESS_LOG_PATH=${ASCEND_PROCESS_LOG_PATH:-$LITFT_LOG_DIR/ascend}',
             "",
         ]
     lines += [
@@ -210,3 +237,33 @@ def variant_for(accelerator: object) -> str:
         return "cpu"
     return "gpu"
 
+
+
+def setup_rank_logs(logger, env: Mapping[str, str] | None = None) -> str | None:
+    """Per-rank logs inside a SLURM task when ``LITFT_LOG_DIR`` is set (the sbatch template sets it).
+
+    Rank 0 keeps the console (the job log) and also writes litft's messages to ``<dir>/rank0.log``; every other
+    rank's whole output (stdout and stderr: logs, warnings, tracebacks) goes to ``<dir>/rank<N>.log`` instead of
+    the console, so the job log shows each INFO line once. Returns the rank's log path (None: nothing done).
+    """
+    import logging
+    import sys
+
+    env = os.environ if env is None else env
+    folder, rank = env.get("LITFT_LOG_DIR"), env.get("SLURM_PROCID")
+    if not folder or rank is None or ("SLURM_STEP_ID" not in env and "SLURM_STEPID" not in env):
+        return None
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, f"rank{rank}.log")
+    if rank == "0":
+        handler = logging.FileHandler(path)
+        handler.setFormatter(logging.Formatter("%(asctime)s [litft] %(message)s"))
+        logger.addHandler(handler)
+        return path
+    sys.stdout.flush()
+    sys.stderr.flush()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+    return path

@@ -11,6 +11,8 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint, ProgressBar
 from litft.strategies import trainer_kwargs
 from litft.shims.lightning import PRECISION_INPUT
 from litft.slurm import check_allocation
+from litft.callbacks.preemption import slurm_plugins
+
 
 def default_callbacks(enable_checkpointing: bool = True) -> list[Callback]:
     """Callbacks every litft run has unless the config already lists one of the same class."""
@@ -19,7 +21,9 @@ def default_callbacks(enable_checkpointing: bool = True) -> list[Callback]:
     from litft.callbacks.plot import LossPlot
     from litft.callbacks.throughput import Throughput
 
-    callbacks: list[Callback] = [SaveAdapter(), LossPlot(), Throughput()]
+    from litft.callbacks.preemption import Preemption
+
+    callbacks: list[Callback] = [SaveAdapter(), LossPlot(), Throughput(), Preemption()]
     if enable_checkpointing:
         callbacks.append(LitFTCheckpoint(every_n_train_steps=100))
     try:
@@ -56,7 +60,8 @@ class LitFTTrainer(L.Trainer):
             strategy=kwargs.pop("strategy", "auto"),
             devices=kwargs.pop("devices", "auto"),
             num_nodes=kwargs.pop("num_nodes", 1),
-            plugins=kwargs.pop("plugins", None),
+            # Inside SLURM: Lightning's auto-requeue off (it saves inside the signal handler); Preemption does it.
+            plugins=slurm_plugins(kwargs.pop("plugins", None)),
         )
         if kwargs.get("enable_model_summary") is None:
             # litft logs the trainable/total parameter counts itself; Lightning's table adds a "FLOPs 0" column.
@@ -69,3 +74,21 @@ class LitFTTrainer(L.Trainer):
             if not any(isinstance(c, kind) for c in callbacks):
                 callbacks.append(extra)
         super().__init__(*args, callbacks=callbacks, **resolved, **kwargs)
+        from lightning.fabric.plugins.environments import SLURMEnvironment
+
+        from litft.callbacks.preemption import Preemption
+
+        if SLURMEnvironment.detect():  # elsewhere at fit's setup (a Trainer that never fits leaves signals alone)
+            for cb in callbacks:
+                if isinstance(cb, Preemption):
+                    cb.install()  # now: a signal during data preparation or model loading is kept for training
+
+    def fit(self, model, train_dataloaders=None, val_dataloaders=None, datamodule=None, ckpt_path=None, **kwargs):
+        """Lightning's fit; ``ckpt_path="last"`` (and, inside SLURM, no ckpt_path) resumes from the newest loadable
+        checkpoint in the output folder, whatever its kind (litft.resume)."""
+        from lightning.fabric.plugins.environments import SLURMEnvironment
+
+        from litft.resume import resolve_ckpt_path
+
+        ckpt_path = resolve_ckpt_path(ckpt_path, self.default_root_dir, SLURMEnvironment.detect())
+        return super().fit(model, train_dataloaders, val_dataloaders, datamodule, ckpt_path, **kwargs)

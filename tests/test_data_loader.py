@@ -38,7 +38,8 @@ def test_resume_mid_epoch_gives_exact_next_batch():
     it = iter(a)
     seen = [_first_col(next(it)) for _ in range(3)]
     state = a.state_dict()
-    assert state == {"epoch": 0, "batches_consumed": 3, "seed": 7}
+    assert state == {"epoch": 0, "batches_consumed": 3, "seed": 7, "world_size": 1, "batch_size": 3, "num_rows": 23,
+                     "grouped": 0}
     b = _loader(rows)
     b.load_state_dict(state)
     rest = [_first_col(x) for x in b]

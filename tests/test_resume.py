@@ -77,3 +77,45 @@ def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path, tiny_qwen2):
     assert _losses(cut_rec) == full_losses[:5]
     adapter = "adapter/adapter_model.safetensors"
     assert (tmp_path / "cut" / adapter).read_bytes() == (tmp_path / "full" / adapter).read_bytes()
+
+
+def _loader(rows, batch_size, rank=0, world=1, lengths=None):
+    from litft.data.collate import PadCollator
+    from litft.data.loader import ResumableBatchSampler, ResumableLoader
+
+    sampler = ResumableBatchSampler(len(rows), batch_size, seed=3, rank=rank, world_size=world, lengths=lengths)
+    return ResumableLoader(rows, [1] * len(rows), PadCollator(0), sampler)
+
+
+def _ids(batch) -> list[int]:
+    return batch["input_ids"][:, 0].tolist()
+
+
+def test_one_process_continues_a_two_process_run_at_the_same_global_sample():
+    from litft.errors import LitFTError
+
+    rows = [{"input_ids": [i, i], "labels": [i, i]} for i in range(24)]
+    # The uninterrupted 2-rank run: global batch k = batch k of rank 0 + batch k of rank 1 (2 x 2 samples).
+    ranks = [[_ids(b) for b in _loader(rows, 2, rank=r, world=2)] for r in range(2)]
+    global_batches = [sorted(a + b) for a, b in zip(*ranks)]
+    # Rank 0 consumed 3 batches (12 samples) when the checkpoint was written (Lightning saves rank 0's state).
+    two = _loader(rows, 2, rank=0, world=2)
+    it = iter(two)
+    for _ in range(3):
+        next(it)
+    state = two.state_dict()
+    # One process with batch 4 (the same global batch) continues at global sample 12: no sample skipped or repeated.
+    one = _loader(rows, 4)
+    one.load_state_dict(state)
+    assert [sorted(_ids(b)) for b in one] == global_batches[3:]
+    # Batch 8 (12 is not a multiple of 8) or length-grouped batches cannot continue there: a one-line error.
+    for batch, lengths in ((8, None), (4, [1 + i % 3 for i in range(24)])):
+        other = _loader(rows, batch, lengths=lengths)
+        with pytest.raises(LitFTError, match=r"cannot resume at the same sample: the checkpoint was written by 2 "
+                                             r"rank\(s\) x data.batch_size 2 after 12 samples of epoch 0") as err:
+            other.load_state_dict(state)
+        assert "\n" not in str(err.value)
+    # 2 ranks x batch 1 (global 2 divides 12): continues at batch 6 of each rank.
+    half = _loader(rows, 1, rank=1, world=2)
+    half.load_state_dict(state)
+    assert half.state_dict()["batches_consumed"] == 6

@@ -110,6 +110,65 @@ def test_trainer_refuses_mismatch_before_lightning(monkeypatch):
         LitFTTrainer(accelerator="cpu", devices=1, num_nodes=2, logger=False)
 
 
+def test_trainer_in_slurm_turns_lightnings_requeue_off_and_records_signals(monkeypatch):
+    """Inside a job step: SLURMEnvironment(auto_requeue=False) (no save inside Lightning's signal handler), and
+    litft's recording handlers from the Trainer's construction on (a signal during data preparation is kept)."""
+    import signal
+
+    from lightning.fabric.plugins.environments import SLURMEnvironment
+
+    from litft.callbacks.preemption import Preemption
+    from litft.trainer import LitFTTrainer
+
+    for key, value in _job(SLURM_NODEID="0").items():
+        monkeypatch.setenv(key, value)
+    before = {s: signal.getsignal(s) for s in (signal.SIGUSR1, signal.SIGTERM)}
+    trainer = LitFTTrainer(accelerator="cpu", devices=1, num_nodes=2, strategy="ddp", logger=False)
+    [pre] = [c for c in trainer.callbacks if isinstance(c, Preemption)]
+    try:
+        env = trainer.strategy.cluster_environment
+        assert isinstance(env, SLURMEnvironment) and env.auto_requeue is False
+        os.kill(os.getpid(), signal.SIGUSR1)
+        assert pre.requested == signal.SIGUSR1
+    finally:
+        pre.restore()
+    assert {s: signal.getsignal(s) for s in before} == before
+
+
+def test_dist_timeout_is_bounded_and_configurable(monkeypatch):
+    from datetime import timedelta
+
+    from litft.strategies import LitFTDDPStrategy
+    from litft.strategies.timeout import dist_timeout
+
+    monkeypatch.delenv("LITFT_DIST_TIMEOUT", raising=False)
+    assert dist_timeout() == timedelta(seconds=300) and LitFTDDPStrategy()._timeout == timedelta(seconds=300)
+    monkeypatch.setenv("LITFT_DIST_TIMEOUT", "42")
+    assert LitFTDDPStrategy()._timeout == timedelta(seconds=42)
+    assert LitFTDDPStrategy(timeout=timedelta(seconds=7))._timeout == timedelta(seconds=7)
+    monkeypatch.setenv("LITFT_DIST_TIMEOUT", "soon")
+    with pytest.raises(LitFTError, match=r"^LITFT_DIST_TIMEOUT='soon': expected a number of seconds > 0$"):
+        dist_timeout()
+
+
+def test_rank_logs_rank0_console_others_to_their_file(tmp_path):
+    """Rank 1's whole output goes to <dir>/rank1.log; rank 0 keeps the console and logs litft's lines to rank0.log."""
+    code = ("import logging, sys, warnings; from litft.slurm import setup_rank_logs; "
+            "log = logging.getLogger('litft'); log.addHandler(logging.StreamHandler()); log.setLevel('INFO'); "
+            "print(setup_rank_logs(log)); log.info('hello'); print('out'); warnings.warn('careful')")
+    outputs = {}
+    for rank in ("0", "1"):
+        env = {**os.environ, **_job(SLURM_PROCID=rank), "LITFT_LOG_DIR": str(tmp_path / "logs"),
+               "PYTHONPATH": str(REPO)}
+        done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        outputs[rank] = done.stdout + done.stderr
+    assert "hello" in outputs["0"] and "out" in outputs["0"] and outputs["1"] == ""
+    rank1 = (tmp_path / "logs" / "rank1.log").read_text()
+    assert "hello" in rank1 and "out" in rank1 and "careful" in rank1
+    assert (tmp_path / "logs" / "rank0.log").read_text().endswith("[litft] hello\n")
+
+
 # --------------------------------------------------------------------------- rendering
 def _directives(script: str) -> list[str]:
     return [line.removeprefix("#SBATCH ") for line in script.splitlines() if line.startswith("#SBATCH ")]
@@ -199,11 +258,16 @@ def test_dry_run_gpu_config(tmp_path, tiny_llama, alpaca_file, fake_sbatch):
     assert done.returncode == 0, done.stderr[-3000:]
     out = tmp_path / "out"
     assert _directives(done.stdout) == [
-        "--job-name=litft", "--nodes=2", "--ntasks-per-node=4", "--gres=gpu:4", "--partition=a100",
-        "--time=02:00:00", f"--output={out}/slurm/%x-%j.out", "--open-mode=append", f"--chdir={tmp_path}",
-        "--signal=SIGUSR1@90", "--requeue",
+        "--job-name=litft", "--nodes=2", "--ntasks-per-node=4", "--gres=gpu:4", "--cpus-per-task=8", "--mem=0",
+        "--partition=a100", "--time=02:00:00", f"--output={out}/slurm/%x-%j.out", "--open-mode=append",
+        f"--chdir={tmp_path}", "--signal=SIGUSR1@90", "--requeue",
     ]
-    assert f"CONFIG=${{1:-{config}}}" in done.stdout
+    # The job trains with the resolved config written next to the script.
+    assert f"CONFIG=${{1:-{out}/slurm/litft.yaml}}" in done.stdout
+    resolved = yaml.safe_load((out / "slurm" / "litft.yaml").read_text())
+    assert resolved["trainer"]["num_nodes"] == 2 and resolved["trainer"]["devices"] == 4
+    assert resolved["model"]["name_or_path"] == tiny_llama and "dry_run" not in resolved
+    assert f'export LITFT_LOG_DIR=${{LITFT_LOG_DIR:-"{out}/slurm/${{SLURM_JOB_NAME}}-${{SLURM_JOB_ID}}"}}' in done.stdout
     assert f"PYTHON=${{PYTHON:-{sys.executable}}}" in done.stdout
     assert 'MAIN_NODE=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n1)' in done.stdout
     assert done.stdout.rstrip().endswith('srun --kill-on-bad-exit=1 "$PYTHON" -m litft fit --config "$CONFIG"')
@@ -222,18 +286,19 @@ def test_dry_run_npu_config(tmp_path, tiny_llama, alpaca_file, fake_sbatch, caps
     assert _directives(out)[:4] == ["--job-name=ascend", "--nodes=4", "--ntasks-per-node=8", "--gres=npu:8"]
     assert "--signal=SIGUSR1@90" in _directives(out) and "--requeue" in _directives(out)
     assert 'source "${ASCEND_TOOLKIT_HOME:-/usr/local/Ascend/ascend-toolkit}/set_env.sh"' in out
-    assert ("export ASCEND_RT_VISIBLE_DEVICES=${ASCEND_RT_VISIBLE_DEVICES:-$(seq -s, 0 $((SLURM_NTASKS_PER_NODE - 1)))}"
-            in out)
-    assert "export HCCL_CONNECT_TIMEOUT=${HCCL_CONNECT_TIMEOUT:-1200}" in out
+    assert "HCCL_EXEC_TIMEOUT" not in out and "HCCL_CONNECT_TIMEOUT" not in out  # CANN's defaults kept
+    assert "export ASCEND_PROCESS_LOG_PATH=${ASCEND_PROCESS_LOG_PATH:-$LITFT_LOG_DIR/ascend}" in out
     assert out.index("set_env.sh") < out.index("srun ")
     assert (tmp_path / "out" / "slurm" / "ascend.sbatch").read_text() == out
     assert not fake_sbatch.exists()
-    # The CANN block computes the visible cards from the tasks per node.
-    visible = subprocess.run(
-        ["bash", "-c", "SLURM_NTASKS_PER_NODE=8; echo $(seq -s, 0 $((SLURM_NTASKS_PER_NODE - 1)))"],
-        capture_output=True, text=True,
-    )
-    assert visible.stdout.strip() == "0,1,2,3,4,5,6,7"
+    # The cards: the site's ASCEND_RT_VISIBLE_DEVICES, else the ids SLURM allocated, else unset (all cards).
+    block = out[out.index("NPU_IDS="):out.index("# CANN's device logs")]
+    for env, expected in [({"ASCEND_RT_VISIBLE_DEVICES": "2,3"}, "2,3"), ({"SLURM_JOB_GPUS": "4,5"}, "4,5"),
+                          ({}, "unset")]:
+        visible = subprocess.run(["bash", "-c", f"set -u\n{block}\necho ${{ASCEND_RT_VISIBLE_DEVICES:-unset}} "
+                                  "${HCCL_SOCKET_IFNAME+ifname}"],
+                                 env={"PATH": os.environ["PATH"], **env}, capture_output=True, text=True)
+        assert visible.stdout.split()[0] == expected, visible.stderr
 
 
 def test_submits_with_sbatch(tmp_path, tiny_llama, alpaca_file, fake_sbatch, capsys, monkeypatch):
@@ -257,21 +322,35 @@ def test_auto_devices_need_devices_flag(tmp_path, tiny_llama, alpaca_file, fake_
     code, out, err = _run_main(["slurm", "--config", str(config), "--dry-run", "--devices", "2"], capsys)
     assert code == 0, err
     assert "--ntasks-per-node=2" in _directives(out)
-    assert out.rstrip().endswith('fit --config "$CONFIG" --trainer.devices 2')
+    assert out.rstrip().endswith('fit --config "$CONFIG"')
+    assert yaml.safe_load((tmp_path / "out" / "slurm" / "litft.yaml").read_text())["trainer"]["devices"] == 2
 
 
 @pytest.mark.parametrize(
-    "flags, message",
+    "flags, nodes, devices",
     [
-        (["--nodes", "4"], "--nodes 4 disagrees with trainer.num_nodes=2; change one of them"),
-        (["--devices", "8"], "--devices 8 disagrees with trainer.devices=1; change one of them"),
+        (["--nodes", "4"], 4, 1),
+        (["--devices", "8"], 2, 8),
+        (["--trainer.num_nodes", "3", "--trainer.devices", "4"], 3, 4),
     ],
 )
-def test_disagreement_stops_before_submission(flags, message, tmp_path, tiny_llama, alpaca_file, fake_sbatch,
-                                              capsys, monkeypatch):
+def test_flags_and_overrides_are_the_jobs_settings(flags, nodes, devices, tmp_path, tiny_llama, alpaca_file,
+                                                   fake_sbatch, capsys, monkeypatch):
+    """--nodes/--devices set the topology; every override reaches the job through the resolved config."""
     monkeypatch.chdir(tmp_path)
     config = _config(tmp_path, tiny_llama, alpaca_file, accelerator="cpu", devices=1, num_nodes=2)
-    code, out, err = _run_main(["slurm", "--config", str(config), *flags], capsys)
-    assert (code, out, err) == (2, "", f"litft: error: {config}: {message}")
+    code, out, err = _run_main(["slurm", "--config", str(config), *flags, "--trainer.max_steps", "7",
+                                "--model.lora.r", "4", "--dry-run"], capsys)
+    assert code == 0, err
+    assert _directives(out)[1:3] == [f"--nodes={nodes}", f"--ntasks-per-node={devices}"]
+    resolved = tmp_path / "out" / "slurm" / "litft.yaml"
+    assert out.rstrip().endswith('fit --config "$CONFIG"') and f"CONFIG=${{1:-{resolved}}}" in out
+    # `litft fit --config <resolved>` parses to exactly these settings (and the allocation check agrees).
+    from litft.cli import LitFTCLI
+
+    monkeypatch.delenv("SLURM_NTASKS", raising=False)
+    parsed = LitFTCLI(args=["--config", str(resolved)], run=False).config
+    assert (parsed.trainer.num_nodes, parsed.trainer.devices, parsed.trainer.max_steps, parsed.model.lora.r) == (
+        nodes, devices, 7, 4)
+    assert parsed.data.dataset == alpaca_file and parsed.output_dir == str(tmp_path / "out")
     assert not fake_sbatch.exists()
-    assert not (tmp_path / "out" / "slurm").exists()

@@ -59,6 +59,11 @@ class SaveAdapter(L.Callback):
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if getattr(pl_module, "lora", None) is None or trainer.global_step == 0:
             return
+        from litft.callbacks.preemption import find
+
+        preemption = find(trainer)
+        if preemption is not None and preemption.preempted:
+            return  # stopped early to be requeued: the resumed run writes the adapter when it finishes
         from litft.strategies import gathered_trainable_state_dict
 
         # Under ZeRO-3 each rank holds a shard of every weight: gather them (on all ranks) before saving.

@@ -44,6 +44,25 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         atomic_write(path, lambda tmp: torch.save(checkpoint, tmp))
 
 
+def use_atomic_io(trainer: "pl.Trainer") -> None:
+    """Give the trainer's strategy the atomic CheckpointIO unless it has a custom one already."""
+    strategy = trainer.strategy
+    if type(getattr(strategy, "_checkpoint_io", None) or TorchCheckpointIO()) is TorchCheckpointIO:
+        strategy.checkpoint_io = AtomicCheckpointIO()
+
+
+def save_now(trainer: "pl.Trainer") -> str:
+    """Save a resumable checkpoint now, on every rank (call it at a step boundary), through the run's
+    :class:`LitFTCheckpoint` (``last.ckpt``); without one, to ``<default_root_dir>/checkpoints/last.ckpt``."""
+    for cb in trainer.checkpoint_callbacks:
+        if isinstance(cb, LitFTCheckpoint):
+            return cb.save_last_now(trainer)
+    use_atomic_io(trainer)
+    path = os.path.join(trainer.default_root_dir, "checkpoints", "last.ckpt")
+    trainer.save_checkpoint(path)
+    return path
+
+
 def collect_rng_state() -> dict[str, Any]:
     """This process's RNG states in a form that loads with ``torch.load(weights_only=True)``."""
     kind, keys, pos, has_gauss, cached = np.random.get_state()
@@ -113,10 +132,14 @@ class LitFTCheckpoint(ModelCheckpoint):
 
     def setup(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", stage: str) -> None:
         self._default_dir(trainer)
-        strategy = trainer.strategy
-        if type(getattr(strategy, "_checkpoint_io", None) or TorchCheckpointIO()) is TorchCheckpointIO:
-            strategy.checkpoint_io = AtomicCheckpointIO()
+        use_atomic_io(trainer)
         super().setup(trainer, pl_module, stage)
+
+    def save_last_now(self, trainer: "pl.Trainer") -> str:
+        """Write ``last.ckpt`` now (all ranks; at a step boundary), unless this step is saved already."""
+        if self._last_global_step_saved != trainer.global_step or not self.last_model_path:
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        return self.last_model_path
 
     def _find_last_checkpoints(self, trainer: "pl.Trainer") -> set[str]:
         self._default_dir(trainer)
@@ -129,7 +152,10 @@ class LitFTCheckpoint(ModelCheckpoint):
 
     # -- what: RNG states of every rank --------------------------------------------------------------------------
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
-        checkpoint[RNG_KEY] = _gather(trainer, collect_rng_state())
+        # Saved right after a resume, before the first batch (a preemption at train start): the restored states
+        # are still pending and are the ones the run continues with.
+        state = self._pending_rng if self._pending_rng is not None else collect_rng_state()
+        checkpoint[RNG_KEY] = _gather(trainer, state)
 
     def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
         states = checkpoint.get(RNG_KEY)
@@ -162,11 +188,17 @@ class LitFTCheckpoint(ModelCheckpoint):
     # -- optional PEFT adapter next to each checkpoint -------------------------------------------------------------
     def _save_checkpoint(self, trainer: "pl.Trainer", filepath: str) -> None:
         super()._save_checkpoint(trainer, filepath)
-        if self.save_adapter and trainer.is_global_zero:
-            model = getattr(trainer.lightning_module, "model", None)
-            if model is not None and hasattr(model, "save_pretrained"):
+        model = getattr(trainer.lightning_module, "model", None)
+        if self.save_adapter and model is not None and hasattr(model, "save_pretrained"):
+            from litft.strategies import gathered_trainable_state_dict
+
+            # Under ZeRO-3 (and sharded FSDP) every rank holds a shard: gather on all ranks, as SaveAdapter does,
+            # so the PEFT files hold the real weights and not empty placeholders.
+            state_dict = gathered_trainable_state_dict(model)
+            if trainer.is_global_zero:
                 with atomic_dir(_adapter_dir(filepath)) as tmp:
-                    model.save_pretrained(tmp, safe_serialization=True)
+                    model.save_pretrained(tmp, safe_serialization=True, state_dict=state_dict)
+            trainer.strategy.barrier("litft-checkpoint-adapter")
 
     def _remove_checkpoint(self, trainer: "pl.Trainer", filepath: str) -> None:
         super()._remove_checkpoint(trainer, filepath)

@@ -1,9 +1,10 @@
 """``python -m litft slurm --config X.yaml``: write an sbatch script that agrees with the config, submit it.
 
-The script asks SLURM for ``trainer.num_nodes`` nodes and ``trainer.devices`` tasks per node and runs
-``srun python -m litft fit --config X.yaml`` (see litft/slurm.py and slurm/README.md). ``--nodes`` and
-``--devices`` must agree with the config; the command stops before submission when they do not. Runs on
-a login node: no Trainer, no GPU, no model weights are loaded.
+The script asks SLURM for ``--nodes`` nodes (default ``trainer.num_nodes``) and ``--devices`` tasks per node
+(default ``trainer.devices``) and runs ``srun python -m litft fit --config <job>.yaml``: the resolved config (the
+file, every command-line override and that topology) written next to the script, so the job trains with exactly
+what was asked for (see litft/slurm.py and slurm/README.md). Runs on a login node: no Trainer, no GPU, no model
+weights are loaded.
 """
 
 from __future__ import annotations
@@ -12,21 +13,33 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 from typing import Optional
 
+import yaml
+
 from litft.errors import LitFTError
-from litft.slurm import SbatchSpec, config_devices, render_sbatch, variant_for
+from litft.io import atomic_write
+from litft.slurm import SbatchSpec, device_count, render_sbatch, variant_for
 
 NEEDS_TRAINER = False
+
+# This command's own flags: not part of the config the job trains with.
+COMMAND_KEYS = ("config", "nodes", "devices", "cpus_per_task", "mem", "partition", "time", "job_name", "script",
+                "dry_run")
 
 
 def add_arguments(parser) -> None:
     parser.add_argument("--nodes", type=Optional[int], default=None,
-                        help="Nodes to ask for; must equal trainer.num_nodes (default: trainer.num_nodes).")
+                        help="Nodes to ask for; the job trains with trainer.num_nodes = this (default: trainer.num_nodes).")
     parser.add_argument("--devices", type=Optional[int], default=None,
-                        help="Tasks (devices) per node; must equal trainer.devices (required when it is 'auto').")
+                        help="Tasks (devices) per node; the job trains with trainer.devices = this (required when it "
+                             "is 'auto').")
+    parser.add_argument("--cpus_per_task", type=Optional[int], default=None,
+                        help="#SBATCH --cpus-per-task (default: 8 for gpu/npu, none for cpu; data loading and "
+                             "tokenization run on them).")
+    parser.add_argument("--mem", type=Optional[str], default=None,
+                        help="#SBATCH --mem per node, e.g. 200G (default: 0 = all of the node's memory for gpu/npu).")
     parser.add_argument("--partition", type=Optional[str], default=None, help="SLURM partition (default: the cluster's).")
     parser.add_argument("--time", type=Optional[str], default=None, help="Time limit, e.g. 1-00:00:00.")
     parser.add_argument("--job_name", type=str, default="litft", help="SLURM job name (names the log file too).")
@@ -43,47 +56,66 @@ def _config_path(cfg) -> str:
     return os.path.abspath(getattr(p, "absolute", None) or str(p))
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.chmod(tmp, 0o755)
-    os.replace(tmp, path)
+def _write_atomic(path: Path, text: str, mode: int = 0o755) -> None:
+    def write(tmp: str) -> None:
+        with open(tmp, "w") as f:
+            f.write(text)
+        os.chmod(tmp, mode)
+
+    atomic_write(path, write)
 
 
 def build_spec(cfg) -> SbatchSpec:
-    """The sbatch spec for a parsed config plus this command's flags; LitFTError when they disagree."""
+    """The sbatch spec for a parsed config plus this command's flags: ``--nodes``/``--devices`` set the topology
+    (default: trainer.num_nodes / trainer.devices); the job runs the resolved config (see :func:`resolved_config`)."""
     config = _config_path(cfg)
     trainer = cfg.trainer
-    num_nodes = int(trainer.num_nodes)
-    if cfg.nodes is not None and cfg.nodes != num_nodes:
-        raise LitFTError(
-            f"{config}: --nodes {cfg.nodes} disagrees with trainer.num_nodes={num_nodes}; change one of them"
-        )
-    devices, fit_args = config_devices(trainer.devices, cfg.devices, config)
+    nodes = int(cfg.nodes) if cfg.nodes is not None else int(trainer.num_nodes)
+    if nodes < 1:
+        raise LitFTError(f"{config}: --nodes must be >= 1, got {nodes}")
+    devices = cfg.devices if cfg.devices is not None else device_count(trainer.devices)
+    if devices is None:
+        raise LitFTError(f"{config}: trainer.devices is {trainer.devices!r}; give --devices N (tasks per node)")
     log_dir = Path(os.path.abspath(cfg.output_dir)) / "slurm"
     return SbatchSpec(
         variant=variant_for(trainer.accelerator),
-        nodes=num_nodes,
-        devices=devices,
-        config=config,
+        nodes=nodes,
+        devices=int(devices),
+        config=str(log_dir / f"{cfg.job_name}.yaml"),
         job_name=cfg.job_name,
         partition=cfg.partition,
         time=cfg.time,
+        cpus_per_task=cfg.cpus_per_task,
+        mem=cfg.mem,
         log_dir=str(log_dir),
         workdir=os.getcwd(),
         python=sys.executable,
-        fit_args=fit_args,
+    )
+
+
+def resolved_config(cli, spec: SbatchSpec) -> str:
+    """The config the job trains with, as YAML: the file, the command-line overrides, and the topology of the
+    sbatch script (trainer.num_nodes = --nodes, trainer.devices = --devices); without this command's own flags."""
+    text = cli.parser.dump(cli.config, skip_none=False)
+    data = yaml.safe_load(text)
+    for key in COMMAND_KEYS:
+        data.pop(key, None)
+    data.setdefault("trainer", {})
+    data["trainer"]["num_nodes"] = spec.nodes
+    data["trainer"]["devices"] = spec.devices
+    return f"# Written by `litft slurm` for {spec.job_name}.sbatch: the config the job trains with.\n" + yaml.safe_dump(
+        data, sort_keys=False
     )
 
 
 def run(cli) -> int:
     cfg = cli.config
     spec = build_spec(cfg)
-    text = render_sbatch(spec)
     script = Path(cfg.script) if cfg.script else Path(spec.log_dir) / f"{spec.job_name}.sbatch"
+    spec.config = str(script.with_suffix(".yaml").absolute())  # next to the script
+    text = render_sbatch(spec)
     Path(spec.log_dir).mkdir(parents=True, exist_ok=True)  # SLURM does not create the log folder
+    _write_atomic(Path(spec.config), resolved_config(cli, spec), mode=0o644)
     _write_atomic(script, text)
     if cfg.dry_run:
         sys.stdout.write(text)

@@ -21,6 +21,8 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from litft.errors import LitFTError
+
 
 class ResumableBatchSampler(Sampler[list[int]]):
     """Batches of dataset indices for one rank, deterministic in (seed, epoch)."""
@@ -145,7 +147,10 @@ class ResumableLoader:
         return len(self.batch_sampler)
 
     def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "batches_consumed": self.consumed, "seed": self.batch_sampler.seed}
+        s = self.batch_sampler
+        return {"epoch": self.epoch, "batches_consumed": self.consumed, "seed": s.seed,
+                "world_size": s.world_size, "batch_size": s.batch_size, "num_rows": s.num_rows,
+                "grouped": int(s.lengths is not None)}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         if state.get("seed", self.batch_sampler.seed) != self.batch_sampler.seed:
@@ -153,6 +158,40 @@ class ResumableLoader:
             self.epoch, self.consumed = int(state["epoch"]), 0
             return
         self.epoch, self.consumed = int(state["epoch"]), int(state["batches_consumed"])
+        s = self.batch_sampler
+        old_world, old_batch = int(state.get("world_size", s.world_size)), int(state.get("batch_size", s.batch_size))
+        if (old_world, old_batch) != (s.world_size, s.batch_size):
+            self.consumed = self._same_global_sample(state, old_world, old_batch)
+
+    def _same_global_sample(self, state: dict[str, int], old_world: int, old_batch: int) -> int:
+        """Batches of this run's sampler that cover exactly the samples a run with ``old_world`` ranks x
+        ``old_batch`` consumed in the saved epoch; LitFTError (one line) when no whole number of batches does.
+
+        Batch k of all ranks together is the k-th slice of ``old_world x old_batch`` samples of the epoch's
+        permutation (see :class:`ResumableBatchSampler`), so the position is a global sample count."""
+        s = self.batch_sampler
+        old_len = len(ResumableBatchSampler(s.num_rows, old_batch, rank=0, world_size=old_world, drop_last=s.drop_last))
+        if self.consumed >= old_len:  # the saved epoch was complete: so is it here
+            return len(s)
+        samples = self.consumed * old_batch * old_world
+        step = s.batch_size * s.world_size
+        problems = []
+        if int(state.get("num_rows", s.num_rows)) != s.num_rows:
+            problems.append(f"the training set has {s.num_rows} rows, not {state['num_rows']}")
+        if state.get("grouped") or s.lengths is not None:
+            problems.append("data.group_by_length orders batches by batch size")
+        if samples % step:
+            problems.append(f"{samples} is not a multiple of {step}")
+        if s.num_rows // old_world * old_world != s.num_rows // s.world_size * s.world_size:
+            problems.append("the rows left out of each epoch (not divisible by the number of ranks) differ")
+        if problems:
+            raise LitFTError(
+                f"cannot resume at the same sample: the checkpoint was written by {old_world} rank(s) x "
+                f"data.batch_size {old_batch} after {samples} samples of epoch {self.epoch}; this run has "
+                f"{s.world_size} rank(s) x data.batch_size {s.batch_size} ({'; '.join(problems)}). Resume with "
+                f"the same number of ranks and batch size, or with ranks x batch size dividing {samples}"
+            )
+        return samples // step
 
     def _step_targets(self, batches: list[list[int]]) -> list[int]:
         """num_target_tokens for each batch of the epoch: the sum over its accumulation group.

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from contextlib import nullcontext
-from typing import Any
+from datetime import timedelta
+from typing import Any, Optional
 
 import torch
 from lightning.fabric.utilities.distributed import _init_dist_connection
@@ -12,6 +13,7 @@ from lightning.pytorch.strategies import DDPStrategy
 from torch.nn.parallel import DistributedDataParallel
 
 from litft.accelerators.npu import npu_module
+from litft.strategies.timeout import dist_timeout
 
 BACKENDS = {"cuda": "nccl", "npu": "hccl", "cpu": "gloo"}
 """torch.distributed backend per device type (anything else falls back to gloo)."""
@@ -38,6 +40,9 @@ class LitFTDDPStrategy(DDPStrategy):
     Stock DDP wraps the model in ``torch.cuda.stream(...)`` whenever the device is not a CPU, which raises on
     the CPU-only torch of Ascend hosts, and on Lightning <= 2.5 picks gloo for unknown devices.
     """
+
+    def __init__(self, *args: Any, timeout: Optional[timedelta] = None, **kwargs: Any) -> None:
+        super().__init__(*args, timeout=timeout or dist_timeout(), **kwargs)  # bounded: litft.strategies.timeout
 
     def _get_process_group_backend(self) -> str:
         return self._process_group_backend or backend_for_device(self.root_device)

@@ -27,7 +27,9 @@ from lightning.fabric.utilities.seed import reset_seed
 from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy
 
 from litft.errors import LitFTError
+from litft.strategies import checkpointing
 from litft.strategies.ddp import backend_for_device
+from litft.strategies.timeout import dist_timeout
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +71,7 @@ class LitFTDeepSpeedStrategy(DeepSpeedStrategy):
             from litft.accelerators import resolve_accelerator
 
             pin_deepspeed_accelerator(resolve_accelerator("auto"))
+        kwargs["timeout"] = kwargs.get("timeout") or dist_timeout()  # bounded: litft.strategies.timeout
         super().__init__(*args, exclude_frozen_parameters=exclude_frozen_parameters, **kwargs)
         offload = (self.config.get("zero_optimization") or {}).get("offload_optimizer") or {}
         if offload.get("device", "none") != "none":
@@ -190,6 +193,15 @@ class LitFTDeepSpeedStrategy(DeepSpeedStrategy):
             unset_hf_deepspeed_config()
             self._hf_deepspeed_config = None
         super().teardown()
+
+    def save_checkpoint(self, checkpoint: dict, filepath: Any, storage_options: Any = None) -> None:
+        # Atomic: a new folder per save, made current by one pointer swap (litft.strategies.checkpointing).
+        save = lambda c, p: DeepSpeedStrategy.save_checkpoint(self, c, p, storage_options)  # noqa: E731
+        checkpointing.atomic_save(self, save, checkpoint, filepath)
+
+    def remove_checkpoint(self, filepath: Any) -> None:
+        if self.is_global_zero:
+            checkpointing.remove(filepath)
 
     def load_checkpoint(self, checkpoint_path: Any, weights_only: bool | None = None) -> dict[str, Any]:
         if self.exclude_frozen_parameters and self.lightning_module is not None:
