@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import importlib
 import logging
-import os
 import sys
-import tempfile
 from pathlib import Path
 from types import ModuleType
 
@@ -39,16 +37,10 @@ class SaveResolvedConfig(SaveConfigCallback):
     """Writes the resolved config to ``<output_dir>/config.yaml`` (atomically), for reproduction."""
 
     def save_config(self, trainer, pl_module, stage) -> None:
-        out = Path(trainer.default_root_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".config.", suffix=".yaml", dir=out)
-        os.close(fd)
-        try:
-            self.parser.save(self.config, tmp, overwrite=True, multifile=False)
-            os.replace(tmp, out / "config.yaml")
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        from litft.io import atomic_write
+
+        atomic_write(Path(trainer.default_root_dir) / "config.yaml",
+                     lambda tmp: self.parser.save(self.config, tmp, overwrite=True, multifile=False))
 
 
 class LitFTCLI(LightningCLI):

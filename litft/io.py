@@ -68,10 +68,12 @@ def atomic_write_text(path: PathLike, text: str, encoding: str = "utf-8") -> Pat
 
 
 @contextlib.contextmanager
-def atomic_dir(path: PathLike) -> Iterator[Path]:
+def atomic_dir(path: PathLike, *, replace: bool = True) -> Iterator[Path]:
     """Build a folder in a temporary sibling; on success it replaces ``path`` (an old ``path`` is removed after).
 
     ``with atomic_dir(out) as tmp: model.save_pretrained(tmp)``. On an exception ``path`` is left untouched.
+    replace=False: a ``path`` that exists by then (another process built the same folder first) is kept and
+    this build is dropped.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -83,12 +85,19 @@ def atomic_dir(path: PathLike) -> Iterator[Path]:
                 with open(f, "rb+") as fh:
                     os.fsync(fh.fileno())
         old = None
+        if path.exists() and not replace:
+            return
         if path.exists():
             old = path.with_name(f".{path.name}.old-{os.getpid()}")
             if old.exists():
                 shutil.rmtree(old)
             os.replace(path, old)
-        os.replace(tmp, path)
+        try:
+            os.replace(tmp, path)
+        except OSError:  # replace=False: another process's folder landed first (a non-empty target)
+            if replace or not path.exists():
+                raise
+            return
         _fsync_dir(path.parent)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)

@@ -41,3 +41,16 @@ def test_atomic_dir_swaps_and_keeps_old_on_failure(tmp_path):
         (tmp / "x.txt").write_text("three")
     assert sorted(p.name for p in out.iterdir()) == ["x.txt"]
     assert [p.name for p in tmp_path.iterdir()] == ["model"]
+
+
+def test_atomic_dir_without_replace_keeps_a_folder_another_process_built(tmp_path):
+    out = tmp_path / "converted"
+    with atomic_dir(out, replace=False) as tmp:
+        (tmp / "w").write_text("mine")
+        out.mkdir()  # another process finished the same folder first
+        (out / "w").write_text("theirs")
+    assert (out / "w").read_text() == "theirs"
+    assert [p.name for p in tmp_path.iterdir()] == ["converted"]  # no temp folder left
+    with atomic_dir(out) as tmp:  # the default replaces
+        (tmp / "w").write_text("new")
+    assert (out / "w").read_text() == "new"

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import lightning.pytorch as L
+
+from litft.io import atomic_dir
 
 log = logging.getLogger(__name__)
 
@@ -22,21 +22,9 @@ def save_adapter(pl_module, target: str | os.PathLike, state_dict: dict | None =
     if chat_template is not None:
         pl_module.tokenizer.chat_template = chat_template
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
+    with atomic_dir(target) as tmp:
         pl_module.model.save_pretrained(tmp, safe_serialization=True, state_dict=state_dict)
         pl_module.tokenizer.save_pretrained(tmp)
-        old = None
-        if target.exists():
-            old = target.with_name(f".{target.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(target, old)
-        os.replace(tmp, target)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 

@@ -24,7 +24,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -32,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from litft.errors import LitFTError
+from litft.io import atomic_dir
 
 log = logging.getLogger(__name__)
 CACHE_VERSION = 2  # 2: rows carry a length column
@@ -113,9 +113,8 @@ def build_into(
 ) -> None:
     """``build(workdir)`` → (splits, stats); store them atomically (temp folder + rename). A split is a
     ``datasets.Dataset`` or a list of row dicts; empty splits are left out. ``overwrite`` replaces a cache."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=path.name + ".tmp.", dir=path.parent))
-    try:
+    # A cache that appears meanwhile was built by another process from the same key: it is kept (replace=False).
+    with atomic_dir(path, replace=overwrite) as tmp:
         splits, stats = build(tmp / "work")
         for name, rows in splits.items():
             if rows is None or len(rows) == 0:
@@ -125,17 +124,6 @@ def build_into(
         del splits
         shutil.rmtree(tmp / "work", ignore_errors=True)
         (tmp / "stats.json").write_text(json.dumps(stats, indent=1, ensure_ascii=False), encoding="utf-8")
-        if overwrite and path.exists():
-            old = Path(tempfile.mkdtemp(prefix=path.name + ".old.", dir=path.parent))
-            os.replace(path, old / "x")
-            shutil.rmtree(old, ignore_errors=True)
-        try:
-            os.replace(tmp, path)
-        except OSError:
-            if not is_ready(path):  # not a lost race: a real error
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     path.with_name(path.name + _FAILED).unlink(missing_ok=True)
 
 

@@ -10,10 +10,9 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
+from litft.io import atomic_dir
 from litft.errors import LitFTError
 
 log = logging.getLogger(__name__)
@@ -93,18 +92,9 @@ def _convert_gguf(gguf: Path, target: Path, *, trust_remote_code: bool) -> None:
     plain.load_state_dict(loaded.state_dict(), strict=True)
     if loaded.generation_config is not None:
         plain.generation_config = loaded.generation_config
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
-    try:
+    with atomic_dir(target, replace=False) as tmp:  # another process converting the same file may win the race
         plain.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        try:
-            os.replace(tmp, target)
-        except OSError:  # another process won the race
-            if not (target / "config.json").is_file():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 _FLASH_PACKAGES = {"flash_attention_2": "flash_attn", "flash_attention_3": "flash_attn_interface"}
