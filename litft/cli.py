@@ -1,8 +1,8 @@
 """``python -m litft``: Lightning's fit / validate / test / predict, plus litft's own commands.
 
 Lightning subcommands go through :class:`LitFTCLI` (a LightningCLI). Every other command lives in
-its own module ``litft/commands/<name>.py`` with ``add_arguments(parser)``, ``run(cli)`` and
-``NEEDS_TRAINER``; it gets the same config parsing (``--config``, dotted overrides) as ``fit``.
+its own module ``litft/commands/<name>.py`` with ``add_arguments(parser)`` and ``run(cli)``; it gets the same
+config parsing (``--config``, dotted overrides) as ``fit``, and the model and data module without a Trainer.
 """
 
 from __future__ import annotations
@@ -80,7 +80,7 @@ class LitFTCLI(LightningCLI):
             self.command.add_arguments(parser)
 
     def instantiate_classes(self) -> None:
-        if self.command is None or getattr(self.command, "NEEDS_TRAINER", False):
+        if self.command is None:
             return super().instantiate_classes()
         # Commands that run no Trainer (export, generate, slurm, ...) must work on a login node without GPUs.
         self.config_init = self.parser.instantiate_classes(self.config)

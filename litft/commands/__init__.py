@@ -1,1 +1,1 @@
-"""litft's extra commands: one module each (add_arguments, run, NEEDS_TRAINER), registered in litft/cli.py."""
+"""litft's extra commands: one module each (add_arguments, run; no Trainer), registered in litft/cli.py."""

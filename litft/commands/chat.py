@@ -10,7 +10,6 @@ import sys
 
 from litft.commands.generate import add_generation_arguments, generation_kwargs, inference_model
 
-NEEDS_TRAINER = False
 
 
 def add_arguments(parser) -> None:

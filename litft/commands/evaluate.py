@@ -19,7 +19,6 @@ from litft.generation import cut_at_stop
 from litft.io import atomic_write_text
 from litft.metrics import METRICS, score
 
-NEEDS_TRAINER = False
 
 
 def add_arguments(parser) -> None:

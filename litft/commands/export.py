@@ -14,7 +14,6 @@ from typing import Optional
 from litft.errors import LitFTError
 from litft.io import atomic_dir
 
-NEEDS_TRAINER = False
 log = logging.getLogger(__name__)
 
 

@@ -11,7 +11,6 @@ from typing import Optional
 
 from litft.errors import LitFTError
 
-NEEDS_TRAINER = False
 
 
 def add_generation_arguments(parser, adapter_help: str = "PEFT adapter folder (default: the base model alone).") -> None:

@@ -18,7 +18,6 @@ from litft.commands.generate import add_generation_arguments, generation_kwargs,
 from litft.errors import LitFTError
 from litft.io import atomic_write_text
 
-NEEDS_TRAINER = False
 log = logging.getLogger(__name__)
 
 

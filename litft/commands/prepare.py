@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from litft.labels import IGNORE_INDEX
 
-NEEDS_TRAINER = False
 OPEN, CLOSE = "«", "»"
 
 

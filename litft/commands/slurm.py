@@ -22,7 +22,6 @@ from litft.errors import LitFTError
 from litft.io import atomic_write
 from litft.slurm import SbatchSpec, device_count, render_sbatch, variant_for
 
-NEEDS_TRAINER = False
 
 # This command's own flags: not part of the config the job trains with.
 COMMAND_KEYS = ("config", "nodes", "devices", "cpus_per_task", "mem", "partition", "time", "job_name", "script",

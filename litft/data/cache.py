@@ -208,7 +208,6 @@ def wait_for(
     timeout_s: float = 600.0,
     poll_s: float = 1.0,
     log_every_s: float = 60.0,
-    is_alive: Callable[[], bool] | None = None,
 ) -> None:
     """Block until ``path`` is ready. Raises the preparer's error if run ``token``'s preparation failed, and a
     one-line error naming ``data.shared_filesystem`` after ``timeout_s`` seconds without the cache appearing or
@@ -220,8 +219,6 @@ def wait_for(
         message = _failure(path, token)
         if message is not None:
             raise LitFTError(f"data preparation failed on the preparing rank: {message}")
-        if is_alive is not None and not is_alive():
-            raise LitFTError("data preparation: the preparing rank is gone")
         now = time.monotonic()
         beat = _read(alive)
         if beat is not None and beat != seen:
