@@ -112,3 +112,14 @@ def test_fit_writes_adapter_that_reproduces_the_trained_model(tmp_path, tiny_qwe
         reloaded = PeftModel.from_pretrained(base, run / "adapter").eval()(input_ids=ids).logits
     assert not torch.allclose(untouched, expected, atol=1e-4)  # training changed the model
     torch.testing.assert_close(reloaded, expected, rtol=0, atol=1e-6)
+
+
+def test_console_shows_litft_lines_not_library_noise(tmp_path, tiny_llama, alpaca_file):
+    config = write_config(tmp_path, tiny_llama, alpaca_file, **{"trainer.max_steps": 1})
+    out = litft("fit", "--config", str(config), "--trainer.enable_progress_bar", "false")
+    assert out.returncode == 0, out.stderr[-3000:]
+    text = out.stdout + out.stderr
+    assert "[litft] data:" in text and "[litft] Trainable parameters:" in text
+    for noise in ("LightningCLI's args parameter", "💡 Tip", "across ranks is zero", "FLOPs", "LeafSpec",
+                  "is_gradient_checkpointing", "Setting accelerator to CPU"):
+        assert noise not in text, f"{noise!r} on the console:\n{text[-3000:]}"

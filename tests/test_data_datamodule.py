@@ -102,7 +102,7 @@ def test_lightning_resumes_on_the_exact_next_batch(tmp_path, tiny_qwen2, alpaca_
     _trainer(tmp_path / "a", 4, [ckpt]).fit(first, datamodule=make_dm())
     path = tmp_path / "ck" / "epoch=0-step=2.ckpt"
     assert torch.load(path, weights_only=False)["loops"]["fit_loop"]["state_dict"]["combined_loader"] == [
-        {"epoch": 0, "batches_consumed": 4, "seed": 42}
+        {"epoch": 0, "batches_consumed": 4, "seed": 42, "world_size": 1, "batch_size": 3, "num_rows": 32, "grouped": 0}
     ]
     resumed = _Recorder()
     _trainer(tmp_path / "b", 7).fit(resumed, datamodule=make_dm(), ckpt_path=str(path))

@@ -322,6 +322,9 @@ class LitFTDataModule(pl.LightningDataModule):
         splits, stats = cache.load(path)
         self.train_rows, self.val_rows = splits["train"], splits.get("val") or []
         self.stats = Stats(**stats)
+        if not self.val_rows and stage == "fit" and self.trainer is not None:
+            # No validation data: say so to the trainer rather than hand it an empty loader (Lightning warns then).
+            self.trainer.limit_val_batches = 0
         s = self.stats
         log.info(
             "data: %d records → %d samples, %d rows (%d tokens, %d trained; %d truncated, %d dropped, %d skipped)%s",

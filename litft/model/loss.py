@@ -239,10 +239,19 @@ def hidden_shortcut_holds(model: torch.nn.Module, decoder: torch.nn.Module, head
         seen["head_in"], seen["head_out"] = args[0], out
 
     handles = [decoder.register_forward_hook(on_decoder), head.register_forward_hook(on_head)]
+    modes = {m: m.training for m in model.modules()}
+    device = next(iter(short.values())).device
+    # Eval mode (no dropout) and a forked RNG: the check must not change what training draws next, or a resumed
+    # run (which checks at its first step) would diverge from an uninterrupted one.
+    rng = torch.random.fork_rng(devices=[] if device.type == "cpu" else [device],
+                                device_type="cuda" if device.type == "cpu" else device.type)
     try:
-        with torch.no_grad():
+        with rng, torch.no_grad():
+            model.eval()
             logits = model(**short, use_cache=False).logits
     finally:
+        for module, training in modes.items():
+            module.training = training
         for handle in handles:
             handle.remove()
     if len(seen) != 3 or seen["head_in"].shape != seen["hidden"].shape or seen["head_out"].shape != logits.shape:

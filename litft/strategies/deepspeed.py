@@ -1,9 +1,10 @@
 """DeepSpeed ZeRO through Lightning on CUDA, Ascend NPU and CPU, saving adapter-only checkpoints.
 
-Lightning's DeepSpeedStrategy refuses anything but CUDA. Three changes make it run elsewhere:
-environment set-up as plain DDP (no CUDA check), no device-index check (CPU devices have no index) and
-``deepspeed.initialize(device_rank=local_rank)``. DeepSpeed's own accelerator is pinned to the trainer's
-through ``DS_ACCELERATOR``.
+Lightning's DeepSpeedStrategy refuses anything but CUDA. Two changes make it run elsewhere: environment
+set-up as plain DDP (no CUDA check), and an indexed device per rank on CPU (``cpu:<local rank>``, as GPUs
+have), so Lightning's own device check and ``deepspeed.initialize(device_rank=...)`` work unchanged.
+DeepSpeed's own accelerator is pinned to the trainer's through ``DS_ACCELERATOR`` (and
+``deepspeed.accelerator.set_accelerator`` when DeepSpeed was imported before).
 
 Gradient accumulation is Lightning's, as under DDP: Lightning groups the micro-batches of each epoch (the
 last, possibly shorter, group steps on the epoch's last batch) and divides the training-step loss by
@@ -15,15 +16,13 @@ again (``backward(scale_wrt_gas=False)``). So every strategy scales the loss the
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 from collections.abc import Generator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Optional
 
 import torch
-from lightning.fabric.utilities.seed import reset_seed
 from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy
 
 from litft.errors import LitFTError
@@ -53,10 +52,27 @@ def pin_deepspeed_accelerator(accelerator: str) -> None:
     os.environ["_LITFT_DS_ACCELERATOR"] = wanted  # marks the value as ours, so a later choice may replace it
     import sys
 
-    real = sys.modules.get("deepspeed.accelerator.real_accelerator")
-    if real is not None and real.ds_accelerator is not None and real.ds_accelerator.device_name() != wanted:
-        # DeepSpeed was imported (and guessed) before the accelerator was known: it picks again from the env.
-        real.ds_accelerator = None
+    if "deepspeed.accelerator" in sys.modules:
+        # DeepSpeed was imported (and may have guessed) before the accelerator was known: tell it, publicly.
+        from deepspeed.accelerator import get_accelerator, set_accelerator
+
+        if get_accelerator().device_name() != wanted:
+            set_accelerator(_ds_accelerator(wanted))
+
+
+def _ds_accelerator(name: str):
+    """DeepSpeed's accelerator object for ``cuda``, ``npu`` or ``cpu``."""
+    if name == "cpu":
+        from deepspeed.accelerator.cpu_accelerator import CPU_Accelerator
+
+        return CPU_Accelerator()
+    if name == "npu":
+        from deepspeed.accelerator.npu_accelerator import NPU_Accelerator
+
+        return NPU_Accelerator()
+    from deepspeed.accelerator.cuda_accelerator import CUDA_Accelerator
+
+    return CUDA_Accelerator()
 
 
 class LitFTDeepSpeedStrategy(DeepSpeedStrategy):
@@ -119,53 +135,20 @@ class LitFTDeepSpeedStrategy(DeepSpeedStrategy):
             return super().setup_environment()
         DDPStrategy.setup_environment(self)  # DeepSpeedStrategy's raises for anything but CUDA
 
-    def setup_distributed(self) -> None:
-        if self._on_cuda:
-            return super().setup_distributed()
-        reset_seed()  # as DeepSpeedStrategy, minus the device-index check (cpu devices have no index)
-        self.set_world_ranks()
-        self._init_deepspeed_distributed()
-
     def _get_process_group_backend(self) -> str:
         return self._process_group_backend or backend_for_device(self.root_device)
 
-    def _device_rank(self) -> int:
-        index = self.root_device.index
-        return self.local_rank if index is None else index
+    @property
+    def parallel_devices(self) -> Optional[list[torch.device]]:
+        return self._parallel_devices
 
-    def _setup_model_and_optimizer(self, model, optimizer, lr_scheduler=None):
-        import deepspeed
-
-        model_parameters = filter(lambda p: p.requires_grad, model.parameters())
-        engine, ds_optimizer, _, _ = deepspeed.initialize(
-            args=argparse.Namespace(device_rank=self._device_rank()),
-            config=self.config,
-            model=model,
-            model_parameters=model_parameters,
-            optimizer=optimizer,
-            lr_scheduler=lr_scheduler,
-            dist_init_required=False,
-        )
-        return engine, ds_optimizer
-
-    def _initialize_deepspeed_inference(self, model: torch.nn.Module) -> None:
-        if self._on_cuda:
-            return super()._initialize_deepspeed_inference(model)
-        import deepspeed
-
-        # DeepSpeedStrategy builds the engine with device_rank=root_device.index, which is None on cpu:
-        # patch the call for this one engine rather than copy the whole method.
-        original = deepspeed.initialize
-
-        def initialize(*a: Any, **kw: Any):
-            kw["args"] = argparse.Namespace(device_rank=self._device_rank())
-            return original(*a, **kw)
-
-        deepspeed.initialize = initialize
-        try:
-            super()._initialize_deepspeed_inference(model)
-        finally:
-            deepspeed.initialize = original
+    @parallel_devices.setter
+    def parallel_devices(self, devices: Optional[list[torch.device]]) -> None:
+        # Every rank gets an indexed device, CPU included (cpu:<local rank>): Lightning's device-index check and
+        # its deepspeed.initialize(device_rank=root_device.index) then hold on CPU as they do on GPUs.
+        self._parallel_devices = None if devices is None else [
+            torch.device("cpu", i) if d.type == "cpu" and d.index is None else d for i, d in enumerate(devices)
+        ]
 
     @contextmanager
     def model_sharded_context(self) -> Generator[None, None, None]:
