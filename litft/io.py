@@ -16,7 +16,8 @@ from typing import Callable, Iterator, Union
 PathLike = Union[str, os.PathLike]
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Flush a folder's entries (a rename in it) to disk, where the platform allows."""
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:  # not supported on this platform/filesystem
@@ -27,6 +28,15 @@ def _fsync_dir(path: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def fsync_tree(folder: Path) -> None:
+    """Flush every file below ``folder``, then the folder itself, to disk."""
+    for f in Path(folder).rglob("*"):
+        if f.is_file():
+            with open(f, "rb+") as fh:
+                os.fsync(fh.fileno())
+    fsync_dir(folder)
 
 
 def atomic_write(path: PathLike, writer: Callable[[str], None]) -> Path:
@@ -48,7 +58,7 @@ def atomic_write(path: PathLike, writer: Callable[[str], None]) -> Path:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
     return path
 
 
@@ -80,10 +90,7 @@ def atomic_dir(path: PathLike, *, replace: bool = True) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
-        for f in tmp.rglob("*"):
-            if f.is_file():
-                with open(f, "rb+") as fh:
-                    os.fsync(fh.fileno())
+        fsync_tree(tmp)
         old = None
         if path.exists() and not replace:
             return
@@ -98,7 +105,7 @@ def atomic_dir(path: PathLike, *, replace: bool = True) -> Iterator[Path]:
             if replace or not path.exists():
                 raise
             return
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     finally:

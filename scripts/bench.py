@@ -216,14 +216,12 @@ def alpaca_prompt_completion() -> list[dict]:
     return out
 
 
-def run_trl(args, *, mode: str) -> dict:
-    import torch
-    from datasets import Dataset
-    from peft import LoraConfig
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
-    from trl import SFTConfig, SFTTrainer
+def trl_timing():
+    """TRL's SFTTrainer timed per optimizer step: (trainer class, callback class, step end times, real tokens per
+    micro-batch, {"start": time training began})."""
+    from transformers import TrainerCallback
+    from trl import SFTTrainer
 
-    path = plain_model_path()
     ends: list[float] = []
     tokens: list[int] = []
     state = {"start": None}
@@ -240,6 +238,19 @@ def run_trl(args, *, mode: str) -> dict:
         def training_step(self, model, inputs, *rest, **kw):
             tokens.append(real_tokens(inputs, self.processing_class.pad_token_id))
             return super().training_step(model, inputs, *rest, **kw)
+
+    return TimedSFTTrainer, Timer, ends, tokens, state
+
+
+def run_trl(args, *, mode: str) -> dict:
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import SFTConfig
+
+    path = plain_model_path()
+    TimedSFTTrainer, Timer, ends, tokens, state = trl_timing()
 
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation=args.attn)
@@ -463,27 +474,12 @@ def run_gpu_trl(args) -> dict:
     import torch
     from datasets import Dataset
     from peft import LoraConfig
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
-    from trl import SFTConfig, SFTTrainer
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import SFTConfig
 
     cuda = gpu_on_cuda()
     path = gpu_model_dir(args.shape)
-    ends: list[float] = []
-    tokens: list[int] = []
-    state = {"start": None}
-
-    class Timer(TrainerCallback):
-        def on_train_begin(self, *a, **k):
-            state["start"] = time.perf_counter()
-
-        def on_step_end(self, *a, **k):
-            ends.append(time.perf_counter())
-            mark_cpu()
-
-    class TimedSFTTrainer(SFTTrainer):
-        def training_step(self, model, inputs, *rest, **kw):
-            tokens.append(real_tokens(inputs, self.processing_class.pad_token_id))
-            return super().training_step(model, inputs, *rest, **kw)
+    TimedSFTTrainer, Timer, ends, tokens, state = trl_timing()
 
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16 if cuda else torch.float32,

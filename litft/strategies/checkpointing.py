@@ -18,32 +18,13 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from litft.io import fsync_dir, fsync_tree
+
 TMP_SUFFIX = ".tmp"
 
 # Test hook: a callable run on every rank after the new checkpoint is written and before it is made current
 # (tests SIGKILL the process there to show the previous checkpoint survives). Not for production use.
 before_commit: Optional[Callable[[Path], None]] = None
-
-
-def _fsync_tree(folder: Path) -> None:
-    for f in folder.rglob("*"):
-        if f.is_file():
-            with open(f, "rb+") as fh:
-                os.fsync(fh.fileno())
-    _fsync_dir(folder)
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _stale(target: Path) -> list[Path]:
@@ -70,7 +51,7 @@ def atomic_save(strategy: Any, save: Callable[[dict, str], None], checkpoint: di
     if before_commit is not None:
         before_commit(tmp)
     if strategy.is_global_zero:
-        _fsync_tree(tmp)
+        fsync_tree(tmp)
         os.replace(tmp, final)
         _commit(target, final)
     strategy.barrier("litft-ds-save-done")
@@ -94,7 +75,7 @@ def _commit(target: Path, final: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(link, target)
-    _fsync_dir(target.parent)
+    fsync_dir(target.parent)
     if previous is not None and previous.resolve() != final.resolve():
         shutil.rmtree(previous, ignore_errors=True)
 
