@@ -16,7 +16,7 @@
 from __future__ import annotations
 
 import bisect
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
@@ -47,23 +47,24 @@ def best_fit_decreasing(lengths: Sequence[int], capacity: int) -> list[list[int]
     return bins
 
 
+def join(samples: Iterable[tuple[Sequence[int], Sequence[int]]]) -> dict[str, list[int]]:
+    """One packed row from ``(input_ids, labels)`` samples: concatenated, each sample's first label ignored
+    (nothing of that sample precedes it), ``position_ids`` restarting at 0 for every sample."""
+    ids: list[int] = []
+    labels: list[int] = []
+    pos: list[int] = []
+    for sample_ids, sample_labels in samples:
+        ids += sample_ids
+        labels += [IGNORE_INDEX] + list(sample_labels[1:])
+        pos += list(range(len(sample_ids)))
+    return {"input_ids": ids, "labels": labels, "position_ids": pos}
+
+
 def pack(rows: Sequence[dict[str, list[int]]], capacity: int) -> tuple[list[dict[str, list[int]]], float]:
     """Packed rows ({input_ids, labels, position_ids}) and the packing efficiency (real tokens / capacity)."""
     bins = best_fit_decreasing([len(r["input_ids"]) for r in rows], capacity)
-    packed = []
-    total = 0
-    for b in bins:
-        ids: list[int] = []
-        labels: list[int] = []
-        pos: list[int] = []
-        for i in b:
-            r = rows[i]
-            n = len(r["input_ids"])
-            ids += r["input_ids"]
-            labels += [IGNORE_INDEX] + list(r["labels"][1:])
-            pos += list(range(n))
-            total += n
-        packed.append({"input_ids": ids, "labels": labels, "position_ids": pos})
+    packed = [join((rows[i]["input_ids"], rows[i]["labels"]) for i in b) for b in bins]
+    total = sum(len(r["input_ids"]) for r in packed)
     efficiency = total / (len(bins) * capacity) if bins else 0.0
     return packed, efficiency
 

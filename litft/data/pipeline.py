@@ -22,8 +22,7 @@ import numpy as np
 
 from litft.labels import count_targets
 from litft.data.conversation import Conversation, Turn
-from litft.data.packing import best_fit_decreasing
-from litft.labels import IGNORE_INDEX
+from litft.data.packing import best_fit_decreasing, join
 from litft.data.tokenize import Stats, encode_all
 
 log = logging.getLogger(__name__)
@@ -167,20 +166,11 @@ class _Pack:
         where = {i: k for k, i in enumerate(order)}
         out: dict[str, list] = {"input_ids": [], "labels": [], "position_ids": [], "length": [], "num_targets": []}
         for b in members:
-            ids: list[int] = []
-            labels: list[int] = []
-            pos: list[int] = []
-            for i in b:
-                k = where[i]
-                r_ids, r_labels = got["input_ids"][k], got["labels"][k]
-                ids += r_ids
-                labels += [IGNORE_INDEX] + list(r_labels[1:])
-                pos += list(range(len(r_ids)))
-            out["input_ids"].append(ids)
-            out["labels"].append(labels)
-            out["position_ids"].append(pos)
-            out["length"].append(len(ids))
-            out["num_targets"].append(count_targets(labels))
+            row = join((got["input_ids"][where[i]], got["labels"][where[i]]) for i in b)
+            for key in ("input_ids", "labels", "position_ids"):
+                out[key].append(row[key])
+            out["length"].append(len(row["input_ids"]))
+            out["num_targets"].append(count_targets(row["labels"]))
         return out
 
 
