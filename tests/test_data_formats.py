@@ -99,9 +99,11 @@ def test_registry_csv_renamed_columns_parquet_folder_and_num_samples(tmp_path):
             "s": {"file_name": "s.jsonl", "formatting": "sharegpt", "columns": {"messages": "msgs"},
                   "tags": {"role_tag": "role", "content_tag": "text", "user_tag": "u", "assistant_tag": "a"}},
             "n": {"file_name": "d.csv", "columns": {"prompt": "question", "response": "answer"}, "num_samples": 5},
+            "num": {"file_name": "num.csv", "columns": {"prompt": "question", "response": "answer"}},
         },
         {
             "d.csv": "question,ctx,answer\nWhat?,,Yes\nWhy?,Because,No\n",
+            "num.csv": "question,answer\n6 x 7?,42\n0.5 + 0.5?,1.0\n",
             "s.jsonl": json.dumps({"msgs": [{"role": "u", "text": "q"}, {"role": "a", "text": "r"}]}) + "\n",
         },
     )
@@ -110,6 +112,8 @@ def test_registry_csv_renamed_columns_parquet_folder_and_num_samples(tmp_path):
     assert [c.turns[1].content for c in _convs("p", ddir)[0]] == ["r1", "r2"]
     assert _convs("s", ddir)[0][0].turns == [T("user", "q"), T("assistant", "r")]
     assert len(_convs("n", ddir)[0]) == 5  # num_samples larger than the data repeats records
+    # CSV cells are text: numeric answers are trained as written
+    assert [c.turns[1].content for c in _convs("num", ddir)[0]] == ["42", "1.0"]
 
 
 def test_bare_file_paths_guess_their_format(tmp_path):

@@ -8,6 +8,8 @@ first record. Entries SFT cannot train on (ranking, KTO, images, videos, audios)
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 from collections.abc import Iterator, Mapping
@@ -303,9 +305,10 @@ def read_file(path: Path, bad: list[int] | None = None) -> list[Any]:
     if kind == "text":
         text = _read_text(path)
         return [{"text": line} for line in text.splitlines() if line.strip()]
-    if kind == "csv":
-        _read_text(path)  # UTF-8 and emptiness checks with a clear message
-    elif path.stat().st_size == 0:
+    if kind == "csv":  # every cell is text (a numeric answer stays "42"); an empty cell is no value
+        rows = csv.DictReader(io.StringIO(_read_text(path), newline=""))
+        return [{k: (v if v != "" else None) for k, v in row.items() if k is not None} for row in rows]
+    if path.stat().st_size == 0:
         raise DataError("empty file", file=str(path))
     return _read_with_datasets(path, kind)
 
