@@ -191,7 +191,8 @@ def test_one_process_resumes_a_two_process_ddp_checkpoint(tmp_path, tiny_llama):
 
     two = fit("two")
     assert two.returncode == 0, two.stderr[-4000:]
-    [ckpt] = (tmp_path / "two" / "checkpoints").glob("*step=3.ckpt")
+    ckpt = tmp_path / "two" / "checkpoints" / "step=3.ckpt"  # keep_all: one step=N.ckpt per save
+    assert ckpt.is_file(), sorted(p.name for p in ckpt.parent.iterdir())
     assert torch.load(ckpt, weights_only=False)["global_step"] == 3
     reference = _recorded(tmp_path / "two", ranks=2)
     assert list(reference) == [1, 2, 3, 4, 5, 6]

@@ -114,8 +114,8 @@ class LitFTCheckpoint(ModelCheckpoint):
 
     def __init__(self, every_n_train_steps: int = 100, dirpath: Optional[str] = None, keep_all: bool = False,
                  save_adapter: bool = False, **kwargs: Any):
-        kwargs.setdefault("filename", "step={step}")
-        kwargs.setdefault("auto_insert_metric_name", False)
+        if kwargs.get("filename") is None:  # unset (the CLI passes filename=None and auto_insert_metric_name=True)
+            kwargs["filename"], kwargs["auto_insert_metric_name"] = "step={step}", False
         super().__init__(
             dirpath=dirpath, every_n_train_steps=every_n_train_steps or None, save_last=True,
             save_top_k=-1 if keep_all else 0, enable_version_counter=False, **kwargs,
