@@ -54,6 +54,9 @@ RUNNERS = ("litft", "litft-packing", "litft-random", "trl", "trl-grouped", "trl-
 TRL_RUNNERS = ("trl", "trl-grouped", "trl-packing")  # litft's headline ratio is against the best of these
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_data import load_average  # noqa: E402  (one helper for both benchmark scripts)
+
 
 LLAMAFACTORY_ENV = "LITFT_LLAMAFACTORY_DATA"
 
@@ -670,13 +673,6 @@ def spawn(runner: str, args) -> dict:
     result = json.loads(lines[-1][len("BENCH_RESULT ") :])
     result["wall_s"] = time.perf_counter() - t0
     return result
-
-
-def load_average() -> str:
-    try:
-        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    except OSError:
-        return "n/a"
 
 
 def machine() -> dict:
