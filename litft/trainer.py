@@ -77,7 +77,10 @@ class LitFTTrainer(L.Trainer):
         from lightning.fabric.plugins.environments import SLURMEnvironment
 
         from litft.callbacks.preemption import Preemption
+        from litft.shims.lightning import leave_signals_alone
 
+        if any(isinstance(cb, Preemption) for cb in callbacks):
+            leave_signals_alone(self)  # Preemption owns SIGUSR1/SIGTERM; Lightning's handler would not save
         if SLURMEnvironment.detect():  # elsewhere at fit's setup (a Trainer that never fits leaves signals alone)
             for cb in callbacks:
                 if isinstance(cb, Preemption):

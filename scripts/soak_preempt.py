@@ -60,11 +60,16 @@ class PhaseLog(_Callback):
 
     def __init__(self, folder: str, pause_s: float = 0.0):
         self.folder, self.pause_s = Path(folder), pause_s
-        self.folder.mkdir(parents=True, exist_ok=True)
+        # Only the job's ranks write: `litft slurm` builds this callback too when it checks the config on submit,
+        # and a phase file from the submitting process would make the driver aim at a job that has not started.
+        self.active = "SLURM_JOB_ID" in os.environ
         self.rank = int(os.environ.get("SLURM_PROCID", "0"))
         self._write("setup (data, model)", 0)
 
     def _write(self, phase: str, step: int) -> None:
+        if not self.active:
+            return
+        self.folder.mkdir(parents=True, exist_ok=True)
         tmp = self.folder / f".rank{self.rank}.json.tmp"
         tmp.write_text(json.dumps({"pid": os.getpid(), "phase": phase, "step": step,
                                    "restart": os.environ.get("SLURM_RESTART_COUNT", "0")}))
@@ -249,8 +254,11 @@ class Soak:
             time.sleep(target[1])
         else:
             step = int(target[1])
-            self.wait(job, lambda: (self.phases(out).get(0) or {}).get("step", -1) >= step
-                      or self.state(job) != "RUNNING", 300, f"step {step}")
+            def in_step() -> bool:  # rank 0 trains (not still setting up) at optimizer step `step` or later
+                phase = self.phases(out).get(0) or {}
+                return phase.get("step", -1) >= step and not phase.get("phase", "").startswith("setup")
+
+            self.wait(job, lambda: in_step() or self.state(job) != "RUNNING", 300, f"step {step}")
         hit = self.phases(out)
         moment = "; ".join(f"rank{r}: {p['phase']} @ step {p['step']}" for r, p in sorted(hit.items())) or \
             "python start-up (imports)"
@@ -297,12 +305,12 @@ def stop_cluster(env: dict[str, str]) -> None:
 
 def run(trials: int, strategy: str, kinds: list[str], seed: int, steps: int, bound: float, root: Path,
         env: dict[str, str], log=print, training_only: bool = False, parallel: int = 1,
-        setup_fraction: float = 0.2) -> list[dict]:
+        setup_fraction: float = 0.2, targets: list[tuple[str, float]] | None = None) -> list[dict]:
     """``trials`` jobs, each interrupted once at a random moment: in ``setup_fraction`` of them (unless
     ``training_only``) during start-up (imports, data preparation, model loading: timed on the reference run),
     else at a random optimizer step before the last. ``parallel`` jobs at a time (the reference among them when
-    ``training_only``). Returns
-    one dict per trial (``equal``: the final adapter has the reference's bytes)."""
+    ``training_only``). ``targets`` (cycled) replaces the random moments: ("step", n) or ("setup", seconds), to
+    replay a failed trial. Returns one dict per trial (``equal``: the final adapter has the reference's bytes)."""
     rng = random.Random(seed)
     soak = Soak(root, env, strategy, steps, bound, log)
     pool = ThreadPoolExecutor(max_workers=max(1, parallel))
@@ -314,7 +322,9 @@ def run(trials: int, strategy: str, kinds: list[str], seed: int, steps: int, bou
     plans = []
     for i in range(trials):
         kind = kinds[i % len(kinds)]
-        if not training_only and rng.random() < setup_fraction:  # python start-up, data preparation, model loading
+        if targets:
+            target = targets[i % len(targets)]
+        elif not training_only and rng.random() < setup_fraction:  # python start-up, data preparation, model loading
             target = ("setup", round(rng.uniform(0, first), 1))
         else:  # a step well before the last one (a signal at the last step just lets the job finish)
             target = ("step", rng.randrange(0, max(1, steps - 3)))
@@ -348,12 +358,22 @@ def main(argv=None) -> int:
     parser.add_argument("--parallel", type=int, default=1, help="jobs at a time (each takes 1 CPU on each node)")
     parser.add_argument("--setup_fraction", type=float, default=0.2,
                         help="share of trials interrupted during start-up (imports, data, model) instead of a step")
+    parser.add_argument("--targets", default=None,
+                        help="comma-separated moments instead of random ones, cycled: step:N or setup:SECONDS")
     parser.add_argument("--slurm-conf", default=None, help="use this running cluster instead of starting one")
     parser.add_argument("--keep", default=None, help="work folder to keep (default: a temporary one, removed)")
     args = parser.parse_args(argv)
     kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
     if any(k not in KINDS for k in kinds):
         parser.error(f"--kinds: expected some of {', '.join(KINDS)}")
+    targets = None
+    if args.targets:
+        try:
+            targets = [(t.split(":")[0], float(t.split(":")[1])) for t in args.targets.split(",") if t.strip()]
+        except (IndexError, ValueError):
+            parser.error("--targets: expected step:N or setup:SECONDS, comma-separated")
+        if any(kind not in ("step", "setup") for kind, _ in targets):
+            parser.error("--targets: expected step:N or setup:SECONDS, comma-separated")
     root = Path(args.keep or tempfile.mkdtemp(prefix="litft-soak-"))
     root.mkdir(parents=True, exist_ok=True)
     if args.slurm_conf:
@@ -365,7 +385,7 @@ def main(argv=None) -> int:
     env = {**env, "DS_ACCELERATOR": "cpu", "MASTER_ADDR": "127.0.0.1"}
     try:
         results = run(args.trials, args.strategy, kinds, args.seed, args.steps, args.bound, root, env,
-                      parallel=args.parallel, setup_fraction=args.setup_fraction)
+                      parallel=args.parallel, setup_fraction=args.setup_fraction, targets=targets)
     finally:
         if cluster_dir is not None:
             stop_cluster(env)

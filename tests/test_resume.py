@@ -23,7 +23,8 @@ from tests.helpers import write_alpaca
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _config(tmp_path: Path, model: str, data: str, out: Path, record: Path, kill_at: int = -1) -> Path:
+def _config(tmp_path: Path, model: str, data: str, out: Path, record: Path, kill_at: int = -1, every: int = 3,
+            val_every: int = 3, max_steps: int = 8) -> Path:
     config = {
         "output_dir": str(out),
         "seed_everything": 0,
@@ -32,10 +33,10 @@ def _config(tmp_path: Path, model: str, data: str, out: Path, record: Path, kill
                   "optimizer": {"lr": 1e-2}, "scheduler": {"name": "cosine", "warmup_steps": 2}},
         "data": {"dataset": data, "cutoff_len": 48, "batch_size": 4, "val_size": 4},
         "trainer": {
-            "max_steps": 8, "accelerator": "cpu", "devices": 1, "precision": "32-true", "logger": False,
-            "log_every_n_steps": 1, "enable_progress_bar": False, "val_check_interval": 3,
+            "max_steps": max_steps, "accelerator": "cpu", "devices": 1, "precision": "32-true", "logger": False,
+            "log_every_n_steps": 1, "enable_progress_bar": False, "val_check_interval": val_every,
             "callbacks": [
-                {"class_path": "litft.callbacks.checkpoint.LitFTCheckpoint", "init_args": {"every_n_train_steps": 3}},
+                {"class_path": "litft.callbacks.checkpoint.LitFTCheckpoint", "init_args": {"every_n_train_steps": every}},
                 {"class_path": "tests.resume_probe.StepRecorder", "init_args": {"path": str(record), "kill_at_step": kill_at}},
             ],
         },
@@ -55,31 +56,45 @@ def _losses(path: Path) -> list[tuple[int, str]]:
     return [(int(s), v) for s, v in (line.split() for line in path.read_text().splitlines())]
 
 
+# (checkpoint every N steps, kill at step, validation every V batches, the checkpoint's step, max_steps)
+CASES = {
+    "mid-epoch": (3, 5, 3, 3, 8),
+    # The checkpoint closes epoch 0 (12 batches) and no validation follows it: the resumed run creates epoch 1's
+    # loader iterator after restoring the RNG, the uninterrupted one created it after saving. A loader drawing its
+    # seed from the global torch RNG put the two runs one draw apart (the soak's preemptions at step 10 of 11).
+    "epoch-end": (4, 13, 5, 12, 14),
+}
+
+
 @pytest.mark.slow
-def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path, tiny_qwen2):
+@pytest.mark.parametrize("case", CASES)
+def test_sigkill_then_resume_is_bit_identical(tmp_path, tiny_qwen2, case):
+    every, kill_at, val_every, saved_step, max_steps = CASES[case]
     data = str(write_alpaca(tmp_path / "alpaca.json", n=52))  # 48 train rows / 4 = 12 batches per epoch
     full_rec, cut_rec = tmp_path / "full.txt", tmp_path / "cut.txt"
 
-    full = _fit(_config(tmp_path, tiny_qwen2, data, tmp_path / "full", full_rec))
+    def config(out: str, record: Path, kill: int = -1) -> Path:
+        return _config(tmp_path, tiny_qwen2, data, tmp_path / out, record, kill_at=kill, every=every,
+                       val_every=val_every, max_steps=max_steps)
+
+    full = _fit(config("full", full_rec))
     assert full.returncode == 0, full.stderr[-3000:]
 
-    cut_cfg = _config(tmp_path, tiny_qwen2, data, tmp_path / "cut", cut_rec, kill_at=5)
-    killed = _fit(cut_cfg)
+    killed = _fit(config("cut", cut_rec, kill=kill_at))
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     ckpt = tmp_path / "cut" / "checkpoints" / "last.ckpt"
-    assert torch.load(ckpt, weights_only=True)["global_step"] == 3  # mid-epoch: step 3 of 12
-    assert [s for s, _ in _losses(cut_rec)] == [1, 2, 3, 4, 5]
+    assert torch.load(ckpt, weights_only=True)["global_step"] == saved_step
+    assert [s for s, _ in _losses(cut_rec)] == list(range(1, kill_at + 1))
     assert not (tmp_path / "cut" / "adapter").exists()
 
     # Resume the killed run (same config, no kill) from its output directory.
-    resume_cfg = _config(tmp_path, tiny_qwen2, data, tmp_path / "cut", tmp_path / "resumed.txt")
-    resumed = _fit(resume_cfg, "--ckpt_path", "last")
+    resumed = _fit(config("cut", tmp_path / "resumed.txt"), "--ckpt_path", "last")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
 
     full_losses, resumed_losses = _losses(full_rec), _losses(tmp_path / "resumed.txt")
-    assert [s for s, _ in full_losses] == list(range(1, 9))
-    assert resumed_losses == full_losses[3:]  # steps 4..8, identical floats
-    assert _losses(cut_rec) == full_losses[:5]
+    assert [s for s, _ in full_losses] == list(range(1, max_steps + 1))
+    assert resumed_losses == full_losses[saved_step:]  # identical floats
+    assert _losses(cut_rec) == full_losses[:kill_at]
     adapter = "adapter/adapter_model.safetensors"
     assert (tmp_path / "cut" / adapter).read_bytes() == (tmp_path / "full" / adapter).read_bytes()
 

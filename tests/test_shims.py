@@ -32,3 +32,37 @@ def test_lightning_precision_choices_are_importable_and_include_ours():
 
     choices = set(flatten(PRECISION_INPUT))
     assert {"auto", "32-true", "bf16-mixed", "16-mixed", "bf16-true"} <= choices, choices
+
+
+def test_lightning_signal_connector_is_where_the_shim_expects_it():
+    import inspect
+    import signal
+
+    import lightning
+    import lightning.pytorch as pl
+    from lightning.pytorch.trainer.connectors.signal_connector import _SignalConnector
+
+    from litft.shims.lightning import leave_signals_alone
+
+    hint = f"lightning {lightning.__version__}: update litft/shims/lightning.py (leave_signals_alone)"
+    # Lightning still installs its handlers from Trainer._run through the connector the shim replaces ...
+    assert "self._signal_connector.register_signal_handlers()" in inspect.getsource(pl.Trainer._run), hint
+    assert {"register_signal_handlers", "teardown"} <= set(vars(_SignalConnector)), hint
+    trainer = pl.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    connector = trainer._signal_connector
+    assert isinstance(connector, _SignalConnector) and hasattr(connector, "_original_handlers"), hint
+    # ... and the trainer's received_sigterm is the connector's flag (what the loops check to raise SIGTERMException).
+    connector.received_sigterm = True
+    assert trainer.received_sigterm, hint
+
+    before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGUSR1)}
+    leave_signals_alone(trainer)
+    connector.register_signal_handlers()  # what Trainer._run calls: now installs nothing, clears the flag
+    try:
+        assert {s: signal.getsignal(s) for s in before} == before
+        assert not trainer.received_sigterm
+        connector.teardown()
+        assert {s: signal.getsignal(s) for s in before} == before
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)

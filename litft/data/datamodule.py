@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader
 
 from litft.data import cache
 from litft.data.collate import PadCollator
-from litft.data.loader import ResumableBatchSampler, ResumableLoader
+from litft.data.loader import ResumableBatchSampler, ResumableLoader, epoch_generator
 from litft.data.packing import PackedCollator
 from litft.data.registry import data_files, resolve
 from litft.data.templates import resolve_template
@@ -396,4 +396,5 @@ class LitFTDataModule(pl.LightningDataModule):
             shuffle=False,
             collate_fn=self.collator(),
             num_workers=self.num_workers,
+            generator=epoch_generator(self.seed),  # validation never draws from the training's RNG stream
         )

@@ -98,6 +98,18 @@ class ResumableBatchSampler(Sampler[list[int]]):
         yield from self.batches()[self.start_batch :]
 
 
+def epoch_generator(seed: int, epoch: int = 0) -> torch.Generator:
+    """The generator a DataLoader iterator draws its base seed (worker seeds) from.
+
+    Without one, every ``iter(DataLoader)`` draws from the global torch RNG, i.e. from the training's dropout stream,
+    at a moment that depends on where a run started: a run resumed from a checkpoint saved at the last batch of an
+    epoch restores that stream and then creates the next epoch's iterator, which an uninterrupted run created after
+    the save -- one draw apart, a different run. A generator of its own (deterministic in seed and epoch) keeps
+    loaders off the training stream, and gives workers the same seeds in a resumed run.
+    """
+    return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+
+
 class ResumableLoader:
     """Iterable over training batches (dicts of tensors) with a resumable position.
 
@@ -227,6 +239,7 @@ class ResumableLoader:
             collate_fn=self.collate_fn,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
+            generator=epoch_generator(sampler.seed, epoch),
         )
         try:
             for k, batch in enumerate(loader, start=start):
