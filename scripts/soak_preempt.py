@@ -91,10 +91,12 @@ class PhaseLog(_Callback):
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint):
         self._write("checkpoint save", trainer.global_step)
+        time.sleep(self.pause_s)  # inside the save (after its RNG all-gather, before the file is written)
 
     def on_validation_start(self, trainer, pl_module):
         if not trainer.sanity_checking:
             self._write("validation", trainer.global_step)
+            time.sleep(self.pause_s)
 
     def on_train_end(self, trainer, pl_module):
         self._write("train end (adapter)", trainer.global_step)
@@ -246,17 +248,22 @@ class Soak:
         return (out / "adapter" / "adapter_model.safetensors").read_bytes(), first or 0.0, last or end
 
     def trial(self, i: int, kind: str, target: tuple[str, float]) -> dict:
-        """One job interrupted once by ``kind`` at ``target``: ("setup", seconds after its job step started) or
-        ("step", n): as soon as rank 0 is in optimizer step n (forward, backward, checkpoint save, validation)."""
+        """One job interrupted once by ``kind`` at ``target``: ("setup", seconds after its job step started),
+        ("step", n): as soon as rank 0 is in optimizer step n or later (forward, backward, checkpoint save,
+        validation), ("save", n) / ("val", n): as soon as rank 0 is in a checkpoint save / a validation run at step
+        n or later."""
         job, out = self.submit(f"trial{i}-{kind}")
         self.wait(job, lambda: self.step_running(job), 300, "a running step")
         if target[0] == "setup":
             time.sleep(target[1])
         else:
             step = int(target[1])
+            wanted = {"save": "checkpoint save", "val": "validation"}.get(target[0])
+
             def in_step() -> bool:  # rank 0 trains (not still setting up) at optimizer step `step` or later
                 phase = self.phases(out).get(0) or {}
-                return phase.get("step", -1) >= step and not phase.get("phase", "").startswith("setup")
+                name = phase.get("phase", "")
+                return phase.get("step", -1) >= step and not name.startswith("setup") and name == (wanted or name)
 
             self.wait(job, lambda: in_step() or self.state(job) != "RUNNING", 300, f"step {step}")
         hit = self.phases(out)
@@ -309,8 +316,8 @@ def run(trials: int, strategy: str, kinds: list[str], seed: int, steps: int, bou
     """``trials`` jobs, each interrupted once at a random moment: in ``setup_fraction`` of them (unless
     ``training_only``) during start-up (imports, data preparation, model loading: timed on the reference run),
     else at a random optimizer step before the last. ``parallel`` jobs at a time (the reference among them when
-    ``training_only``). ``targets`` (cycled) replaces the random moments: ("step", n) or ("setup", seconds), to
-    replay a failed trial. Returns one dict per trial (``equal``: the final adapter has the reference's bytes)."""
+    ``training_only``). ``targets`` (cycled) replaces the random moments (see :meth:`Soak.trial`), to replay a
+    failed trial or aim at a phase. Returns one dict per trial (``equal``: the final adapter has the reference's bytes)."""
     rng = random.Random(seed)
     soak = Soak(root, env, strategy, steps, bound, log)
     pool = ThreadPoolExecutor(max_workers=max(1, parallel))
@@ -359,7 +366,8 @@ def main(argv=None) -> int:
     parser.add_argument("--setup_fraction", type=float, default=0.2,
                         help="share of trials interrupted during start-up (imports, data, model) instead of a step")
     parser.add_argument("--targets", default=None,
-                        help="comma-separated moments instead of random ones, cycled: step:N or setup:SECONDS")
+                        help="comma-separated moments instead of random ones, cycled: setup:SECONDS, step:N, save:N "
+                             "(in a checkpoint save at step >= N) or val:N (in a validation run)")
     parser.add_argument("--slurm-conf", default=None, help="use this running cluster instead of starting one")
     parser.add_argument("--keep", default=None, help="work folder to keep (default: a temporary one, removed)")
     args = parser.parse_args(argv)
@@ -371,9 +379,9 @@ def main(argv=None) -> int:
         try:
             targets = [(t.split(":")[0], float(t.split(":")[1])) for t in args.targets.split(",") if t.strip()]
         except (IndexError, ValueError):
-            parser.error("--targets: expected step:N or setup:SECONDS, comma-separated")
-        if any(kind not in ("step", "setup") for kind, _ in targets):
-            parser.error("--targets: expected step:N or setup:SECONDS, comma-separated")
+            parser.error("--targets: expected setup:SECONDS, step:N, save:N or val:N, comma-separated")
+        if any(kind not in ("step", "setup", "save", "val") for kind, _ in targets):
+            parser.error("--targets: expected setup:SECONDS, step:N, save:N or val:N, comma-separated")
     root = Path(args.keep or tempfile.mkdtemp(prefix="litft-soak-"))
     root.mkdir(parents=True, exist_ok=True)
     if args.slurm_conf:
