@@ -270,8 +270,15 @@ class Soak:
         moment = "; ".join(f"rank{r}: {p['phase']} @ step {p['step']}" for r, p in sorted(hit.items())) or \
             "python start-up (imports)"
         result = {"trial": i, "kind": kind, "job": job, "target": f"{target[0]} {target[1]:g}", "moment": moment}
-        if kind in ("usr1", "term"):
-            self.sh("scancel", f"--signal={kind.upper()}", job)
+        if self.state(job) != "RUNNING":  # the moment came after the job's end (a start-up timed on a slow reference)
+            result["missed"] = f"the job was {self.state(job) or 'gone'} before the moment: not interrupted"
+        elif kind in ("usr1", "term"):
+            try:
+                self.sh("scancel", f"--signal={kind.upper()}", job)
+            except RuntimeError:
+                if self.state(job) == "RUNNING":
+                    raise
+                result["missed"] = "the job ended while it was being signalled: not interrupted"
             # the job saves, requeues itself and comes back (restart 1) or, signalled at the very end, just completes
             self.wait(job, lambda: int(self.job_info(job).get("Restarts", "0")) > 0 or self.state(job) == "COMPLETED",
                       self.bound, "requeue (or completion)")
@@ -401,9 +408,11 @@ def main(argv=None) -> int:
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)
     failed = [r for r in results if not r.get("equal")]
-    moments = sorted({r.get("moment", "?").split(";")[0].split(": ", 1)[-1].split(" @")[0] for r in results})
-    print(f"soak: {args.strategy}, {len(results)} trials, {len(failed)} failed; kinds {','.join(kinds)}; "
-          f"moments hit: {', '.join(moments)}")
+    missed = [r for r in results if r.get("missed")]
+    moments = sorted({r.get("moment", "?").split(";")[0].split(": ", 1)[-1].split(" @")[0]
+                      for r in results if not r.get("missed")})
+    print(f"soak: {args.strategy}, {len(results)} trials, {len(failed)} failed, {len(missed)} missed (the job had "
+          f"ended before its moment: not interrupted); kinds {','.join(kinds)}; moments hit: {', '.join(moments)}")
     return 1 if failed else 0
 
 
