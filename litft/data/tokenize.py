@@ -170,15 +170,20 @@ def encode_all(
             continue
         if len(ids) > cutoff_len:
             ids, labels = ids[:cutoff_len], labels[:cutoff_len]
-            if all(x == IGNORE_INDEX for x in labels[1:]):
+            if _none_trained(labels):
                 stats.dropped += 1
                 continue
             stats.truncated += 1
-        elif all(x == IGNORE_INDEX for x in labels[1:]):
+        elif _none_trained(labels):
             stats.dropped += 1
             continue
         rows.append({"input_ids": ids, "labels": labels})
         stats.samples += 1
         stats.tokens += len(ids)
-        stats.trained_tokens += sum(1 for x in labels if x != IGNORE_INDEX)
+        stats.trained_tokens += len(labels) - labels.count(IGNORE_INDEX)
     return rows
+
+
+def _none_trained(labels: list[int]) -> bool:
+    """No trained position after the first (what the loss would train on)."""
+    return not labels or labels[1:].count(IGNORE_INDEX) == len(labels) - 1
