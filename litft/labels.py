@@ -14,4 +14,7 @@ def count_targets(labels: Sequence[int]) -> int:
     (a list, or a tensor's last dimension summed over all rows)."""
     if hasattr(labels, "ndim"):  # a tensor
         return int((labels[..., 1:] != IGNORE_INDEX).sum())
-    return sum(1 for x in labels[1:] if x != IGNORE_INDEX)
+    rest = labels[1:]
+    if isinstance(rest, list):
+        return len(rest) - rest.count(IGNORE_INDEX)
+    return sum(1 for x in rest if x != IGNORE_INDEX)

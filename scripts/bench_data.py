@@ -7,7 +7,8 @@ What runs, side by side (each run its own process tree, runners alternating):
 
 * a synthetic alpaca corpus written by this script (``--records`` records, deterministic, lengths spread like
   alpaca's: 5-40 word instructions, an input on 40 % of them, 10-400 word answers) into a folder with a
-  ``dataset_info.json`` that both tools read;
+  ``dataset_info.json`` that both tools read (``--format sharegpt``: conversations of 1-3 human/gpt exchanges,
+  5-60 word questions, 10-300 word answers, instead);
 * litft: ``python -m litft prepare`` with ``data.preprocessing_num_workers`` = N into an empty cache;
 * LLaMA-Factory: its own SFT preprocessing (``llamafactory.data.get_dataset``, stage sft, the same
   ``preprocessing_num_workers``, ``overwrite_cache``), in a separate virtual environment this script creates
@@ -50,25 +51,37 @@ WORDS = ("time data model answer question system value people water number light
          "explain describe compare list write create analyse summarise translate classify give find make").split()
 
 
-def write_corpus(folder: Path, records: int, seed: int = 0) -> Path:
-    """``folder/synth.json`` (alpaca records) + ``folder/dataset_info.json`` naming it ``synth``."""
+def write_corpus(folder: Path, records: int, seed: int = 0, fmt: str = "alpaca") -> Path:
+    """``folder/synth.json`` (alpaca or sharegpt records, written one at a time) + ``folder/dataset_info.json``
+    naming it ``synth``."""
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / "synth.json"
-    marker = folder / f".synth-{records}-{seed}"
+    marker = folder / (f".synth-{records}-{seed}" + ("" if fmt == "alpaca" else f"-{fmt}"))
     if not marker.exists():
         rng = random.Random(seed)
 
         def words(lo, hi):
             return " ".join(rng.choice(WORDS) for _ in range(rng.randint(lo, hi)))
 
+        def alpaca():
+            return {"instruction": words(5, 40).capitalize() + "?", "input": words(10, 80) if rng.random() < 0.4 else "",
+                    "output": words(10, 400).capitalize() + "."}
+
+        def sharegpt():  # 1-3 exchanges, each like an alpaca record (prompt + answer)
+            turns = []
+            for _ in range(rng.choice((1, 1, 2, 3))):
+                turns += [{"from": "human", "value": words(5, 60).capitalize() + "?"},
+                          {"from": "gpt", "value": words(10, 300).capitalize() + "."}]
+            return {"conversations": turns}
+
+        make = {"alpaca": alpaca, "sharegpt": sharegpt}[fmt]
         with open(target, "w", encoding="utf-8") as f:
             f.write("[\n")
             for i in range(records):
-                rec = {"instruction": words(5, 40).capitalize() + "?", "input": words(10, 80) if rng.random() < 0.4 else "",
-                       "output": words(10, 400).capitalize() + "."}
-                f.write(("," if i else "") + json.dumps(rec) + "\n")
+                f.write(("," if i else "") + json.dumps(make()) + "\n")
             f.write("]\n")
-        (folder / "dataset_info.json").write_text(json.dumps({"synth": {"file_name": "synth.json"}}))
+        entry = {"file_name": "synth.json"} if fmt == "alpaca" else {"file_name": "synth.json", "formatting": fmt}
+        (folder / "dataset_info.json").write_text(json.dumps({"synth": entry}))
         for old in folder.glob(".synth-*"):
             old.unlink()
         marker.touch()
@@ -264,7 +277,7 @@ def load_average() -> str:
 def run(args, model: str) -> dict:
     """All runs of the scenario, alternating tools; returns the results and a summary with the ratios."""
     corpus = write_corpus(Path(args.corpus_dir) if args.corpus_dir else Path(tempfile.gettempdir()) / "litft-bench-corpus",
-                          args.records)
+                          args.records, fmt=args.format)
     workers = [int(w) for w in str(args.workers_list).split(",") if w.strip()]
     tools = [t.strip() for t in args.tools.split(",") if t.strip()]
     if "llamafactory" in tools:
@@ -278,7 +291,7 @@ def run(args, model: str) -> dict:
                 results.setdefault(f"{tool}-w{w}", []).append(res)
                 print(f"[{rep + 1}/{args.repeats}] {tool} workers={w}: {json.dumps(res)}", flush=True)
                 if args.json:
-                    Path(args.json).write_text(json.dumps({"records": args.records, "results": results}, indent=1))
+                    Path(args.json).write_text(json.dumps({"records": args.records, "format": args.format, "results": results}, indent=1))
     summary = {}
     for key, runs in results.items():
         summary[key] = {k: statistics.median(r[k] for r in runs if r.get(k) is not None)
@@ -295,11 +308,13 @@ def run(args, model: str) -> dict:
     for tool in tools:
         if f"{tool}-w1" in summary and f"{tool}-w2" in summary:
             summary[f"{tool}-scaling-1to2"] = summary[f"{tool}-w2"]["tokens_per_s"] / summary[f"{tool}-w1"]["tokens_per_s"]
-    return {"records": args.records, "corpus": str(corpus), "results": results, "summary": summary}
+    return {"records": args.records, "format": args.format, "corpus": str(corpus), "results": results, "summary": summary}
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--records", type=int, default=100_000, help="data: synthetic alpaca records (the issue asks for 1M)")
+    parser.add_argument("--records", type=int, default=100_000, help="data: synthetic records (the issue asks for 1M)")
+    parser.add_argument("--format", default="alpaca", choices=["alpaca", "sharegpt"],
+                        help="data: the synthetic records' format (sharegpt: 1-3 exchanges of human/gpt turns)")
     parser.add_argument("--workers-list", default="1,2", help="data: preprocessing worker counts to compare")
     parser.add_argument("--tools", default="litft,llamafactory", help="data: litft, llamafactory")
     parser.add_argument("--corpus-dir", default=None, help="data: where the corpus is written (default: a temp folder)")

@@ -217,3 +217,25 @@ def test_template_that_cannot_render_gives_one_line(toks):
     conv = Conversation(turns=[Turn("user", "q"), Turn("assistant", "a"), Turn("tool", "r"), Turn("assistant", "b")])
     with pytest.raises(LitFTError, match="cannot render a conversation with roles user/assistant/tool/assistant: no tools"):
         encode_conversation(tok2, conv)
+
+
+def test_fast_labels_equal_the_token_loop():
+    # _labels (bisection and slices) against the per-token loop, on random offsets (zero-width ones, starts going
+    # back as a special token's may) and spans (in order, overlapping, empty, touching, now and then out of order).
+    import random
+
+    from litft.data.templates import _labels, _labels_loop
+
+    rng = random.Random(0)
+    for _ in range(5000):
+        n = rng.randint(0, 40)
+        offsets, pos = [], 0
+        for _ in range(n):
+            pos = max(0, pos + rng.choice((0, 1, 2, 3, 5, -2) if rng.random() < 0.2 else (0, 1, 2, 3, 5)))
+            offsets.append((pos, pos + rng.choice((0, 1, 2, 4))))
+        ends = sorted(rng.randint(0, pos + 5) for _ in range(rng.randint(0, 4)))
+        if rng.random() < 0.1:
+            rng.shuffle(ends)
+        spans = [(max(0, e - rng.randint(0, 12)), e, i) for i, e in enumerate(ends)]
+        ids = [rng.randint(0, 1000) for _ in range(n)]
+        assert _labels(ids, offsets, spans) == _labels_loop(ids, offsets, spans)

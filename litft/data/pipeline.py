@@ -1,9 +1,10 @@
 """Corpus-scale preparation on ``datasets``: records → Arrow → tokenize in parallel → (pack) → Arrow.
 
-Memory stays bounded by one data file's raw records, not by the corpus: conversations are written to an Arrow
-file as they are formatted, mixing and the validation split are index selections on it, and tokenization is
-a batched ``Dataset.map`` (``num_proc`` worker processes) that writes its Arrow shards as it goes. Every row
-carries its ``length`` (and ``num_targets``), so length grouping and packing read one integer column.
+Memory does not grow with the corpus: data files are read as a stream, one record at a time
+(:func:`litft.data.registry.iter_file`), conversations are written to an Arrow file as they are formatted,
+mixing and the validation split are index selections on it, and tokenization is a batched ``Dataset.map``
+(``num_proc`` worker processes) that writes its Arrow shards as it goes. Every row carries its ``length``
+(and ``num_targets``), so length grouping and packing read one integer column.
 
 The rows are exactly those of :func:`litft.data.tokenize.encode_all` (+ :func:`litft.data.packing.pack`): the
 same functions run on each batch. Statistics travel through one extra "carrier" row per batch (length 0,

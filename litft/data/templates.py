@@ -16,6 +16,7 @@ when it overlaps a trained span.
 
 from __future__ import annotations
 
+from bisect import bisect_left, bisect_right
 from collections.abc import Sequence
 
 from litft.data.conversation import Conversation
@@ -146,6 +147,30 @@ def _text_ids(tokenizer, ids: list[int]) -> list[int]:
 
 
 def _labels(ids: list[int], offsets, spans: list[tuple[int, int, int]]) -> list[int]:
+    """``ids`` where a token overlaps a trained span, else IGNORE_INDEX: :func:`_labels_loop`'s result, found by
+    bisection and slices when token starts and span ends are in order (as the tokenizer and the renderer give
+    them), which saves the per-token Python loop over the trained text."""
+    starts = [o[0] for o in offsets]
+    span_ends = [sp[1] for sp in spans]
+    if starts != sorted(starts) or span_ends != sorted(span_ends):
+        return _labels_loop(ids, offsets, spans)
+    labels = [IGNORE_INDEX] * len(ids)
+    prev_end = None
+    for span_start, span_end, _ in spans:
+        # The loop gives token j to the first span ending after its start; of this span's tokens, those starting
+        # inside it are trained, and those starting before it when they reach into it.
+        lo = 0 if prev_end is None else bisect_right(starts, prev_end - 1)
+        hi = bisect_right(starts, span_end - 1)
+        mid = min(max(bisect_left(starts, span_start), lo), hi)
+        labels[mid:hi] = ids[mid:hi]
+        for j in range(lo, mid):
+            if offsets[j][1] > span_start:
+                labels[j] = ids[j]
+        prev_end = span_end
+    return labels
+
+
+def _labels_loop(ids: list[int], offsets, spans: list[tuple[int, int, int]]) -> list[int]:
     labels = [IGNORE_INDEX] * len(ids)
     k = 0
     for j, (s, e) in enumerate(offsets):

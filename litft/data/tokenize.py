@@ -60,23 +60,18 @@ class Stats:
 
 
 def iter_conversations(entry: DatasetEntry, *, on_bad_record: str = "error", stats: Stats | None = None) -> Iterator[Conversation]:
-    """The entry's records as conversations, one file at a time (``num_samples`` not applied)."""
+    """The entry's records as conversations, streamed one file at a time and one record at a time: no file's
+    records are held together (``num_samples`` not applied). An error is raised when reading reaches it."""
     bad_lines: list[int] | None = [] if on_bad_record == "skip" else None
     for source, records in iter_sources(entry, bad_lines):
-        if bad_lines:
-            if stats is not None:
-                stats.records += len(bad_lines)
-                stats.skipped += len(bad_lines)
-            log.warning("%s: skipped %d malformed JSON line(s)", source, len(bad_lines))
-            bad_lines.clear()
-        if not records:
-            raise DataError("no records", file=source)
-        fmt, guessed_columns = entry.formatting, entry.columns
-        if fmt == "auto":
-            first = records[0] if isinstance(records[0], dict) else {}
-            fmt, guessed_columns = _guess_format(first)
-        fn = FORMATS[fmt]
+        fn = guessed_columns = None
+        i = -1
         for i, record in enumerate(records):
+            if fn is None:
+                fmt, guessed_columns = entry.formatting, entry.columns
+                if fmt == "auto":
+                    fmt, guessed_columns = _guess_format(record if isinstance(record, dict) else {})
+                fn = FORMATS[fmt]
             if stats is not None:
                 stats.records += 1
             try:
@@ -90,7 +85,14 @@ def iter_conversations(entry: DatasetEntry, *, on_bad_record: str = "error", sta
                     continue
                 raise DataError(str(err), file=source, record=i, field=err.field) from None
             yield conv
-        del records
+        if bad_lines:
+            if stats is not None:
+                stats.records += len(bad_lines)
+                stats.skipped += len(bad_lines)
+            log.warning("%s: skipped %d malformed JSON line(s)", source, len(bad_lines))
+            bad_lines.clear()
+        if i < 0:
+            raise DataError("no records", file=source)
 
 
 def sample_indices(n: int, num_samples: int | None) -> list[int] | None:
@@ -168,15 +170,20 @@ def encode_all(
             continue
         if len(ids) > cutoff_len:
             ids, labels = ids[:cutoff_len], labels[:cutoff_len]
-            if all(x == IGNORE_INDEX for x in labels[1:]):
+            if _none_trained(labels):
                 stats.dropped += 1
                 continue
             stats.truncated += 1
-        elif all(x == IGNORE_INDEX for x in labels[1:]):
+        elif _none_trained(labels):
             stats.dropped += 1
             continue
         rows.append({"input_ids": ids, "labels": labels})
         stats.samples += 1
         stats.tokens += len(ids)
-        stats.trained_tokens += sum(1 for x in labels if x != IGNORE_INDEX)
+        stats.trained_tokens += len(labels) - labels.count(IGNORE_INDEX)
     return rows
+
+
+def _none_trained(labels: list[int]) -> bool:
+    """No trained position after the first (what the loss would train on)."""
+    return not labels or labels[1:].count(IGNORE_INDEX) == len(labels) - 1
