@@ -204,16 +204,20 @@ def run_tree(cmd: list[str], env: dict[str, str]) -> dict:
     reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
     reader.start()
     root = psutil.Process(proc.pid)
+    peak_pss = 0
     while proc.poll() is None:
         try:
             procs = [root] + root.children(recursive=True)
-            rss = 0
+            rss = pss = 0
             for p in procs:
                 try:
                     rss += p.memory_info().rss
+                    # PSS: a page shared by k processes counts 1/k in each, so the tree's sum is what it really
+                    # holds (summed RSS counts the pages forked workers share with their parent once per process).
+                    pss += getattr(p.memory_full_info(), "pss", 0)
                 except psutil.Error:
                     pass
-            peak = max(peak, rss)
+            peak, peak_pss = max(peak, rss), max(peak_pss, pss)
         except psutil.Error:
             pass
         time.sleep(0.2)
@@ -221,7 +225,7 @@ def run_tree(cmd: list[str], env: dict[str, str]) -> dict:
     after = resource.getrusage(resource.RUSAGE_CHILDREN)  # every waited-for descendant: the workers too
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     return {"rc": proc.returncode, "wall_s": time.perf_counter() - t0, "cpu_s": cpu, "peak_rss_mib": peak / 2**20,
-            "output": "".join(lines)}
+            "peak_pss_mib": peak_pss / 2**20, "output": "".join(lines)}
 
 
 def _litft_tokens(output: str) -> tuple[int | None, int | None, float | None]:
@@ -296,7 +300,7 @@ def run(args, model: str) -> dict:
     for key, runs in results.items():
         summary[key] = {k: statistics.median(r[k] for r in runs if r.get(k) is not None)
                         for k in ("wall_s", "tokens_per_s", "prepare_s", "prepare_tokens_per_s", "cpu_s", "tokens_per_cpu_s",
-                                  "peak_rss_mib")}
+                                  "peak_rss_mib", "peak_pss_mib")}
         summary[key]["tokens"] = runs[0]["tokens"]
     for w in workers:
         a, b = summary.get(f"litft-w{w}"), summary.get(f"llamafactory-w{w}")
