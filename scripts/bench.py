@@ -796,7 +796,9 @@ def main(argv: list[str] | None = None) -> int:
             args.runners = "gpu-litft,gpu-trl"
         gpu_model_dir(args.shape)  # build the random-init model once, outside the timed runs
     plain_model_path()  # convert the GGUF once, outside the timed runs
-    header = {"machine": machine(), "versions": versions(), "load_before": load_average(), "args": vars(args)}
+    header = {"machine": machine(), "versions": versions(), "load_before": load_average(),
+              # file names only: a result file is kept in docs/bench, where this machine's folders mean nothing
+              "args": {k: (os.path.basename(v) if k in ("json", "corpus_dir") and v else v) for k, v in vars(args).items()}}
     print(json.dumps(header), flush=True)
     if args.scenario == "data":
         out = bench_data.run(args, plain_model_path())

@@ -312,7 +312,7 @@ def run(args, model: str) -> dict:
     for tool in tools:
         if f"{tool}-w1" in summary and f"{tool}-w2" in summary:
             summary[f"{tool}-scaling-1to2"] = summary[f"{tool}-w2"]["tokens_per_s"] / summary[f"{tool}-w1"]["tokens_per_s"]
-    return {"records": args.records, "format": args.format, "corpus": str(corpus), "results": results, "summary": summary}
+    return {"records": args.records, "format": args.format, "corpus": Path(corpus).name, "results": results, "summary": summary}
 
 
 def add_arguments(parser) -> None:
