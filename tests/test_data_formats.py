@@ -190,13 +190,13 @@ def test_fuzz_formats_only_raise_record_errors(record, fmt):
 def test_fuzz_file_reader_only_raises_data_errors(tmp_path, data):
     from pathlib import Path
 
-    from litft.data.registry import read_file
+    from litft.data.registry import iter_file
 
     for name in ("f.json", "f.jsonl"):
         path = Path(tmp_path) / name
         path.write_bytes(data)
         try:
-            out = read_file(path)
+            out = list(iter_file(path))
         except DataError as err:
             assert "\n" not in str(err)
             continue

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 
 from litft.data import registry
-from litft.data.registry import DatasetEntry, iter_file, read_file
+from litft.data.registry import DatasetEntry, iter_file
 from litft.data.tokenize import Stats, iter_conversations
 from litft.errors import DataError
 
@@ -99,10 +99,10 @@ def test_streamed_records_equal_whole_file_parsing(tmp_path, monkeypatch):
     want_csv = [{k: (str(r[k]) if r[k] != "" else None) for k in ("instruction", "input", "output")} for r in RECORDS[:50]]
     for chunk in (1, 2, 3, 7, 64, 1 << 20):
         monkeypatch.setattr(registry, "_CHUNK", chunk)
-        assert read_file(array) == RECORDS
-        assert read_file(lines) == RECORDS[:50]
-        assert read_file(columns) == RECORDS[:50]
-        assert read_file(table) == want_csv
+        assert list(iter_file(array)) == RECORDS
+        assert list(iter_file(lines)) == RECORDS[:50]
+        assert list(iter_file(columns)) == RECORDS[:50]
+        assert list(iter_file(table)) == want_csv
 
 
 def test_error_positions_do_not_depend_on_chunks(tmp_path, monkeypatch):
@@ -121,7 +121,7 @@ def test_error_positions_do_not_depend_on_chunks(tmp_path, monkeypatch):
         for chunk in (1, 2, 5, 64, 1 << 20):
             monkeypatch.setattr(registry, "_CHUNK", chunk)
             with pytest.raises(DataError) as err:
-                read_file(path)
+                list(iter_file(path))
             messages.add(str(err.value))
         assert len(messages) == 1, messages
     assert messages == {f"{tmp_path / 'f.json'}, record 0: malformed JSON (Invalid control character at at line 1 column 21)"}
@@ -134,7 +134,7 @@ def test_skipped_lines_are_counted_after_the_file(tmp_path):
     convs = list(iter_conversations(DatasetEntry(name="x", file_name=str(path)), on_bad_record="skip", stats=stats))
     assert len(convs) == 2 and stats.records == 4 and stats.skipped == 2
     bad: list[int] = []
-    assert len(read_file(path, bad)) == 2 and bad == [1, 2]
+    assert len(list(iter_file(path, bad))) == 2 and bad == [1, 2]
 
 
 def test_reading_memory_does_not_grow_with_the_file(tmp_path, monkeypatch):

@@ -16,8 +16,8 @@ rank: a deadlock), and its SIGTERM handler broadcasts inside the handler too. li
 
 A signal that arrives while the model loads or the data is prepared is kept until training starts and honoured
 there. Handlers are installed when the LitFTTrainer is built inside a SLURM job (before ``prepare_data``;
-elsewhere at the callbacks' ``setup``, before the model loads), again when training starts (Lightning registers
-its own SIGTERM handler just before) and the previous ones are restored at teardown.
+elsewhere at the callbacks' ``setup``, before the model loads) and the previous ones are restored at teardown; the
+LitFTTrainer keeps Lightning from installing its own (:func:`litft.shims.lightning.leave_signals_alone`).
 """
 
 from __future__ import annotations
@@ -125,11 +125,7 @@ class Preemption(pl.Callback):
     def setup(self, trainer, pl_module, stage: str) -> None:
         self.install()
 
-    def on_sanity_check_start(self, trainer, pl_module) -> None:
-        self.install()  # Lightning registered its SIGTERM handler just before running the stage
-
     def on_train_start(self, trainer, pl_module) -> None:
-        self.install()
         self._seen_step = trainer.global_step
         # A signal during model loading or data preparation: honoured now that every rank is here.
         if self._agreed(trainer):

@@ -480,11 +480,6 @@ def iter_file(path: Path, bad: list[int] | None = None) -> Iterator[Any]:
     yield from _read_with_datasets(path, kind)
 
 
-def read_file(path: Path, bad: list[int] | None = None) -> list[Any]:
-    """Raw records of one local file as a list (:func:`iter_file` streams them)."""
-    return list(iter_file(path, bad))
-
-
 def read_hub(entry: DatasetEntry) -> Iterable[dict]:
     """Records of a hub dataset (Hugging Face, or ModelScope with USE_MODELSCOPE_HUB=1)."""
     if os.environ.get("USE_MODELSCOPE_HUB", "0").lower() in ("1", "true") and entry.ms_hub_url:

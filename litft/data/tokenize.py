@@ -19,7 +19,7 @@ from litft.data.conversation import Conversation
 from litft.data.formats import FORMATS, RecordError
 from litft.data.registry import DatasetEntry, _guess_format, iter_sources
 from litft.data.templates import encode_many
-from litft.labels import IGNORE_INDEX
+from litft.labels import IGNORE_INDEX, count_targets
 from litft.errors import DataError, LitFTError
 
 log = logging.getLogger(__name__)
@@ -170,11 +170,11 @@ def encode_all(
             continue
         if len(ids) > cutoff_len:
             ids, labels = ids[:cutoff_len], labels[:cutoff_len]
-            if _none_trained(labels):
+            if count_targets(labels) == 0:
                 stats.dropped += 1
                 continue
             stats.truncated += 1
-        elif _none_trained(labels):
+        elif count_targets(labels) == 0:
             stats.dropped += 1
             continue
         rows.append({"input_ids": ids, "labels": labels})
@@ -183,7 +183,3 @@ def encode_all(
         stats.trained_tokens += len(labels) - labels.count(IGNORE_INDEX)
     return rows
 
-
-def _none_trained(labels: list[int]) -> bool:
-    """No trained position after the first (what the loss would train on)."""
-    return not labels or labels[1:].count(IGNORE_INDEX) == len(labels) - 1
