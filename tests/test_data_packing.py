@@ -1,5 +1,6 @@
-"""Packing: best-fit decreasing, restarting positions, and the proof that a packed sample's logits and loss
-equal those of the sample run alone (tiny Llama and Qwen2, fp32, sdpa and eager)."""
+"""Packing: best-fit decreasing, restarting positions, the batch layouts, and the proof that a packed sample's logits
+and loss equal those of the sample run alone (tiny Llama and Qwen2, fp32, sdpa and eager; flash attention in
+tests/test_packing_varlen.py)."""
 
 from __future__ import annotations
 
@@ -96,23 +97,25 @@ def test_packed_logits_equal_alone(tiny_model, attn):
     torch.testing.assert_close(packed_loss, alone_total, rtol=1e-5, atol=1e-4)
 
 
-def test_position_ids_alone_carry_the_boundaries(tiny_qwen2):
-    """The varlen (flash attention) path gets position_ids only: transformers derives the same sample
-    boundaries from them (checked here with sdpa and use_cache=False, the setting the module trains with)."""
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(tiny_qwen2, dtype=torch.float32, attn_implementation="sdpa")
-    samples = _samples(model.config.vocab_size, seed=1)
-    packed, _ = pack(samples, 40)
-    batch = PackedCollator(pad_token_id=0, attn_implementation="flash_attention_2")(packed)
-    assert "attention_mask" not in batch
-    with torch.no_grad():
-        logits = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).logits
-        row = batch["position_ids"][0].tolist()
-        starts = [i for i, p in enumerate(row) if p == 0] + [len(packed[0]["input_ids"])]
-        for a, b in zip(starts, starts[1:]):
-            alone = model(input_ids=batch["input_ids"][:1, a:b]).logits[0]
-            torch.testing.assert_close(logits[0, a:b], alone, rtol=1e-5, atol=1e-5)
+def test_varlen_batch_is_one_flat_row():
+    """flash attention: the micro-batch's packed rows laid end to end in ONE row, no padding, no mask (transformers
+    reads packed sequences from position_ids for a batch of one row only; tests/test_packing_varlen.py runs it)."""
+    rows = [
+        {"input_ids": [6, 7, 8, 9, 1, 2, 3], "labels": [IGN, IGN, 8, 9, IGN, 2, 3], "position_ids": [0, 1, 2, 3, 0, 1, 2]},
+        {"input_ids": [4, 5], "labels": [IGN, 5], "position_ids": [0, 1]},
+    ]
+    for attn in ("flash_attention_2", "flash_attention_3", "kernels-community/flash-attn2"):
+        batch = PackedCollator(pad_token_id=0, attn_implementation=attn)(rows)
+        assert set(batch) == {"input_ids", "labels", "position_ids"}
+        assert batch["input_ids"].tolist() == [[6, 7, 8, 9, 1, 2, 3, 4, 5]]
+        assert batch["labels"].tolist() == [[IGN, IGN, 8, 9, IGN, 2, 3, IGN, 5]]
+        assert batch["position_ids"].tolist() == [[0, 1, 2, 3, 0, 1, 2, 0, 1]]
+        assert int((batch["labels"][:, 1:] != IGN).sum()) == 4 + 1  # the rows' own counts
+    stacked = PackedCollator(pad_token_id=0, attn_implementation="sdpa")(rows)
+    assert stacked["input_ids"].tolist() == [[6, 7, 8, 9, 1, 2, 3], [4, 5, 0, 0, 0, 0, 0]]
+    assert stacked["attention_mask"].shape == (2, 1, 7, 7)
+    with pytest.raises(ValueError, match="must start a sample"):
+        PackedCollator(pad_token_id=0, attn_implementation="flash_attention_2")([{**rows[1], "position_ids": [1, 2]}])
 
 
 from hypothesis import given, settings  # noqa: E402

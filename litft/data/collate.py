@@ -1,4 +1,5 @@
-"""Batch collation: pad to the longest row in the batch (right padding), or stack packed rows."""
+"""Batch collation of unpacked rows: pad to the longest row in the batch (right padding); packed rows are
+collated by :class:`litft.data.packing.PackedCollator`."""
 
 from __future__ import annotations
 
@@ -11,11 +12,8 @@ from litft.labels import IGNORE_INDEX
 
 
 class PadCollator:
-    """Pads ``input_ids`` (pad id), ``labels`` (-100) and ``attention_mask`` (0) to the longest row.
-
-    Rows carrying ``position_ids`` (packed rows) get them padded with 0s and no ``attention_mask``
-    unless ``packed_mask`` asks for the 4-D block-diagonal mask (see :mod:`litft.data.packing`).
-    """
+    """Pads ``input_ids`` (pad id), ``labels`` (-100) and ``attention_mask`` (0) to the longest row (or to a
+    multiple of ``pad_to_multiple_of``)."""
 
     def __init__(self, pad_token_id: int, *, pad_to_multiple_of: int | None = None):
         self.pad_token_id = pad_token_id

@@ -56,8 +56,9 @@ class LitFTDataModule(pl.LightningDataModule):
         on_bad_record: error (stop on the first bad record) or skip (skip and count bad records and malformed
             JSON lines; file-level problems such as a non-UTF-8 or empty file always stop).
         pad_to_multiple_of: Pad batch width to a multiple of this (None = longest in batch).
-        attn_implementation: The model's attention implementation (linked from model.attn_implementation): with
-            flash_attention_2/3 packed batches carry position_ids only (varlen), otherwise a 4-D block mask.
+        attn_implementation: The model's attention implementation (linked from model.attn_implementation): with a
+            flash-attention one ("flash" in the name, transformers' rule) a packed micro-batch is ONE row of all its
+            samples, delimited by position_ids (varlen); otherwise packed rows with a 4-D block-diagonal mask.
         shared_filesystem: All nodes see the same cache folder: prepare once (global rank 0). False: once per
             node (local rank 0). Either way only global rank 0 fingerprints the data; the others receive the key.
         cache_wait_timeout: Seconds a rank waits for the cache with no sign of the preparing rank (its heartbeat)

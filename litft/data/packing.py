@@ -3,14 +3,22 @@
 * Rows are filled by best-fit decreasing (longest sample first, into the fullest row it still fits).
 * Each sample's ``position_ids`` restart at 0, and its first label is -100, so no sample is trained to
   predict its first token from the previous sample's last one.
-* Attention: with a varlen flash attention implementation (``flash_attention_2``/``_3``) the batch carries
-  ``position_ids`` only and transformers derives the sequence boundaries from them. Elsewhere the collator
-  builds a 4-D block-diagonal causal mask, one block per sample: boolean (``True`` = may attend, what
-  transformers itself gives SDPA) for ``sdpa`` and other implementations, additive float32 (``0`` / ``finfo.min``)
-  for ``eager``, which adds the mask to the scores. We do not rely on transformers' detection of
-  packed sequences from ``position_ids`` on those backends: it is skipped whenever a KV cache exists, and
-  models create one in training unless ``use_cache=False``, which would silently let samples attend to
-  each other.
+* Attention, varlen (every implementation transformers routes to its flash-attention path: see
+  :func:`is_varlen`): the collator flattens the micro-batch into ONE row ``(1, total_tokens)`` --
+  ``input_ids``, ``labels`` and ``position_ids`` concatenated, no padding, no ``attention_mask``. transformers
+  reads the sample boundaries from ``position_ids`` only for a batch of one row (``_is_packed_sequence`` is
+  False for any batch size but 1: a ``(B, L)`` batch of packed rows would run plain causal attention across
+  every sample of a row); for one row it turns the restarts at 0 into ``cu_seqlens`` and calls the varlen
+  kernel. Flattening loses nothing: each row starts with a sample (label -100, position 0), so the loss's
+  label shift and ``num_target_tokens`` (``labels[:, 1:] != -100``) count exactly what they counted per row.
+  (Sending ``cu_seq_lens_q/k`` + ``max_length_q/k`` instead would spare transformers deriving them in every
+  layer, but the model wrapper passes only ``input_ids``/``attention_mask``/``position_ids`` to the model.)
+* Attention, elsewhere: the collator builds a 4-D block-diagonal causal mask, one block per sample: boolean
+  (``True`` = may attend, what transformers itself gives SDPA) for ``sdpa`` and other implementations, additive
+  float32 (``0`` / ``finfo.min``) for ``eager``, which adds the mask to the scores. We do not rely on
+  transformers' detection of packed sequences from ``position_ids`` on those backends: it is skipped whenever
+  a KV cache exists, and models create one in training unless ``use_cache=False``, which would silently let
+  samples attend to each other.
 """
 
 from __future__ import annotations
@@ -23,7 +31,17 @@ import torch
 
 from litft.labels import IGNORE_INDEX
 
-VARLEN_IMPLEMENTATIONS = ("flash_attention_2", "flash_attention_3", "kernels-community/flash-attn", "kernels-community/vllm-flash-attn3")
+
+def is_varlen(attn_implementation: str | None) -> bool:
+    """Whether transformers runs ``attn_implementation`` through its flash-attention path, which takes sample
+    boundaries from ``position_ids`` / ``cu_seq_lens`` only (it cannot use a 4-D mask): transformers' own rule
+    (``is_flash_attention_requested``: "flash" in the name), which covers ``flash_attention_2/3/4`` and hub
+    kernels such as ``kernels-community/flash-attn2`` or ``kernels-community/vllm-flash-attn3``."""
+    try:
+        from transformers.utils.generic import is_flash_attention_requested
+    except ImportError:  # a transformers without it: the same rule
+        return attn_implementation is not None and "flash" in attn_implementation
+    return is_flash_attention_requested(requested_attention_implementation=attn_implementation)
 
 
 def best_fit_decreasing(lengths: Sequence[int], capacity: int) -> list[list[int]]:
@@ -85,14 +103,18 @@ def block_causal_mask(position_ids: torch.Tensor, dtype: torch.dtype = torch.flo
 
 
 class PackedCollator:
-    """Stacks packed rows (padding the batch to its longest row; the padding is a sample of its own)."""
+    """Packed rows → one batch: for a varlen implementation (:func:`is_varlen`) ONE flattened row with
+    ``position_ids`` and no mask; otherwise the rows stacked (padded to the longest; the padding is a sample of its
+    own) with a 4-D block-diagonal mask."""
 
     def __init__(self, pad_token_id: int, *, attn_implementation: str | None = None):
         self.pad_token_id = pad_token_id
-        self.varlen = attn_implementation in VARLEN_IMPLEMENTATIONS
+        self.varlen = is_varlen(attn_implementation)
         self.mask_dtype = torch.float32 if attn_implementation == "eager" else torch.bool
 
     def __call__(self, rows: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        if self.varlen:
+            return flatten(rows)
         width = max(len(r["input_ids"]) for r in rows)
         n = len(rows)
         input_ids = torch.full((n, width), self.pad_token_id, dtype=torch.long)
@@ -105,6 +127,15 @@ class PackedCollator:
             position_ids[i, :k] = torch.as_tensor(r["position_ids"])
             position_ids[i, k:] = torch.arange(width - k)
         batch = {"input_ids": input_ids, "labels": labels, "position_ids": position_ids}
-        if not self.varlen:
-            batch["attention_mask"] = block_causal_mask(position_ids, self.mask_dtype)
+        batch["attention_mask"] = block_causal_mask(position_ids, self.mask_dtype)
         return batch
+
+
+def flatten(rows: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    """Packed rows concatenated into one row ``(1, total_tokens)``: the batch varlen attention reads as separate
+    sequences (every sample restarts ``position_ids`` at 0 and starts with label -100, so does every row)."""
+    for r in rows:
+        if r["position_ids"][0] != 0 or r["labels"][0] != IGNORE_INDEX:
+            raise ValueError("a packed row must start a sample: position 0 and label -100")
+    return {key: torch.cat([torch.as_tensor(r[key], dtype=torch.long) for r in rows])[None]
+            for key in ("input_ids", "labels", "position_ids")}
