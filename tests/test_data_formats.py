@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 from litft.data.conversation import Conversation, Turn
 from litft.data.formats import FORMATS, RecordError, alpaca, dolly, lima, openai, sharegpt, text
 from litft.data.registry import resolve
-from litft.data.tokenize import Stats, conversations
+from litft.data.records import conversations
+from litft.data.stats import Stats
 from litft.errors import DataError, LitFTError
 
 
@@ -190,7 +191,7 @@ def test_fuzz_formats_only_raise_record_errors(record, fmt):
 def test_fuzz_file_reader_only_raises_data_errors(tmp_path, data):
     from pathlib import Path
 
-    from litft.data.registry import iter_file
+    from litft.data.reader import iter_file
 
     for name in ("f.json", "f.jsonl"):
         path = Path(tmp_path) / name

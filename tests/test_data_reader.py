@@ -10,9 +10,11 @@ from collections.abc import Iterator
 
 import pytest
 
-from litft.data import registry
-from litft.data.registry import DatasetEntry, iter_file
-from litft.data.tokenize import Stats, iter_conversations
+from litft.data import reader
+from litft.data.reader import iter_file
+from litft.data.records import iter_conversations
+from litft.data.registry import DatasetEntry
+from litft.data.stats import Stats
 from litft.errors import DataError
 
 RECORDS = [{"instruction": f"q{i} caf\u00e9 \u2603", "input": "" if i % 3 else "ctx\r\nline", "output": f"a{i}" * (i % 7 + 1),
@@ -24,14 +26,14 @@ class _Counting:
 
     def __init__(self, monkeypatch):
         self.bytes = 0
-        read = registry._Text._read
+        read = reader._Text._read
 
         def counted(text, size):
             piece = read(text, size)
             self.bytes += len(piece.encode())
             return piece
 
-        monkeypatch.setattr(registry._Text, "_read", counted)
+        monkeypatch.setattr(reader._Text, "_read", counted)
 
 
 def _write_array(path, records, tail=""):
@@ -40,7 +42,7 @@ def _write_array(path, records, tail=""):
 
 @pytest.mark.parametrize("kind", ["json", "jsonl", "csv", "txt"])
 def test_records_come_one_at_a_time(tmp_path, monkeypatch, kind):
-    monkeypatch.setattr(registry, "_CHUNK", 4096)
+    monkeypatch.setattr(reader, "_CHUNK", 4096)
     records = RECORDS * 20  # ~0.5 MB
     path = tmp_path / f"big.{kind}"
     if kind == "json":
@@ -66,7 +68,7 @@ def test_records_come_one_at_a_time(tmp_path, monkeypatch, kind):
 
 @pytest.mark.parametrize("kind", ["json", "jsonl"])
 def test_a_late_malformed_record_raises_only_when_reached(tmp_path, monkeypatch, kind):
-    monkeypatch.setattr(registry, "_CHUNK", 4096)
+    monkeypatch.setattr(reader, "_CHUNK", 4096)
     records = RECORDS * 10
     path = tmp_path / f"x.{kind}"
     if kind == "json":
@@ -98,7 +100,7 @@ def test_streamed_records_equal_whole_file_parsing(tmp_path, monkeypatch):
     table.write_text("instruction,input,output\r\n" + buf.getvalue(), encoding="utf-8")
     want_csv = [{k: (str(r[k]) if r[k] != "" else None) for k in ("instruction", "input", "output")} for r in RECORDS[:50]]
     for chunk in (1, 2, 3, 7, 64, 1 << 20):
-        monkeypatch.setattr(registry, "_CHUNK", chunk)
+        monkeypatch.setattr(reader, "_CHUNK", chunk)
         assert list(iter_file(array)) == RECORDS
         assert list(iter_file(lines)) == RECORDS[:50]
         assert list(iter_file(columns)) == RECORDS[:50]
@@ -119,7 +121,7 @@ def test_error_positions_do_not_depend_on_chunks(tmp_path, monkeypatch):
         path.write_bytes(content if isinstance(content, bytes) else content.encode())
         messages = set()
         for chunk in (1, 2, 5, 64, 1 << 20):
-            monkeypatch.setattr(registry, "_CHUNK", chunk)
+            monkeypatch.setattr(reader, "_CHUNK", chunk)
             with pytest.raises(DataError) as err:
                 list(iter_file(path))
             messages.add(str(err.value))
@@ -138,7 +140,7 @@ def test_skipped_lines_are_counted_after_the_file(tmp_path):
 
 
 def test_reading_memory_does_not_grow_with_the_file(tmp_path, monkeypatch):
-    monkeypatch.setattr(registry, "_CHUNK", 1 << 16)
+    monkeypatch.setattr(reader, "_CHUNK", 1 << 16)
     path = tmp_path / "big.json"
     _write_array(path, RECORDS * 40)  # ~1 MB of JSON, ~12k records
     tracemalloc.start()
