@@ -2,8 +2,10 @@
 lines), CSV, plain text and Arrow / Parquet files, never holding a file whole.
 
 :func:`data_files` lists the files at a path, :func:`iter_file` yields the raw records of one file. Every problem
-with a file's bytes (not UTF-8, empty, malformed JSON) is a one-line :class:`~litft.errors.DataError` naming
-the file and, where there is one, the record and the line and column, raised when reading reaches it.
+with a file's bytes is a one-line :class:`~litft.errors.DataError` naming the file and, where there is one, the
+record and the line and column, raised when reading reaches it: not UTF-8, empty, malformed JSON or CSV, JSON
+nested deeper than :data:`MAX_DEPTH`, a lone surrogate escape ("\\ud800": no Unicode text), an integer Python
+will not convert (over ``sys.get_int_max_str_digits()`` digits), an unreadable Arrow or Parquet file.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import codecs
 import csv
 import json
 import re
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -44,6 +47,80 @@ _SPACE = re.compile(r"\s*")  # str.isspace's whitespace (str.strip's)
 _CSV_BREAK = re.compile(r"(?<=\n)|(?<=\r)(?!\n)")  # the line ends of io.StringIO(newline=""): \n, \r\n, \r
 _NUMBER_TAIL = re.compile(r"[0-9.eE+-]*\Z")
 _DECODER = json.JSONDecoder()
+
+MAX_DEPTH = 128
+"""Deepest nesting of JSON arrays and objects in one record (a record's own object or array counts as a level).
+Python's parser stops near 1,000 with a RecursionError, at a depth that depends on where it is called from;
+litft stops here, at a fixed depth, with a DataError."""
+_NESTING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]')  # a JSON string (skipped whole) or a bracket
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")  # the only way a (lone) surrogate gets into JSON text
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+class _TooDeep(json.JSONDecodeError):
+    """JSON nested deeper than :data:`MAX_DEPTH` (``pos``: the bracket one level too deep)."""
+
+    def __init__(self, doc: str, pos: int):
+        super().__init__(f"nested deeper than {MAX_DEPTH} levels", doc, pos)
+
+
+def _too_deep(s: str, start: int = 0, end: int | None = None) -> int | None:
+    """Where in ``s[start:end]`` arrays and objects nest deeper than :data:`MAX_DEPTH` (brackets in strings do not
+    count), or None. Text with no more brackets than that is not scanned."""
+    end = len(s) if end is None else end
+    if s.count("[", start, end) + s.count("{", start, end) <= MAX_DEPTH:
+        return None
+    depth = 0
+    for m in _NESTING.finditer(s, start, end):
+        c = s[m.start()]
+        if c == "[" or c == "{":
+            depth += 1
+            if depth > MAX_DEPTH:
+                return m.start()
+        elif c != '"':
+            depth -= 1
+    return None
+
+
+def _first_line(err: BaseException) -> str:
+    return str(err).splitlines()[0] if str(err).strip() else type(err).__name__
+
+
+def _decode_message(err: ValueError) -> str:
+    """What a JSON parser's error says, in litft's words where Python's are about Python."""
+    if isinstance(err, json.JSONDecodeError):
+        return err.msg
+    if "integer string conversion" in str(err):  # int() refuses more than sys.get_int_max_str_digits() digits
+        return f"an integer of more than {sys.get_int_max_str_digits()} digits"
+    return _first_line(err)
+
+
+def _surrogate_field(value: Any, where: str = "") -> str | None:
+    """The path (``messages[2].content``) of the first string holding a lone surrogate ("\\ud800" decodes to one,
+    but is no Unicode text: UTF-8 cannot encode it), ``<key>`` when it is in a key, or None. Call it only on
+    values no deeper than :data:`MAX_DEPTH`."""
+    if isinstance(value, str):
+        return (where or "<value>") if _SURROGATE.search(value) else None
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if _SURROGATE.search(k):
+                return f"{where}.<key>" if where else "<key>"
+            found = _surrogate_field(v, f"{where}.{k}" if where else k)
+            if found is not None:
+                return found
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            found = _surrogate_field(v, f"{where}[{i}]")
+            if found is not None:
+                return found
+    return None
+
+
+def _check_unicode(value: Any, path: Path, record: int | None) -> None:
+    field = _surrogate_field(value)
+    if field is not None:
+        raise DataError("not Unicode text: a lone surrogate escape (\\ud800-\\udfff without its pair) in a string",
+                        file=str(path), record=record, field=field)  # the path's keys hold no surrogate
 
 
 class _Text:
@@ -143,6 +220,7 @@ class _Scanner:
 
     def __init__(self, text: _Text):
         self.text, self.buf, self.pos = text, "", 0
+        self.escapes = False  # the last value's text holds a surrogate escape (see _check_unicode)
         self.line = 0  # line breaks before buf
         self.col = 0  # characters since the last line break before buf
 
@@ -176,18 +254,27 @@ class _Scanner:
                 return ""
 
     def value(self) -> Any:
-        """The JSON value at pos (reading more while it may be cut off by the end of what is read so far)."""
+        """The JSON value at pos (reading more while it may be cut off by the end of what is read so far).
+
+        A :class:`json.JSONDecodeError` for malformed JSON (:class:`_TooDeep` for nesting deeper than
+        :data:`MAX_DEPTH`), a ValueError for an integer Python will not convert."""
         while True:
             try:
                 value, end = _DECODER.raw_decode(self.buf, self.pos)
-            except ValueError as err:
-                at = getattr(err, "pos", None)
-                cut = at is None or at >= len(self.buf) - 64 or getattr(err, "msg", "").startswith("Unterminated string")
+            except RecursionError:  # the C parser went past Python's recursion limit: far deeper than MAX_DEPTH
+                at = _too_deep(self.buf, self.pos)
+                raise _TooDeep(self.buf, self.pos if at is None else at) from None
+            except json.JSONDecodeError as err:
+                cut = err.pos >= len(self.buf) - 64 or err.msg.startswith("Unterminated string")
                 if cut and self.more():
                     continue
                 raise
             if not isinstance(value, (dict, list, str)) and _NUMBER_TAIL.match(self.buf, end) and self.more():
                 continue  # a number ("1.5" of "1.5e3") may go on in the text not read yet
+            at = _too_deep(self.buf, self.pos, end)
+            if at is not None:
+                raise _TooDeep(self.buf, at)
+            self.escapes = _SURROGATE_ESCAPE.search(self.buf, self.pos, end) is not None
             self.pos = end
             return value
 
@@ -204,8 +291,10 @@ def _iter_json_array(scan: _Scanner, path: Path) -> Iterator[Any]:
             try:
                 value = scan.value()
             except ValueError as err:
-                msg = getattr(err, "msg", str(err))
-                raise DataError(f"malformed JSON ({msg} at {scan.where(getattr(err, 'pos', scan.pos))})", file=str(path), record=n) from None
+                at = scan.where(getattr(err, "pos", scan.pos))
+                raise DataError(f"malformed JSON ({_decode_message(err)} at {at})", file=str(path), record=n) from None
+            if scan.escapes:
+                _check_unicode(value, path, n)
             yield value
             n += 1
             c = scan.skip()
@@ -230,9 +319,15 @@ def _one_document(path: Path) -> Any:
         scan.skip()
         try:
             value = scan.value()
+        except _TooDeep as err:
+            raise DataError(f"malformed JSON ({err.msg} at {scan.where(err.pos)})", file=str(path)) from None
         except ValueError:
             return None
-        return value if scan.skip() == "" else None
+        if scan.skip() != "":
+            return None
+        if scan.escapes:
+            _check_unicode(value, path, None)
+        return value
 
 
 def _read_json(path: Path, bad: list[int] | None = None) -> Iterator[Any]:
@@ -263,12 +358,23 @@ def _iter_json_lines(text: _Text, path: Path, bad: list[int] | None) -> Iterator
         if not line.strip():
             continue
         try:
-            record = json.loads(line)
-        except ValueError as err:
+            try:
+                record, recursed = json.loads(line), False
+            except RecursionError:  # Python's parser went past its recursion limit: far deeper than MAX_DEPTH
+                record, recursed = None, True
+            at = _too_deep(line)  # scans valid JSON only: all of it, or up to the depth where the parser stopped
+            if at is not None or recursed:
+                raise _TooDeep(line, at or 0)
+            if _SURROGATE_ESCAPE.search(line):
+                _check_unicode(record, path, n)
+        except (ValueError, DataError) as err:
             if bad is not None:
                 bad.append(n + len(bad))
                 continue
-            raise DataError(f"malformed JSON on line {lineno}: {err}", file=str(path), record=n) from None
+            if isinstance(err, DataError):
+                raise
+            detail = err if isinstance(err, json.JSONDecodeError) else _decode_message(err)
+            raise DataError(f"malformed JSON on line {lineno}: {detail}", file=str(path), record=n) from None
         n += 1
         yield record
 
@@ -291,13 +397,18 @@ def iter_dataset(ds, batch_size: int = 1000) -> Iterator[dict]:
 def _read_with_datasets(path: Path, kind: str) -> Iterator[dict]:
     import datasets  # heavy (pyarrow, pandas): imported only when an Arrow or Parquet file is read
 
+    import pyarrow  # comes with datasets
+
     if kind == "arrow":
-        ds = datasets.Dataset.from_file(str(path))
+        try:
+            ds = datasets.Dataset.from_file(str(path))
+        except (pyarrow.ArrowException, OSError) as err:  # not an Arrow stream, or a cut one
+            raise DataError(f"cannot read arrow file: {_first_line(err)}", file=str(path)) from None
     else:
         try:
             ds = datasets.load_dataset(kind, data_files=str(path), split="train")
         except Exception as err:  # noqa: BLE001 - library errors vary; report them in one line
-            raise DataError(f"cannot read {kind} file: {str(err).splitlines()[0] if str(err) else type(err).__name__}", file=str(path)) from None
+            raise DataError(f"cannot read {kind} file: {_first_line(err)}", file=str(path)) from None
     yield from iter_dataset(ds)
 
 
@@ -316,7 +427,13 @@ def iter_file(path: Path, bad: list[int] | None = None) -> Iterator[Any]:
                 return
             # every cell is text (a numeric answer stays "42"); an empty cell is no value
             rows = csv.DictReader(_lines(text, csv_ends=True))
-            yield from ({k: (v if v != "" else None) for k, v in row.items() if k is not None} for row in rows)
+            n = 0
+            try:
+                for row in rows:
+                    yield {k: (v if v != "" else None) for k, v in row.items() if k is not None}
+                    n += 1
+            except csv.Error as err:  # e.g. a cell longer than csv.field_size_limit() (a quote never closed?)
+                raise DataError(f"malformed CSV on line {rows.reader.line_num}: {err}", file=str(path), record=n) from None
             return
     if path.stat().st_size == 0:
         raise DataError("empty file", file=str(path))

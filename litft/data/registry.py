@@ -2,8 +2,10 @@
 
 ``data.dataset`` is a comma-separated list of names. A name is looked up in
 ``<data.dataset_dir>/dataset_info.json``; a name that is not there but is an existing file or folder (absolute,
-or relative to the working directory or to ``dataset_dir``) is loaded directly, its format guessed from its
-first record. Entries SFT cannot train on (ranking, KTO, images, videos, audios) stop with a clear error.
+or relative to the working directory or to ``dataset_dir``) is loaded directly, its format ("auto") guessed from
+its first record when it is read (:func:`litft.data.formats.guess_format`). Entries SFT cannot train on (ranking,
+KTO, images, videos, audios) stop with a clear error. This module only resolves names to entries: reading them is
+:mod:`litft.data.records` (files: :mod:`litft.data.reader`).
 """
 
 from __future__ import annotations
