@@ -116,7 +116,7 @@ def test_lightning_resumes_on_the_exact_next_batch(tmp_path, tiny_qwen2, alpaca_
 
 
 def test_interleave_and_concat(tiny_qwen2, tmp_path):
-    from litft.data.tokenize import mix
+    from litft.data.records import mix
 
     a, b = list(range(10)), list(range(100, 103))
     assert mix([a, b]) == a + b

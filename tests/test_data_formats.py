@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 from litft.data.conversation import Conversation, Turn
 from litft.data.formats import FORMATS, RecordError, alpaca, dolly, lima, openai, sharegpt, text
 from litft.data.registry import resolve
-from litft.data.tokenize import Stats, conversations
+from litft.data.records import conversations
+from litft.data.stats import Stats
 from litft.errors import DataError, LitFTError
 
 
@@ -152,6 +153,17 @@ def test_skip_bad_records_counts_them(tmp_path):
     assert len(convs) == 2 and stats.records == 4 and stats.skipped == 2
 
 
+def test_a_new_format_is_one_entry_in_FORMATS(tmp_path, monkeypatch):
+    def qa(record, **_):
+        return Conversation(turns=[T("user", record["q"]), T("assistant", record["a"])])
+
+    ddir = _registry(tmp_path, {"d": {"file_name": "x.json", "formatting": "qa"}}, {"x.json": '[{"q": "1+1", "a": "2"}]'})
+    with pytest.raises(DataError, match=r"dataset_info\.json, field 'd\.formatting': unknown formatting 'qa' \(expected one of alpaca, "):
+        resolve("d", ddir)
+    monkeypatch.setitem(FORMATS, "qa", qa)  # the one edit: the registry and the reader take the format from FORMATS
+    assert [c.turns for c in _convs("d", ddir)[0]] == [[T("user", "1+1"), T("assistant", "2")]]
+
+
 def test_unknown_name_and_sft_unsupported_entries(tmp_path):
     ddir = _registry(tmp_path, {"r": {"file_name": "x.json", "ranking": True}, "m": {"file_name": "x.json", "columns": {"images": "images"}}}, {"x.json": "[]"})
     with pytest.raises(LitFTError, match="unknown dataset 'nope'"):
@@ -183,21 +195,3 @@ def test_fuzz_formats_only_raise_record_errors(record, fmt):
     assert isinstance(conv, Conversation)
     assert all(isinstance(t.content, str) and t.role in ("user", "assistant", "tool") for t in conv.turns)
     assert conv.text is not None or any(t.role == "assistant" for t in conv.turns)
-
-
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(data=st.binary(max_size=200) | st.text(max_size=200).map(str.encode))
-def test_fuzz_file_reader_only_raises_data_errors(tmp_path, data):
-    from pathlib import Path
-
-    from litft.data.registry import iter_file
-
-    for name in ("f.json", "f.jsonl"):
-        path = Path(tmp_path) / name
-        path.write_bytes(data)
-        try:
-            out = list(iter_file(path))
-        except DataError as err:
-            assert "\n" not in str(err)
-            continue
-        assert isinstance(out, list)

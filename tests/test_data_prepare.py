@@ -41,3 +41,16 @@ def test_bad_data_is_one_line_exit_2(tmp_path, tiny_qwen2, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1] == f"litft: error: {bad}, record 1, field 'instruction': expected a string, got list"
     assert not any("Traceback" in line for line in err)
+
+
+def test_deeply_nested_json_is_one_line_exit_2_from_the_command_line(tmp_path, tiny_qwen2):
+    """``python -m litft prepare`` on a 5,000-deep JSON array: Python's parser would raise RecursionError."""
+    from tests.test_cli import litft
+
+    deep = tmp_path / "d.json"
+    deep.write_text("[" * 5000 + "]" * 5000)
+    out = litft("prepare", "--config", _config(tmp_path, tiny_qwen2, deep))
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert "Traceback" not in out.stderr, out.stderr[-2000:]
+    errors = [line for line in out.stderr.splitlines() if line.startswith("litft: error:")]
+    assert errors == [f"litft: error: {deep}, record 0: malformed JSON (nested deeper than 128 levels at line 1 column 130)"], out.stderr

@@ -52,8 +52,8 @@ def eval_data(cli) -> tuple[str, str]:
 
 def load_examples(dm, dataset: str, max_samples: Optional[int] = None) -> list[tuple[list[dict], str, Optional[str]]]:
     """(prompt messages, reference, tools) for each record: the conversation up to its last assistant turn."""
+    from litft.data.records import conversations
     from litft.data.registry import resolve
-    from litft.data.tokenize import conversations
 
     examples = []
     for entry in resolve(dataset, dm.dataset_dir):

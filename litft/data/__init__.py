@@ -3,10 +3,13 @@
 Flow (one module per step)::
 
     registry.py   dataset_info.json (LLaMA-Factory semantics) or file paths → DatasetEntry
-    formats.py    alpaca | sharegpt | openai | lima | dolly | text → Conversation (system, tools, turns)
+    reader.py     data files (JSON array / JSON lines / CSV / text / Arrow / Parquet) → raw records, streamed
+    formats.py    the format list (FORMATS): alpaca | sharegpt | openai | lima | dolly | text → Conversation
+    records.py    an entry's records → conversations; num_samples sampling; mixing several datasets
     template_spec.py  what data.template may be: built-in, Jinja, declarative YAML → one Jinja chat template
     templates.py  the tokenizer's chat template (default) or data.template → input_ids + labels
-    tokenize.py   truncation to cutoff_len (policy in its docstring), statistics, mixing
+    truncation.py conversations → rows of at most cutoff_len tokens (policy in its docstring)
+    stats.py      the figures of a preparation (records, skipped, samples, tokens, truncated, dropped, ...)
     packing.py    best-fit decreasing packing, block-diagonal mask / varlen position_ids
     pipeline.py   corpus-scale preparation on datasets: Arrow all the way, batched map with worker processes
     cache.py      fingerprinted Arrow cache, prepared on one rank, others wait (heartbeat + timeout)

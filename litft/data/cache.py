@@ -71,8 +71,8 @@ def tokenizer_digest(tokenizer) -> str:
 def code_digest() -> str:
     """A digest of the pipeline's own source, so a fix in litft's data code never reuses stale rows."""
     h = hashlib.sha256()
-    for name in ("registry.py", "formats.py", "conversation.py", "templates.py", "tokenize.py", "packing.py", "pipeline.py", "collate.py",
-                 "template_spec.py"):
+    for name in ("registry.py", "reader.py", "records.py", "formats.py", "conversation.py", "templates.py", "truncation.py",
+                 "stats.py", "packing.py", "pipeline.py", "collate.py", "template_spec.py"):
         h.update((Path(__file__).parent / name).read_bytes())
     return h.hexdigest()
 

@@ -17,9 +17,11 @@ from litft.data import cache
 from litft.data.collate import PadCollator
 from litft.data.loader import ResumableBatchSampler, ResumableLoader, epoch_generator
 from litft.data.packing import PackedCollator
-from litft.data.registry import data_files, resolve
+from litft.data.reader import data_files
+from litft.data.records import iter_conversations, mix, sample_indices
+from litft.data.registry import resolve
+from litft.data.stats import Stats
 from litft.data.templates import resolve_template
-from litft.data.tokenize import Stats, iter_conversations, mix, sample_indices
 from litft.errors import LitFTError
 
 log = logging.getLogger(__name__)
@@ -230,7 +232,7 @@ class LitFTDataModule(pl.LightningDataModule):
         entries = resolve(self.dataset, self.dataset_dir)
         if self.eval_dataset:
             entries = entries + resolve(self.eval_dataset, self.dataset_dir)
-        files = [f for e in entries if e.file_name for f in data_files(e)]
+        files = [f for e in entries if e.file_name for f in data_files(e.path)]
         return cache.fingerprint(entries, self.tokenizer, self._options(), files)
 
     def cache_path(self) -> Path:

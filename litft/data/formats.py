@@ -2,7 +2,9 @@
 
 Every function takes the record and keyword-only options (``columns``, ``tags`` from the registry entry)
 and raises :class:`RecordError` naming the offending field; the loader adds the file and record index.
-Add a format by writing one function and one entry in :data:`FORMATS`.
+Add a format by writing one function and one entry in :data:`FORMATS`: the registry accepts exactly the names
+listed there (``formatting`` in dataset_info.json). :func:`guess_format` recognises bare files of the formats
+whose keys it knows.
 """
 
 from __future__ import annotations
@@ -226,3 +228,27 @@ FORMATS: dict[str, FormatFn] = {
     "dolly": dolly,
     "text": text,
 }
+
+
+def guess_format(record: Mapping[str, Any]) -> tuple[str, dict[str, str]]:
+    """(format, columns) of a bare file (no dataset_info.json entry), from the keys of its first record."""
+    keys = set(record)
+    if "messages" in keys:
+        first = record["messages"][0] if isinstance(record["messages"], list) and record["messages"] else {}
+        if isinstance(first, Mapping) and "role" in first:
+            return "openai", {}
+        return "sharegpt", {"messages": "messages"}
+    if "conversations" in keys:
+        conv = record["conversations"]
+        if isinstance(conv, list) and conv and isinstance(conv[0], str):
+            return "lima", {}
+        if isinstance(conv, list) and conv and isinstance(conv[0], Mapping) and "role" in conv[0]:
+            return "openai", {"messages": "conversations"}
+        return "sharegpt", {}
+    if "context" in keys and "response" in keys:
+        return "dolly", {}
+    if "instruction" in keys:
+        return "alpaca", {}
+    if keys == {"text"} or ("text" in keys and "output" not in keys):
+        return "text", {"prompt": "text"}
+    return "alpaca", {}

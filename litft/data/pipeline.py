@@ -1,12 +1,12 @@
 """Corpus-scale preparation on ``datasets``: records → Arrow → tokenize in parallel → (pack) → Arrow.
 
 Memory does not grow with the corpus: data files are read as a stream, one record at a time
-(:func:`litft.data.registry.iter_file`), conversations are written to an Arrow file as they are formatted,
+(:func:`litft.data.reader.iter_file`), conversations are written to an Arrow file as they are formatted,
 mixing and the validation split are index selections on it, and tokenization is a batched ``Dataset.map``
 (``num_proc`` worker processes) that writes its Arrow shards as it goes. Every row carries its ``length``
 (and ``num_targets``), so length grouping and packing read one integer column.
 
-The rows are exactly those of :func:`litft.data.tokenize.encode_all` (+ :func:`litft.data.packing.pack`): the
+The rows are exactly those of :func:`litft.data.truncation.encode_all` (+ :func:`litft.data.packing.pack`): the
 same functions run on each batch. Statistics travel through one extra "carrier" row per batch (length 0,
 holding the batch's counts in a ``_stats`` column), which is read and filtered out afterwards, so worker
 processes need no side channel.
@@ -24,7 +24,8 @@ import numpy as np
 from litft.labels import count_targets
 from litft.data.conversation import Conversation, Turn
 from litft.data.packing import best_fit_decreasing, join
-from litft.data.tokenize import Stats, encode_all
+from litft.data.stats import Stats
+from litft.data.truncation import encode_all
 
 log = logging.getLogger(__name__)
 

@@ -1,62 +1,59 @@
-"""From registry entries to tokenized rows: read → format → encode → truncate, with statistics.
+"""A dataset's records: read (its files or the hub), formatted into conversations, sampled (``num_samples``) and
+mixed (several datasets: concat or interleave).
 
-Truncation policy (``cutoff_len``): a plain-text document (continued pre-training) longer than ``cutoff_len``
-is split into consecutive chunks of ``cutoff_len`` tokens, all kept. A conversation longer than ``cutoff_len`` keeps its first ``cutoff_len`` tokens
-when at least one trained token remains among them (counted as *truncated*); when the prompt alone fills
-``cutoff_len`` nothing would be trained, so the sample is dropped (counted as *dropped*, never cut to a
-target-less row). Samples with no trained token at all are dropped too.
+Files are read by :mod:`litft.data.reader`, one record at a time; each record becomes a
+:class:`~litft.data.conversation.Conversation` through its format (:mod:`litft.data.formats`). A bad record is a
+one-line :class:`~litft.errors.DataError` naming file, record and field (or, with ``on_bad_record: skip``, counted
+and skipped).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import random
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
 from litft.data.conversation import Conversation
-from litft.data.formats import FORMATS, RecordError
-from litft.data.registry import DatasetEntry, _guess_format, iter_sources
-from litft.data.templates import encode_many
-from litft.labels import IGNORE_INDEX, count_targets
+from litft.data.formats import FORMATS, RecordError, guess_format
+from litft.data.reader import data_files, iter_dataset, iter_file
+from litft.data.registry import DatasetEntry
+from litft.data.stats import Stats
 from litft.errors import DataError, LitFTError
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class Stats:
-    """Figures reported by ``prepare`` and logged by the data module."""
+def read_hub(entry: DatasetEntry) -> Iterable[dict]:
+    """Records of a hub dataset (Hugging Face, or ModelScope with USE_MODELSCOPE_HUB=1)."""
+    if os.environ.get("USE_MODELSCOPE_HUB", "0").lower() in ("1", "true") and entry.ms_hub_url:
+        try:
+            from modelscope import MsDataset  # optional: only for USE_MODELSCOPE_HUB=1
+        except ImportError:
+            raise LitFTError(f"dataset '{entry.name}': USE_MODELSCOPE_HUB=1 needs the modelscope package") from None
+        ds = MsDataset.load(entry.ms_hub_url, subset_name=entry.subset, data_dir=entry.folder, split=entry.split)
+        if hasattr(ds, "to_hf_dataset"):
+            ds = ds.to_hf_dataset()
+        return list(ds)
+    if not entry.hf_hub_url:
+        raise LitFTError(f"dataset '{entry.name}': only ms_hub_url is given; set USE_MODELSCOPE_HUB=1")
+    import datasets  # heavy (pyarrow, pandas): imported only when a hub dataset is read
 
-    records: int = 0
-    """Raw records read."""
-    skipped: int = 0
-    """Bad records skipped (data.on_bad_record: skip)."""
-    samples: int = 0
-    """Samples kept after truncation."""
-    tokens: int = 0
-    """Tokens in the kept samples."""
-    trained_tokens: int = 0
-    """Trained (label != -100) tokens in the kept samples."""
-    truncated: int = 0
-    """Samples cut to cutoff_len."""
-    chunked: int = 0
-    """Plain-text documents longer than cutoff_len, split into several samples."""
-    dropped: int = 0
-    """Samples dropped (prompt alone fills cutoff_len, or nothing to train)."""
-    rows: int = 0
-    """Training rows (== samples unless packed)."""
-    packing_efficiency: float | None = None
-    """Real tokens / (rows × cutoff_len) when packed."""
-    per_dataset: dict[str, int] = field(default_factory=dict)
-    """Samples per dataset name."""
+    try:
+        ds = datasets.load_dataset(entry.hf_hub_url, name=entry.subset, data_dir=entry.folder, split=entry.split)
+    except Exception as err:  # noqa: BLE001
+        raise LitFTError(f"dataset '{entry.name}': cannot load {entry.hf_hub_url} from the hub: {str(err).splitlines()[0]}") from None
+    return iter_dataset(ds)
 
-    def merge(self, other: "Stats") -> None:
-        for k in ("records", "skipped", "samples", "tokens", "trained_tokens", "truncated", "chunked", "dropped"):
-            setattr(self, k, getattr(self, k) + getattr(other, k))
-        for k, v in other.per_dataset.items():
-            self.per_dataset[k] = self.per_dataset.get(k, 0) + v
+
+def iter_sources(entry: DatasetEntry, bad: list[int] | None = None) -> Iterator[tuple[str, Iterator[Any]]]:
+    """(source name, its raw records as an iterator) for each file of the entry, or the hub dataset."""
+    if entry.file_name:
+        for path in data_files(entry.path):
+            yield str(path), iter_file(path, bad)
+    else:
+        yield entry.hf_hub_url or entry.ms_hub_url or entry.name, read_hub(entry)
 
 
 def iter_conversations(entry: DatasetEntry, *, on_bad_record: str = "error", stats: Stats | None = None) -> Iterator[Conversation]:
@@ -70,7 +67,7 @@ def iter_conversations(entry: DatasetEntry, *, on_bad_record: str = "error", sta
             if fn is None:
                 fmt, guessed_columns = entry.formatting, entry.columns
                 if fmt == "auto":
-                    fmt, guessed_columns = _guess_format(record if isinstance(record, dict) else {})
+                    fmt, guessed_columns = guess_format(record if isinstance(record, dict) else {})
                 fn = FORMATS[fmt]
             if stats is not None:
                 stats.records += 1
@@ -139,47 +136,3 @@ def mix(parts: list[list[Any]], *, strategy: str = "concat", probs: list[float] 
         out.append(parts[k][pos[k]])
         pos[k] += 1
     return out
-
-
-def encode_all(
-    convs: Iterable[Conversation],
-    tokenizer,
-    *,
-    template: str | None,
-    cutoff_len: int,
-    train_on_prompt: bool = False,
-    mask_history: bool = False,
-    stats: Stats | None = None,
-) -> list[dict[str, list[int]]]:
-    """Tokenize and truncate; rows are {input_ids, labels}."""
-    stats = stats if stats is not None else Stats()
-    rows = []
-    convs = list(convs)
-    encoded = encode_many(tokenizer, convs, template=template, train_on_prompt=train_on_prompt, mask_history=mask_history)
-    for conv, (ids, labels) in zip(convs, encoded):
-        if conv.text is not None and len(ids) > cutoff_len:
-            stats.chunked += 1
-            for k in range(0, len(ids), cutoff_len):
-                piece = ids[k : k + cutoff_len]
-                if len(piece) < 2:
-                    continue
-                rows.append({"input_ids": piece, "labels": list(piece)})
-                stats.samples += 1
-                stats.tokens += len(piece)
-                stats.trained_tokens += len(piece)
-            continue
-        if len(ids) > cutoff_len:
-            ids, labels = ids[:cutoff_len], labels[:cutoff_len]
-            if count_targets(labels) == 0:
-                stats.dropped += 1
-                continue
-            stats.truncated += 1
-        elif count_targets(labels) == 0:
-            stats.dropped += 1
-            continue
-        rows.append({"input_ids": ids, "labels": labels})
-        stats.samples += 1
-        stats.tokens += len(ids)
-        stats.trained_tokens += len(labels) - labels.count(IGNORE_INDEX)
-    return rows
-
