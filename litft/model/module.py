@@ -311,7 +311,8 @@ class LitFTModule(L.LightningModule):
         cache on. The tokenizer is :attr:`tokenizer`.
 
         dtype: override of ``model.dtype`` (float32, bfloat16, float16). ``auto`` follows ``precision`` (the
-            trainer's: bf16-* → bfloat16, 16-* → float16, auto → bfloat16 on a CUDA GPU with bf16, else float32).
+            trainer's: bf16-* → bfloat16, 16-* → float16, auto → what ``trainer.precision: auto`` picks on that
+            device: bfloat16 where it has bf16 in hardware, float16 on older CUDA GPUs (V100, T4), else float32).
         quantized: False loads the base unquantized even when training quantized it (export merges into it).
         device: where the model runs (default: cuda when available, else cpu).
         """
@@ -319,11 +320,12 @@ class LitFTModule(L.LightningModule):
 
         name = dtype or self.dtype_name
         if name == "auto":
+            from litft.accelerators import default_precision, precision_dtype
+
             p = str(precision if precision is not None else "auto")
-            if p == "auto":
-                bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-                p = "bf16" if bf16 else "32"
-            name = "bfloat16" if p.startswith("bf16") else "float16" if p.startswith("16") else "float32"
+            if p == "auto":  # the training default of the device the model will run on
+                p = default_precision(torch.device(device).type if device else "cuda" if torch.cuda.is_available() else "cpu")
+            name = str(precision_dtype(p)).replace("torch.", "")
         if name not in FLOAT_DTYPES:
             raise LitFTError(f"dtype: unknown '{name}' (float32, bfloat16 or float16)")
         if adapter is not None and not (Path(adapter).expanduser() / "adapter_config.json").is_file():
