@@ -258,15 +258,17 @@ class LitFTModule(L.LightningModule):
                 self.log("train/grad_norm", norm, on_step=True, on_epoch=False, batch_size=1)
 
     def on_validation_epoch_start(self) -> None:
-        self._val_sums = torch.zeros(2, device=self.device, dtype=torch.float64)
+        from litft.model.loss_totals import LossTotals
+
+        self._val_sums = LossTotals()  # exact host-side totals: no float64 tensor on the device (HCCL)
 
     def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
         loss_sum, n_tokens = self.loss_sum(batch)
-        self._val_sums += torch.stack([loss_sum.detach().double(), n_tokens.double()])
+        self._val_sums.add(loss_sum, n_tokens)
 
     def on_validation_epoch_end(self) -> None:
-        totals = self.trainer.strategy.reduce(self._val_sums, reduce_op="sum")
-        val_loss = (totals[0] / totals[1].clamp(min=1)).float()
+        loss_sum, n_tokens = self._val_sums.total(self.trainer.strategy, self.device)
+        val_loss = torch.tensor(loss_sum / max(n_tokens, 1), dtype=torch.float32, device=self.device)
         self.log("val/loss", val_loss, prog_bar=True, sync_dist=False, batch_size=1)
         self.log("val/ppl", torch.exp(val_loss), sync_dist=False, batch_size=1)
 
