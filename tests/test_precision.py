@@ -100,3 +100,18 @@ def test_bf16_decided_in_one_place():
     root = Path(litft.__file__).parent
     callers = sorted(str(p.relative_to(root)) for p in root.rglob("*.py") if "is_bf16_supported" in p.read_text())
     assert callers == ["accelerators/__init__.py", "accelerators/npu.py"]
+
+
+def test_fp16_mixed_keeps_trained_weights_fp32():
+    """16-mixed (what V100/T4 now get): LoRA's frozen base loads in fp16, a full fine-tune keeps fp32 weights (the
+    grad scaler raises "Attempting to unscale FP16 gradients" on fp16 ones)."""
+    import types
+
+    from litft.model.config import LoraConfig
+
+    for lora, expected in ((LoraConfig(), torch.float16), (None, torch.float32)):
+        module = LitFTModule("unused-model-path", lora=lora)
+        module._trainer = types.SimpleNamespace(precision="16-mixed")
+        assert module.weights_dtype() is expected
+        module._trainer = types.SimpleNamespace(precision="bf16-mixed")
+        assert module.weights_dtype() is torch.bfloat16

@@ -30,7 +30,8 @@ class LitFTModule(L.LightningModule):
     Args:
         name_or_path: Hub id (e.g. Qwen/Qwen2.5-7B-Instruct), local folder, or `pkg:<python package>` folder.
         gguf_file: A GGUF file inside name_or_path; dequantized once to a cached plain checkpoint.
-        dtype: dtype of the frozen base weights; auto = bfloat16/float16 under bf16/16 precision, else float32.
+        dtype: dtype of the frozen base weights; auto = bfloat16/float16 under bf16/16 precision (float32 under 16-mixed
+            when every weight trains), else float32.
         attn_implementation: transformers attention kernel: sdpa, eager or flash_attention_2.
         trust_remote_code: Run modelling code shipped with the model (off unless you trust the source).
         quantization: Quantize the frozen base with bitsandbytes (QLoRA); null = no quantization.
@@ -91,7 +92,9 @@ class LitFTModule(L.LightningModule):
         if precision.startswith("bf16"):
             return torch.bfloat16
         if precision.startswith("16"):
-            return torch.float16
+            # fp16 autocast: a frozen LoRA base may be fp16, trained weights stay fp32 (the grad scaler refuses fp16
+            # gradients: "Attempting to unscale FP16 gradients")
+            return torch.float16 if self.lora is not None else torch.float32
         return torch.float32
 
     def _zero3(self) -> bool:
