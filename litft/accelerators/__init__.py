@@ -14,7 +14,8 @@ from lightning.pytorch.accelerators import AcceleratorRegistry
 
 from litft.accelerators.npu import NPUAccelerator, npu_bf16_supported, npu_device_count
 
-__all__ = ["NPUAccelerator", "register", "resolve_accelerator", "default_precision", "native_bf16", "precision_dtype"]
+__all__ = ["NPUAccelerator", "register", "resolve_accelerator", "default_precision", "native_bf16",
+           "precision_dtype"]
 
 
 def register() -> None:

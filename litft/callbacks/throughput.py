@@ -96,8 +96,8 @@ class Throughput(pl.Callback):
                          found.dtype_name)
             else:
                 note = " (an estimate: no vendor figure for this exact part)" if found.peak.estimate else ""
-                log.info("MFU against %.1f TFLOPS, the dense %s peak of %s%s; override with Throughput(peak_flops=...)",
-                         found.flops / 1e12, found.dtype_name, found.peak.chip, note)
+                log.info("MFU against %.1f TFLOPS, the dense %s peak of %s%s; override with "
+                         "Throughput(peak_flops=...)", found.flops / 1e12, found.dtype_name, found.peak.chip, note)
         self._said = True
         return found.flops
 

@@ -329,7 +329,8 @@ class LitFTModule(L.LightningModule):
 
             p = str(precision if precision is not None else "auto")
             if p == "auto":  # the training default of the device the model will run on
-                p = default_precision(torch.device(device).type if device else "cuda" if torch.cuda.is_available() else "cpu")
+                kind = torch.device(device).type if device else "cuda" if torch.cuda.is_available() else "cpu"
+                p = default_precision(kind)
             name = str(precision_dtype(p)).replace("torch.", "")
         if name not in FLOAT_DTYPES:
             raise LitFTError(f"dtype: unknown '{name}' (float32, bfloat16 or float16)")
