@@ -14,7 +14,8 @@ from lightning.pytorch.accelerators import AcceleratorRegistry
 
 from litft.accelerators.npu import NPUAccelerator, npu_bf16_supported, npu_device_count
 
-__all__ = ["NPUAccelerator", "register", "resolve_accelerator", "default_precision"]
+__all__ = ["NPUAccelerator", "register", "resolve_accelerator", "default_precision", "native_bf16",
+           "precision_dtype"]
 
 
 def register() -> None:
@@ -59,17 +60,52 @@ def resolve_accelerator(accelerator: Any = "auto") -> str:
     return "mps" if MPSAccelerator.is_available() else "cuda"  # Lightning then says no GPU is available
 
 
-def default_precision(accelerator: Any = "auto") -> str:
-    """``trainer.precision: auto``: bf16-mixed on CUDA/NPU devices with bf16, else 32-true.
+def native_bf16(accelerator: Any = "auto") -> bool:
+    """Whether the devices of ``accelerator`` compute bf16 in hardware: the one place litft decides it.
 
-    CPUs always get 32-true: bf16 autocast is ~40x slower than fp32 on the CPUs we measured.
+    CUDA: every visible GPU has compute capability >= 8.0 (Ampere and later); ``torch.cuda.is_bf16_supported()``
+    is not enough, it answers True on V100/T4 too because it counts emulation. ROCm: torch's answer. NPU:
+    ``torch.npu.is_bf16_supported()`` (910B yes, 910A no). CPU: False (bf16 autocast is ~40x slower than fp32
+    on the CPUs we measured).
     """
     name = resolve_accelerator(accelerator)
     if name in ("cuda", "gpu"):
-        return "bf16-mixed" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "32-true"
+        if not torch.cuda.is_available():
+            return False
+        if torch.version.hip:
+            return bool(torch.cuda.is_bf16_supported())  # ROCm: torch checks no emulation there
+        count = max(1, torch.cuda.device_count())
+        return all(tuple(torch.cuda.get_device_capability(i)) >= (8, 0) for i in range(count))
     if name == "npu":
-        return "bf16-mixed" if npu_bf16_supported() else "32-true"
+        return npu_bf16_supported()
+    return False
+
+
+def default_precision(accelerator: Any = "auto") -> str:
+    """``trainer.precision: auto``: bf16-mixed where the device has bf16 in hardware (:func:`native_bf16`).
+
+    CUDA GPUs without it (V100, T4: compute capability 7.x) get 16-mixed: fp16 autocast with Lightning's
+    dynamic loss scaling, the usual choice of fine-tuning tools on these cards (LLaMA-Factory falls back to fp16
+    where bf16 is missing, axolotl's ``bf16: auto`` to fp16, Unsloth's notebooks set ``fp16 = not is_bfloat16_supported()``); fp32
+    runs at 1/8 of their fp16 tensor-core rate. If a model overflows in fp16 (the loss turns nan and litft
+    stops), set ``trainer.precision: 32-true``. NPUs without bf16 (910A) and CPUs get 32-true.
+    """
+    name = resolve_accelerator(accelerator)
+    if native_bf16(name):
+        return "bf16-mixed"
+    if name in ("cuda", "gpu") and torch.cuda.is_available():
+        return "16-mixed"
     return "32-true"
+
+
+def precision_dtype(precision: Any) -> torch.dtype:
+    """The compute dtype of a Lightning precision string (bf16-* → bfloat16, 16-* → float16, else float32)."""
+    p = str(precision)
+    if p.startswith("bf16"):
+        return torch.bfloat16
+    if p.startswith("16"):
+        return torch.float16
+    return torch.float32
 
 
 register()

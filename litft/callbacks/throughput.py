@@ -4,25 +4,24 @@ Tokens are counted from each batch: the 2-D ``attention_mask`` sum for padded ro
 rows (which carry ``position_ids`` and no 2-D mask). FLOPs per token follow the usual estimates with N the number
 of model parameters: LoRA/frozen-base ≈ 4N (forward 2N + backward through the activations 2N), full fine-tune 6N
 (+ weight gradients 2N), +2N with activation recomputation (gradient checkpointing). MFU is reported only where the
-peak is known: CUDA GPUs through Lightning's table, Ascend NPUs through the small table below, or ``peak_flops``.
+peak is known: litft's table of dense peaks (:mod:`litft.accelerators.flops`, fp32 counted at the TF32 rate when
+TF32 is allowed) or ``peak_flops``; otherwise one log line says why there is no ``mfu``.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any, Optional
 
 import lightning.pytorch as pl
 import torch
 
+from litft.accelerators import flops as peak_table
+from litft.accelerators import precision_dtype
 from litft.model.params import count_parameters  # noqa: F401  (ZeRO-3 partitions and 4-bit weights at full size)
 
-# Dense 16-bit peak FLOP/s per device of Ascend NPUs (vendor-published figures, approximate; override with
-# peak_flops). Matched by prefix of the lower-cased torch.npu.get_device_name(), most specific first.
-NPU_PEAK_FLOPS: dict[str, float] = {
-    "ascend910b": 313e12,
-    "ascend910": 256e12,
-}
+log = logging.getLogger(__name__)
 
 
 def count_tokens(batch: Any) -> int:
@@ -41,36 +40,17 @@ def flops_per_token(n_params: int, *, full: bool, recompute: bool) -> int:
 
 
 def compute_dtype(trainer: "pl.Trainer", model: torch.nn.Module) -> torch.dtype:
+    """The dtype the matmuls run in: the autocast dtype of mixed precision, else the weights' most common dtype."""
     precision = str(trainer.precision)
-    if "bf16" in precision:
-        return torch.bfloat16
-    if precision.startswith("16"):
-        return torch.float16
+    if "bf16" in precision or precision.startswith("16"):
+        return precision_dtype(precision)
     dtypes = [p.dtype for p in model.parameters() if p.is_floating_point()]
     return max(set(dtypes), key=dtypes.count) if dtypes else torch.float32
 
 
 def peak_flops_per_device(device: torch.device, dtype: torch.dtype) -> Optional[float]:
-    """Theoretical peak FLOP/s of one device for ``dtype``, or None when unknown (CPU, unlisted chips)."""
-    if device.type == "cuda":
-        from lightning.fabric.utilities.throughput import get_available_flops
-
-        if dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32:
-            dtype = "tf32"
-        try:
-            flops = get_available_flops(device, dtype)
-        except Exception:  # unknown chip/dtype combination
-            return None
-        return float(flops) if flops else None
-    if device.type == "npu" and dtype in (torch.bfloat16, torch.float16):
-        try:
-            name = torch.npu.get_device_name(device).lower().replace(" ", "")  # type: ignore[attr-defined]
-        except Exception:
-            return None
-        for prefix, flops in NPU_PEAK_FLOPS.items():
-            if name.startswith(prefix):
-                return flops
-    return None
+    """Theoretical dense peak FLOP/s of one device for ``dtype``, or None when unknown (CPU, unlisted chips)."""
+    return peak_table.lookup(device, dtype).flops
 
 
 class Throughput(pl.Callback):
@@ -79,7 +59,7 @@ class Throughput(pl.Callback):
 
     Args:
         log_every_n_steps: window length in optimizer steps (None: ``trainer.log_every_n_steps``).
-        peak_flops: peak FLOP/s of one device, overriding the built-in tables (e.g. for an unlisted chip).
+        peak_flops: dense peak FLOP/s of one device, overriding litft's table (e.g. for an unlisted chip).
         full_finetune: None to detect (every parameter trainable → 6N), else force 6N (True) or 4N (False).
     """
 
@@ -94,6 +74,7 @@ class Throughput(pl.Callback):
         self._tokens = 0
         self._t0: Optional[float] = None
         self._last_step = -1
+        self._said = False
 
     def on_train_start(self, trainer, pl_module) -> None:
         # Here, not in setup(): LitFTModule builds its model in configure_model(), after the setup hooks.
@@ -103,8 +84,22 @@ class Throughput(pl.Callback):
         recompute = bool(getattr(inner, "is_activation_checkpointing", None)
                          or getattr(inner, "is_gradient_checkpointing", False))
         self.flops_per_token = flops_per_token(total, full=full, recompute=recompute)
-        self.peak = self.peak_flops or peak_flops_per_device(pl_module.device, compute_dtype(trainer, pl_module))
+        self.peak = self.peak_flops or self._table_peak(trainer, pl_module)
         self._t0, self._tokens, self._last_step = time.perf_counter(), 0, trainer.global_step
+
+    def _table_peak(self, trainer, pl_module) -> Optional[float]:
+        """The peak from litft's table; says once (rank 0) which figure MFU uses, or why there is no MFU."""
+        found = peak_table.lookup(pl_module.device, compute_dtype(trainer, pl_module))
+        if not self._said and trainer.is_global_zero:
+            if found.flops is None:
+                log.info("MFU n/a: unknown peak for %s %s; set Throughput(peak_flops=...)", found.device_name,
+                         found.dtype_name)
+            else:
+                note = " (an estimate: no vendor figure for this exact part)" if found.peak.estimate else ""
+                log.info("MFU against %.1f TFLOPS, the dense %s peak of %s%s; override with "
+                         "Throughput(peak_flops=...)", found.flops / 1e12, found.dtype_name, found.peak.chip, note)
+        self._said = True
+        return found.flops
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self._tokens += count_tokens(batch)
@@ -113,7 +108,9 @@ class Throughput(pl.Callback):
         if step == self._last_step or step % every != 0:
             return
         elapsed = time.perf_counter() - self._t0
-        tokens = trainer.strategy.reduce(torch.tensor(float(self._tokens), device=pl_module.device), reduce_op="sum")
+        # float32, never float64 on the device (HCCL handles it poorly): exact up to 2**24 tokens per window
+        local = torch.tensor(float(self._tokens), device=pl_module.device, dtype=torch.float32)
+        tokens = trainer.strategy.reduce(local, reduce_op="sum")
         tokens_per_sec = float(tokens) / max(elapsed, 1e-9)
         metrics = {"tokens_per_sec": tokens_per_sec}
         if self.peak and self.flops_per_token:

@@ -30,7 +30,8 @@ class LitFTModule(L.LightningModule):
     Args:
         name_or_path: Hub id (e.g. Qwen/Qwen2.5-7B-Instruct), local folder, or `pkg:<python package>` folder.
         gguf_file: A GGUF file inside name_or_path; dequantized once to a cached plain checkpoint.
-        dtype: dtype of the frozen base weights; auto = bfloat16/float16 under bf16/16 precision, else float32.
+        dtype: dtype of the frozen base weights; auto = bfloat16/float16 under bf16/16 precision (float32 under 16-mixed
+            when every weight trains), else float32.
         attn_implementation: transformers attention kernel: sdpa, eager or flash_attention_2.
         trust_remote_code: Run modelling code shipped with the model (off unless you trust the source).
         quantization: Quantize the frozen base with bitsandbytes (QLoRA); null = no quantization.
@@ -91,7 +92,9 @@ class LitFTModule(L.LightningModule):
         if precision.startswith("bf16"):
             return torch.bfloat16
         if precision.startswith("16"):
-            return torch.float16
+            # fp16 autocast: a frozen LoRA base may be fp16, trained weights stay fp32 (the grad scaler refuses fp16
+            # gradients: "Attempting to unscale FP16 gradients")
+            return torch.float16 if self.lora is not None else torch.float32
         return torch.float32
 
     def _zero3(self) -> bool:
@@ -258,15 +261,17 @@ class LitFTModule(L.LightningModule):
                 self.log("train/grad_norm", norm, on_step=True, on_epoch=False, batch_size=1)
 
     def on_validation_epoch_start(self) -> None:
-        self._val_sums = torch.zeros(2, device=self.device, dtype=torch.float64)
+        from litft.model.loss_totals import LossTotals
+
+        self._val_sums = LossTotals()  # exact host-side totals: no float64 tensor on the device (HCCL)
 
     def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
         loss_sum, n_tokens = self.loss_sum(batch)
-        self._val_sums += torch.stack([loss_sum.detach().double(), n_tokens.double()])
+        self._val_sums.add(loss_sum, n_tokens)
 
     def on_validation_epoch_end(self) -> None:
-        totals = self.trainer.strategy.reduce(self._val_sums, reduce_op="sum")
-        val_loss = (totals[0] / totals[1].clamp(min=1)).float()
+        loss_sum, n_tokens = self._val_sums.total(self.trainer.strategy, self.device)
+        val_loss = torch.tensor(loss_sum / max(n_tokens, 1), dtype=torch.float32, device=self.device)
         self.log("val/loss", val_loss, prog_bar=True, sync_dist=False, batch_size=1)
         self.log("val/ppl", torch.exp(val_loss), sync_dist=False, batch_size=1)
 
@@ -311,7 +316,8 @@ class LitFTModule(L.LightningModule):
         cache on. The tokenizer is :attr:`tokenizer`.
 
         dtype: override of ``model.dtype`` (float32, bfloat16, float16). ``auto`` follows ``precision`` (the
-            trainer's: bf16-* → bfloat16, 16-* → float16, auto → bfloat16 on a CUDA GPU with bf16, else float32).
+            trainer's: bf16-* → bfloat16, 16-* → float16, auto → what ``trainer.precision: auto`` picks on that
+            device: bfloat16 where it has bf16 in hardware, float16 on older CUDA GPUs (V100, T4), else float32).
         quantized: False loads the base unquantized even when training quantized it (export merges into it).
         device: where the model runs (default: cuda when available, else cpu).
         """
@@ -319,11 +325,13 @@ class LitFTModule(L.LightningModule):
 
         name = dtype or self.dtype_name
         if name == "auto":
+            from litft.accelerators import default_precision, precision_dtype
+
             p = str(precision if precision is not None else "auto")
-            if p == "auto":
-                bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-                p = "bf16" if bf16 else "32"
-            name = "bfloat16" if p.startswith("bf16") else "float16" if p.startswith("16") else "float32"
+            if p == "auto":  # the training default of the device the model will run on
+                kind = torch.device(device).type if device else "cuda" if torch.cuda.is_available() else "cpu"
+                p = default_precision(kind)
+            name = str(precision_dtype(p)).replace("torch.", "")
         if name not in FLOAT_DTYPES:
             raise LitFTError(f"dtype: unknown '{name}' (float32, bfloat16 or float16)")
         if adapter is not None and not (Path(adapter).expanduser() / "adapter_config.json").is_file():
