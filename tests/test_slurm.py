@@ -142,9 +142,10 @@ def test_dist_timeout_is_bounded_and_configurable(monkeypatch):
     from litft.strategies.timeout import dist_timeout
 
     monkeypatch.delenv("LITFT_DIST_TIMEOUT", raising=False)
-    assert dist_timeout() == timedelta(seconds=300) and LitFTDDPStrategy()._timeout == timedelta(seconds=300)
+    # bounded after the first optimizer step (before it: LITFT_DIST_STARTUP_TIMEOUT, tests/test_timeouts.py)
+    assert dist_timeout() == timedelta(seconds=300) and LitFTDDPStrategy()._phase_timeouts[1] == timedelta(seconds=300)
     monkeypatch.setenv("LITFT_DIST_TIMEOUT", "42")
-    assert LitFTDDPStrategy()._timeout == timedelta(seconds=42)
+    assert LitFTDDPStrategy()._phase_timeouts[1] == timedelta(seconds=42)
     assert LitFTDDPStrategy(timeout=timedelta(seconds=7))._timeout == timedelta(seconds=7)
     monkeypatch.setenv("LITFT_DIST_TIMEOUT", "soon")
     with pytest.raises(LitFTError, match=r"^LITFT_DIST_TIMEOUT='soon': expected a number of seconds > 0$"):
