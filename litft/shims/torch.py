@@ -1,4 +1,4 @@
-"""torch.distributed internals litft relies on (checked against torch 2.6 and 2.13).
+"""torch.distributed internals litft relies on (run on torch 2.13; read in the 2.6-2.9 sources).
 
 torch has no public way to list a process's process groups or to read a group's timeout, and changing a group's
 timeout after creation is public only from torch 2.9 (``ProcessGroup.set_timeout``); before, it is
