@@ -121,11 +121,11 @@ def render_sbatch(spec: SbatchSpec) -> str:
         f'export LITFT_LOG_DIR=${{LITFT_LOG_DIR:-"{rank_logs}"}}',
         'mkdir -p "$LITFT_LOG_DIR"',
         "",
+        *collective_env(spec.variant),
     ]
     if spec.variant == "npu":
         lines += [
             "# Ascend CANN: runtime, compiler and HCCL libraries (ASCEND_TOOLKIT_HOME overrides the path).",
-            "# HCCL timeouts are CANN's defaults unless exported before sbatch.",
             "set +u",
             'source "${ASCEND_TOOLKIT_HOME:-/usr/local/Ascend/ascend-toolkit}/set_env.sh"',
             "set -u",
@@ -150,11 +150,62 @@ def render_sbatch(spec: SbatchSpec) -> str:
         "",
         'echo "litft: $(date -u +%FT%TZ) job $SLURM_JOB_ID (restart ${SLURM_RESTART_COUNT:-0}) on $SLURM_JOB_NODELIST,'
         ' main $MASTER_ADDR, config $CONFIG"',
+        'echo "litft: collective timeouts ${LITFT_DIST_STARTUP_TIMEOUT} s until the first optimizer step, then'
+        f' ${{LITFT_DIST_TIMEOUT}} s; {_IFNAMES[spec.variant]}=${{{_IFNAMES[spec.variant]}:-auto}}"',
         'srun --kill-on-bad-exit=1 "$PYTHON" -m litft fit --config "$CONFIG"'
         + "".join(f" {q(a)}" for a in spec.fit_args),
         "",
     ]
     return "\n".join(lines)
+
+
+_IFNAMES = {"cpu": "GLOO_SOCKET_IFNAME", "gpu": "NCCL_SOCKET_IFNAME", "npu": "HCCL_SOCKET_IFNAME"}
+"""The network interface variable the job log names per variant."""
+
+
+def collective_env(variant: str) -> list[str]:
+    """Script lines for the collectives of a multi-node job: litft's two timeouts (litft/strategies/timeout.py), and
+    per backend NCCL's error handling and log level, HCCL's timeouts and error handling, the network interfaces.
+    Each value an exported variable already holds wins (``${VAR:-default}``)."""
+    from litft.strategies.timeout import (DEFAULT_STARTUP_TIMEOUT_S, DEFAULT_TIMEOUT_S, ENV as TIMEOUT_ENV,
+                                          STARTUP_ENV)
+
+    lines = [
+        "# Collective timeouts (litft/strategies/timeout.py): long until the first optimizer step (model loading,",
+        "# data, DeepSpeed set-up, first collectives), bounded after it (a hung or dead rank ends the job).",
+        f"export {STARTUP_ENV}=${{{STARTUP_ENV}:-{DEFAULT_STARTUP_TIMEOUT_S:g}}}",
+        f"export {TIMEOUT_ENV}=${{{TIMEOUT_ENV}:-{DEFAULT_TIMEOUT_S:g}}}",
+    ]
+    if variant == "gpu":
+        lines += [
+            "# NCCL: a collective past its timeout ends the process (3: torch's default since 2.2, kept explicit);",
+            "# NCCL's warnings in the logs (NCCL_DEBUG=INFO shows the interfaces and transports it picked).",
+            "export TORCH_NCCL_ASYNC_ERROR_HANDLING=${TORCH_NCCL_ASYNC_ERROR_HANDLING:-3}",
+            "export NCCL_DEBUG=${NCCL_DEBUG:-WARN}",
+        ]
+    if variant in ("gpu", "cpu"):
+        names, who, example = (("NCCL_SOCKET_IFNAME GLOO_SOCKET_IFNAME", "NCCL and gloo",
+                                 "NCCL_SOCKET_IFNAME=ib0 or =^docker0,lo, GLOO_SOCKET_IFNAME=eth0")
+                                if variant == "gpu" else ("GLOO_SOCKET_IFNAME", "gloo", "GLOO_SOCKET_IFNAME=eth0"))
+        lines += [
+            f"# Network interface: {who} pick one unless the site exports one before sbatch (nodes with several",
+            f"# networks: {example}); a value reaches every task, an empty one none.",
+            f"for var in {names}; do",
+            '  if [[ -n ${!var:-} ]]; then export "$var"; else unset "$var"; fi',
+            "done",
+        ]
+    if variant == "npu":
+        lines += [
+            "# HCCL, consistent with litft's timeouts (torch_npu: keep the process-group timeout above both): link",
+            "# set-up in each group's first collective waits for ranks still loading (CANN's default 120 s would end",
+            "# a job whose ranks load minutes apart; 120-7200), a collective waits for its peers up to",
+            "# HCCL_EXEC_TIMEOUT (CANN's default 1836 s, 600 s in old CANN). Keep both below",
+            f"# {STARTUP_ENV}. A collective past its timeout ends the process (torch_npu's default 1).",
+            "export HCCL_CONNECT_TIMEOUT=${HCCL_CONNECT_TIMEOUT:-1800}",
+            "export HCCL_EXEC_TIMEOUT=${HCCL_EXEC_TIMEOUT:-1800}",
+            "export HCCL_ASYNC_ERROR_HANDLING=${HCCL_ASYNC_ERROR_HANDLING:-1}",
+        ]
+    return [*lines, ""]
 
 
 def device_count(devices: object) -> int | None:

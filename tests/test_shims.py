@@ -66,3 +66,45 @@ def test_lightning_signal_connector_is_where_the_shim_expects_it():
     finally:
         for s, handler in before.items():
             signal.signal(s, handler)
+
+
+def test_torch_process_group_timeouts_can_be_listed_changed_and_read_back():
+    import socket
+    from datetime import timedelta
+
+    import torch
+    import torch.distributed as dist
+    from torch.distributed import distributed_c10d as c10d
+
+    from litft.shims.torch import group_timeout, process_groups, set_group_timeout
+
+    hint = f"torch {torch.__version__}: update litft/shims/torch.py"
+    # the setter: ProcessGroup.set_timeout from torch 2.9, distributed_c10d._set_pg_timeout before (2.3-2.8)
+    assert hasattr(c10d.ProcessGroup, "set_timeout") or hasattr(c10d, "_set_pg_timeout"), hint
+    assert hasattr(c10d, "_world") and hasattr(c10d, "_rank_not_in_group"), hint
+    if dist.is_initialized():
+        pytest.skip("a process group is already initialized in this process")
+    assert process_groups() == []
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1,
+                            timeout=timedelta(seconds=123))
+    try:
+        extra = dist.new_group([0])
+        groups = process_groups()
+        assert dist.group.WORLD in groups and extra in groups and len(groups) == 2, hint
+        assert group_timeout(dist.group.WORLD) == timedelta(seconds=123), hint
+        assert set_group_timeout(extra, timedelta(seconds=4.5)) and set_group_timeout(dist.group.WORLD, timedelta(seconds=9))
+        assert (group_timeout(extra), group_timeout(dist.group.WORLD)) == (timedelta(seconds=4.5), timedelta(seconds=9))
+        if hasattr(c10d, "_set_pg_timeout"):  # the path torch < 2.9 takes
+            c10d._set_pg_timeout(timedelta(seconds=7), extra)
+            assert group_timeout(extra) == timedelta(seconds=7), hint
+    finally:
+        dist.destroy_process_group()
+
+    class Refusing:  # a backend without setTimeout (what torch raises for it)
+        def set_timeout(self, timeout):
+            raise RuntimeError("Backend hccl does not support setting timeout")
+
+    assert set_group_timeout(Refusing(), timedelta(seconds=1)) is False

@@ -142,9 +142,10 @@ def test_dist_timeout_is_bounded_and_configurable(monkeypatch):
     from litft.strategies.timeout import dist_timeout
 
     monkeypatch.delenv("LITFT_DIST_TIMEOUT", raising=False)
-    assert dist_timeout() == timedelta(seconds=300) and LitFTDDPStrategy()._timeout == timedelta(seconds=300)
+    # bounded after the first optimizer step (before it: LITFT_DIST_STARTUP_TIMEOUT, tests/test_timeouts.py)
+    assert dist_timeout() == timedelta(seconds=300) and LitFTDDPStrategy()._phase_timeouts[1] == timedelta(seconds=300)
     monkeypatch.setenv("LITFT_DIST_TIMEOUT", "42")
-    assert LitFTDDPStrategy()._timeout == timedelta(seconds=42)
+    assert LitFTDDPStrategy()._phase_timeouts[1] == timedelta(seconds=42)
     assert LitFTDDPStrategy(timeout=timedelta(seconds=7))._timeout == timedelta(seconds=7)
     monkeypatch.setenv("LITFT_DIST_TIMEOUT", "soon")
     with pytest.raises(LitFTError, match=r"^LITFT_DIST_TIMEOUT='soon': expected a number of seconds > 0$"):
@@ -195,6 +196,46 @@ def test_rendered_scripts_are_valid_bash(variant, tmp_path):
     assert "CONFIG=${1:-'/x/a b.yaml'}" in text
     assert text.rstrip().endswith('srun --kill-on-bad-exit=1 "$PYTHON" -m litft fit --config "$CONFIG" '
                                   "--trainer.devices 4")
+
+
+def _collective_block(script: str) -> str:
+    start = script.index("# Collective timeouts")
+    return script[start:script.index("\n\n", start)]
+
+
+def _env_after(block: str, **env: str) -> dict[str, str]:
+    """The environment a task started after `block` sees (srun passes the script's environment on)."""
+    done = subprocess.run(["bash", "-c", f"set -euo pipefail\n{block}\nenv -0"], capture_output=True, text=True,
+                          env={"PATH": os.environ["PATH"], **env})
+    assert done.returncode == 0, done.stderr
+    return dict(item.split("=", 1) for item in done.stdout.split("\0") if "=" in item)
+
+
+@pytest.mark.parametrize("variant", ["cpu", "gpu", "npu"])
+def test_collective_settings_default_and_pass_through(variant):
+    """Every script exports litft's two collective timeouts, per backend its error handling / timeouts, and passes
+    the site's network interface through (only when set); a value exported before sbatch wins."""
+    script = render_sbatch(SbatchSpec(variant=variant, nodes=2, devices=8))
+    block = _collective_block(script)
+    defaults = {"LITFT_DIST_STARTUP_TIMEOUT": "3600", "LITFT_DIST_TIMEOUT": "300"}
+    defaults.update({"gpu": {"TORCH_NCCL_ASYNC_ERROR_HANDLING": "3", "NCCL_DEBUG": "WARN"},
+                     "npu": {"HCCL_CONNECT_TIMEOUT": "1800", "HCCL_EXEC_TIMEOUT": "1800",
+                             "HCCL_ASYNC_ERROR_HANDLING": "1"}}.get(variant, {}))
+    ifnames = {"cpu": ["GLOO_SOCKET_IFNAME"], "gpu": ["NCCL_SOCKET_IFNAME", "GLOO_SOCKET_IFNAME"], "npu": []}[variant]
+    env = _env_after(block, **{name: "" for name in ifnames})
+    assert {k: env.get(k) for k in defaults} == defaults
+    assert not any(name in env for name in ifnames), env  # an empty interface name never reaches the tasks
+    site = {k: "7" for k in defaults} | {name: f"ib{i}" for i, name in enumerate(ifnames)}
+    env = _env_after(block, **site)
+    assert {k: env.get(k) for k in site} == site
+    # HCCL's timeouts sit below litft's start-up one (torch_npu: the process group's must be the larger)
+    if variant == "npu":
+        assert int(defaults["HCCL_CONNECT_TIMEOUT"]) < 3600 and int(defaults["HCCL_EXEC_TIMEOUT"]) < 3600
+    ifname = {"cpu": "GLOO_SOCKET_IFNAME", "gpu": "NCCL_SOCKET_IFNAME", "npu": "HCCL_SOCKET_IFNAME"}[variant]
+    assert ('echo "litft: collective timeouts ${LITFT_DIST_STARTUP_TIMEOUT} s until the first optimizer step, then '
+            f'${{LITFT_DIST_TIMEOUT}} s; {ifname}=${{{ifname}:-auto}}"') in script
+    assert script.index("# Collective timeouts") < script.index("srun ")
+    assert ("NCCL" in script) == (variant == "gpu") and ("HCCL_EXEC" in script) == (variant == "npu")
 
 
 def test_template_without_config_demands_one():
@@ -272,6 +313,11 @@ def test_dry_run_gpu_config(tmp_path, tiny_llama, alpaca_file, fake_sbatch):
     assert 'MAIN_NODE=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n1)' in done.stdout
     assert done.stdout.rstrip().endswith('srun --kill-on-bad-exit=1 "$PYTHON" -m litft fit --config "$CONFIG"')
     assert "ASCEND" not in done.stdout
+    # the collectives of a multi-node job: litft's timeouts, NCCL's error handling (litft.slurm.collective_env)
+    for line in ("export LITFT_DIST_STARTUP_TIMEOUT=${LITFT_DIST_STARTUP_TIMEOUT:-3600}",
+                 "export TORCH_NCCL_ASYNC_ERROR_HANDLING=${TORCH_NCCL_ASYNC_ERROR_HANDLING:-3}",
+                 "export NCCL_DEBUG=${NCCL_DEBUG:-WARN}", "for var in NCCL_SOCKET_IFNAME GLOO_SOCKET_IFNAME; do"):
+        assert line in done.stdout, line
     # The script is written (what was printed), and nothing was submitted.
     assert (out / "slurm" / "litft.sbatch").read_text() == done.stdout
     assert os.access(out / "slurm" / "litft.sbatch", os.X_OK)
@@ -286,7 +332,8 @@ def test_dry_run_npu_config(tmp_path, tiny_llama, alpaca_file, fake_sbatch, caps
     assert _directives(out)[:4] == ["--job-name=ascend", "--nodes=4", "--ntasks-per-node=8", "--gres=npu:8"]
     assert "--signal=SIGUSR1@90" in _directives(out) and "--requeue" in _directives(out)
     assert 'source "${ASCEND_TOOLKIT_HOME:-/usr/local/Ascend/ascend-toolkit}/set_env.sh"' in out
-    assert "HCCL_EXEC_TIMEOUT" not in out and "HCCL_CONNECT_TIMEOUT" not in out  # CANN's defaults kept
+    assert "export HCCL_EXEC_TIMEOUT=${HCCL_EXEC_TIMEOUT:-1800}" in out  # litft's, unless exported (collective_env)
+    assert "export HCCL_CONNECT_TIMEOUT=${HCCL_CONNECT_TIMEOUT:-1800}" in out
     assert "export ASCEND_PROCESS_LOG_PATH=${ASCEND_PROCESS_LOG_PATH:-$LITFT_LOG_DIR/ascend}" in out
     assert out.index("set_env.sh") < out.index("srun ")
     assert (tmp_path / "out" / "slurm" / "ascend.sbatch").read_text() == out

@@ -1,5 +1,8 @@
 """Where weights and tokenizers come from: a hub id, a local directory, or a GGUF file.
 
+A hub id is a Hugging Face id unless ``USE_MODELSCOPE_HUB=1`` or ``USE_OPENMIND_HUB=1`` points it at ModelScope or
+Modelers (``litft.model.hubs``): then it resolves to the downloaded folder, for the model and its tokenizer alike.
+
 A GGUF file is dequantized once by transformers and cached as a plain safetensors checkpoint
 (``$LITFT_CACHE/gguf/<fingerprint>/``): transformers marks GGUF-loaded models as quantized, which
 makes them refuse to train or save, so every later step works on the plain copy.
@@ -58,8 +61,23 @@ def check_source(name_or_path: str, gguf_file: str | None = None) -> None:
         raise LitFTError(f"model.name_or_path: no such model folder: {path}")
 
 
+def from_other_hub(name_or_path: str) -> str:
+    """A hub id's local folder when ``USE_MODELSCOPE_HUB`` / ``USE_OPENMIND_HUB`` selects that hub; anything else
+    (a Hugging Face id, a local path, ``pkg:``) unchanged."""
+    from litft.model.hubs import download, selected_hub
+
+    hub = selected_hub()
+    if hub is None or name_or_path.startswith("pkg:") or Path(name_or_path).expanduser().exists():
+        return name_or_path
+    if not _looks_like_hub_id(name_or_path):
+        return name_or_path  # check_source names the missing folder
+    return download(hub, name_or_path)
+
+
 def resolve_model_path(name_or_path: str, *, gguf_file: str | None = None, trust_remote_code: bool = False) -> str:
-    """The path (or hub id) that ``from_pretrained`` should read: GGUF files are converted once and cached."""
+    """The path (or Hugging Face id) that ``from_pretrained`` should read: ids of another selected hub are
+    downloaded (``litft.model.hubs``); GGUF files are converted once and cached."""
+    name_or_path = from_other_hub(name_or_path)
     check_source(name_or_path, gguf_file)
     name_or_path = expand_path(name_or_path)
     if gguf_file is None:
@@ -121,7 +139,8 @@ def load_tokenizer(name_or_path: str, *, gguf_file: str | None = None, trust_rem
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     except OSError as err:
-        raise LitFTError(f"model.name_or_path: cannot load a tokenizer from {name_or_path}: {err}") from None
+        reason = " ".join(str(err).split())  # one line
+        raise LitFTError(f"model.name_or_path: cannot load a tokenizer from {name_or_path}: {reason}") from None
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer

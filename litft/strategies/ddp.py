@@ -13,7 +13,7 @@ from lightning.pytorch.strategies import DDPStrategy
 from torch.nn.parallel import DistributedDataParallel
 
 from litft.accelerators.npu import npu_module
-from litft.strategies.timeout import dist_timeout
+from litft.strategies.timeout import StartupTimeout
 
 BACKENDS = {"cuda": "nccl", "npu": "hccl", "cpu": "gloo"}
 """torch.distributed backend per device type (anything else falls back to gloo)."""
@@ -34,7 +34,7 @@ def device_stream_context(device: torch.device):
     return nullcontext()
 
 
-class LitFTDDPStrategy(DDPStrategy):
+class LitFTDDPStrategy(StartupTimeout, DDPStrategy):
     """Lightning's DDP, with the backend picked per device (nccl/hccl/gloo) and NPU-safe model wrapping.
 
     Stock DDP wraps the model in ``torch.cuda.stream(...)`` whenever the device is not a CPU, which raises on
@@ -42,7 +42,8 @@ class LitFTDDPStrategy(DDPStrategy):
     """
 
     def __init__(self, *args: Any, timeout: Optional[timedelta] = None, **kwargs: Any) -> None:
-        super().__init__(*args, timeout=timeout or dist_timeout(), **kwargs)  # bounded: litft.strategies.timeout
+        # long until the first optimizer step, bounded after it: litft.strategies.timeout
+        super().__init__(*args, timeout=self._startup_timeout_for(timeout), **kwargs)
 
     def _get_process_group_backend(self) -> str:
         return self._process_group_backend or backend_for_device(self.root_device)

@@ -28,7 +28,7 @@ from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy
 from litft.errors import LitFTError
 from litft.strategies import checkpointing
 from litft.strategies.ddp import backend_for_device
-from litft.strategies.timeout import dist_timeout
+from litft.strategies.timeout import StartupTimeout
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ def _ds_accelerator(name: str):
     return CUDA_Accelerator()
 
 
-class LitFTDeepSpeedStrategy(DeepSpeedStrategy):
+class LitFTDeepSpeedStrategy(StartupTimeout, DeepSpeedStrategy):
     """DeepSpeed (ZeRO 1/2/3, offload, or a JSON config) on CUDA, NPU or CPU.
 
     Differences from Lightning's: runs on npu and cpu as well; ``exclude_frozen_parameters`` defaults to
@@ -87,7 +87,8 @@ class LitFTDeepSpeedStrategy(DeepSpeedStrategy):
             from litft.accelerators import resolve_accelerator
 
             pin_deepspeed_accelerator(resolve_accelerator("auto"))
-        kwargs["timeout"] = kwargs.get("timeout") or dist_timeout()  # bounded: litft.strategies.timeout
+        # long until the first optimizer step, bounded after it (DeepSpeed's groups too): litft.strategies.timeout
+        kwargs["timeout"] = self._startup_timeout_for(kwargs.get("timeout"))
         super().__init__(*args, exclude_frozen_parameters=exclude_frozen_parameters, **kwargs)
         offload = (self.config.get("zero_optimization") or {}).get("offload_optimizer") or {}
         if offload.get("device", "none") != "none":
