@@ -190,7 +190,7 @@ class LitFTCheckpoint(ModelCheckpointHooks):
         if self.save_adapter and model is not None and hasattr(model, "save_pretrained"):
             from litft.strategies import gathered_trainable_state_dict
 
-            # Under ZeRO-3 (and sharded FSDP) every rank holds a shard: gather on all ranks, as SaveAdapter does,
+            # Under ZeRO-3 every rank holds a shard: gather on all ranks, as SaveAdapter does,
             # so the PEFT files hold the real weights and not empty placeholders.
             state_dict = gathered_trainable_state_dict(model)
             if trainer.is_global_zero:
