@@ -107,7 +107,8 @@ def test_lightning_model_checkpoint_members_the_hooks_rely_on(tmp_path):
     save_last = inspect.getsource(ModelCheckpoint._save_last_checkpoint)
     assert "self._save_checkpoint(trainer, filepath)" in save_last, hint
     assert "self._remove_checkpoint(trainer, previous)" in save_last, hint
-    assert "self._last_global_step_saved = trainer.global_step" in inspect.getsource(ModelCheckpoint._save_checkpoint), hint
+    save = inspect.getsource(ModelCheckpoint._save_checkpoint)
+    assert "self._last_global_step_saved = trainer.global_step" in save, hint
     # The public names the shim adds do not shadow anything of ModelCheckpoint's.
     added = set(vars(ModelCheckpointHooks)) - set(MODEL_CHECKPOINT_HOOKS) - {"__module__", "__doc__", "__qualname__"}
     assert added == {"before_find_last", "after_file_saved", "after_file_removed", "last_saved_step", "write_last"}

@@ -39,7 +39,7 @@ def atomic_save(strategy: Any, save: Callable[[dict, str], None], checkpoint: di
     """
     target = Path(strategy.broadcast(str(filepath)))
     if strategy.broadcast(target.is_dir() and not target.is_symlink()):  # rank 0's answer: every rank raises
-        raise LitFTError(f"{target}: a checkpoint folder litft did not write is in the way of this save; rename or move it")
+        raise LitFTError(f"{target}: a checkpoint folder litft did not write is in the way of this save; move it")
     nonce = strategy.broadcast(f"{int(checkpoint.get('global_step', 0))}-{time.time_ns():x}")
     tmp = target.with_name(f".{target.name}.{nonce}{TMP_SUFFIX}")
     final = target.with_name(f".{target.name}.{nonce}")
