@@ -29,6 +29,7 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
 from litft.io import atomic_dir, atomic_write
 from litft.shims.lightning import ModelCheckpointHooks
+from litft.strategies import gathered_trainable_state_dict
 
 log = logging.getLogger(__name__)
 
@@ -188,8 +189,6 @@ class LitFTCheckpoint(ModelCheckpointHooks):
     def after_file_saved(self, trainer: "pl.Trainer", filepath: str) -> None:
         model = getattr(trainer.lightning_module, "model", None)
         if self.save_adapter and model is not None and hasattr(model, "save_pretrained"):
-            from litft.strategies import gathered_trainable_state_dict
-
             # Under ZeRO-3 every rank holds a shard: gather on all ranks, as SaveAdapter does,
             # so the PEFT files hold the real weights and not empty placeholders.
             state_dict = gathered_trainable_state_dict(model)

@@ -29,6 +29,7 @@ from typing import Any
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_warn
 
+from litft.data.templates import encode_prompt
 from litft.errors import DataError
 from litft.generation import generate
 from litft.io import atomic_write_text
@@ -117,8 +118,6 @@ def prompt_ids(tokenizer, probe: Probe, template: str | None = None) -> list[int
     """Token ids of the prompt up to the start of the assistant's answer, built the way training builds them."""
     messages = ([{"role": "system", "content": probe.system}] if probe.system is not None else [])
     messages.append({"role": "user", "content": probe.prompt})
-    from litft.data.templates import encode_prompt
-
     return list(encode_prompt(tokenizer, messages, template=template))
 
 
