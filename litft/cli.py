@@ -19,16 +19,8 @@ from litft.errors import LitFTError
 
 # Lightning's own "predict" is replaced by litft's predict command (batched generation to JSONL).
 LIGHTNING_COMMANDS = ("fit", "validate", "test")
-# name -> module under litft.commands (one line per command)
-EXTRA_COMMANDS: dict[str, str] = {
-    "prepare": "prepare",
-    "export": "export",
-    "generate": "generate",
-    "chat": "chat",
-    "predict": "predict",
-    "evaluate": "evaluate",
-    "slurm": "slurm",
-}
+# litft's own commands, each the module of that name under litft.commands
+EXTRA_COMMANDS = ("prepare", "export", "generate", "chat", "predict", "evaluate", "slurm")
 
 log = logging.getLogger("litft")
 
@@ -103,7 +95,7 @@ def _setup_logging() -> None:
 
 
 def _usage() -> str:
-    names = ", ".join(LIGHTNING_COMMANDS + tuple(EXTRA_COMMANDS))
+    names = ", ".join(LIGHTNING_COMMANDS + EXTRA_COMMANDS)
     return f"usage: python -m litft {{{names}}} --config CONFIG.yaml [--key.sub value ...]"
 
 
@@ -119,7 +111,7 @@ def run(argv: list[str]) -> int:
         LitFTCLI(args=argv)
         return 0
     if name in EXTRA_COMMANDS:
-        command = importlib.import_module(f"litft.commands.{EXTRA_COMMANDS[name]}")
+        command = importlib.import_module(f"litft.commands.{name}")
         cli = LitFTCLI(args=rest, run=False, command=command)
         return int(command.run(cli) or 0)
     print(f"litft: error: unknown command '{name}'\n{_usage()}", file=sys.stderr)

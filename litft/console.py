@@ -10,6 +10,8 @@ import logging
 import re
 import warnings
 
+import torch
+
 WARNINGS: dict[str, str] = {
     # message prefix -> why it is noise for a litft user
     "LightningCLI's args parameter is intended to run from within Python":
@@ -48,8 +50,6 @@ def quiet_library_noise() -> None:
     for prefix in WARNINGS:
         warnings.filterwarnings("ignore", message=re.escape(prefix))
     lines = dict(LOG_LINES)
-    import torch
-
     if not torch.cuda.is_available():
         # DeepSpeed says so whenever something imports it on a machine without GPUs: true, and not news there.
         lines["DeepSpeed"] = ("Setting accelerator to CPU", "DeepSpeed imported on a CPU machine")

@@ -27,7 +27,7 @@ class CJKTokenizer:
     default tokenization (optionally stemmed) for the rest."""
 
     def __init__(self, use_stemmer: bool = True):
-        try:
+        try:  # an optional dependency (litft[eval]), imported when scoring
             from rouge_score.tokenizers import DefaultTokenizer
         except ImportError:
             raise LitFTError("evaluate needs the rouge-score package: pip install 'litft[eval]'") from None
@@ -47,11 +47,12 @@ class CJKTokenizer:
 
 def rouge(predictions: Sequence[str], references: Sequence[str]) -> dict[str, float]:
     """Mean ROUGE-1/2/L F-measure × 100 over the pairs."""
-    from rouge_score import rouge_scorer
-
     if not predictions:
         raise LitFTError("evaluate: no predictions to score")
-    scorer = rouge_scorer.RougeScorer(list(ROUGE), tokenizer=CJKTokenizer(use_stemmer=True))
+    tokenizer = CJKTokenizer(use_stemmer=True)  # without rouge-score: its one-line error
+    from rouge_score import rouge_scorer  # optional dependency (litft[eval]), imported when scoring
+
+    scorer = rouge_scorer.RougeScorer(list(ROUGE), tokenizer=tokenizer)
     totals = dict.fromkeys(ROUGE, 0.0)
     for pred, ref in zip(predictions, references):
         scores = scorer.score(ref, pred)  # (target, prediction)

@@ -5,7 +5,10 @@ checkpoint (a requeued job continues where it stopped). The candidates are every
 
 - ``<output_dir>/checkpoints/*.ckpt``: files (``last.ckpt``, ``step=N.ckpt``) and DeepSpeed folders (or the links
   to them that :mod:`litft.strategies.checkpointing` maintains);
-- ``<output_dir>/hpc_ckpt_N.ckpt``: Lightning's SLURM checkpoints (older litft versions wrote them).
+- ``<output_dir>/hpc_ckpt_N.ckpt``: Lightning's own SLURM checkpoints. litft's runs do not write them (inside SLURM
+  its Trainer turns Lightning's auto-requeue off, and :class:`~litft.callbacks.preemption.Preemption` keeps
+  Lightning's signal handlers out), but a run given its own ``SLURMEnvironment`` can, and Lightning loads them by
+  itself inside SLURM when no ``ckpt_path`` is given.
 
 Hidden names (``.x``) and ``*.tmp`` leftovers of a killed write are never candidates. Each candidate is opened and
 its ``global_step`` read; one that fails to open is skipped with a warning naming it and the reason. The newest

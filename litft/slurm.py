@@ -263,21 +263,6 @@ def check_allocation(num_nodes: int, devices: object, env: Mapping[str, str] | N
         raise LitFTError(f"SLURM job {job} does not match the trainer: {'; '.join(problems)}")
 
 
-def config_devices(devices: object, requested: int | None, where: str) -> tuple[int, list[str]]:
-    """Devices per node for an sbatch script from trainer.devices and --devices, plus the fit arguments
-    that make the job agree; LitFTError when the two disagree or neither gives a number."""
-    count = device_count(devices)
-    if count is None:
-        if requested is None:
-            raise LitFTError(f"{where}: trainer.devices is {devices!r}; give --devices N (tasks per node)")
-        return requested, ["--trainer.devices", str(requested)]
-    if requested is not None and requested != count:
-        raise LitFTError(
-            f"{where}: --devices {requested} disagrees with trainer.devices={devices!r}; change one of them"
-        )
-    return count, []
-
-
 def variant_for(accelerator: object) -> str:
     """The sbatch variant for trainer.accelerator: npu, cpu, or gpu (cuda, gpu, auto)."""
     name = accelerator if isinstance(accelerator, str) else type(accelerator).__name__

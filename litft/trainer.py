@@ -5,32 +5,29 @@ from __future__ import annotations
 from typing import Union
 
 import lightning.pytorch as L
+from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.accelerators import Accelerator
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint, ProgressBar
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint, ProgressBar, RichProgressBar
 
-from litft.strategies import trainer_kwargs
-from litft.shims.lightning import PRECISION_INPUT
+from litft.callbacks.adapter import SaveAdapter
+from litft.callbacks.checkpoint import LitFTCheckpoint
+from litft.callbacks.plot import LossPlot
+from litft.callbacks.preemption import Preemption, slurm_plugins
+from litft.callbacks.throughput import Throughput
+from litft.resume import resolve_ckpt_path
+from litft.shims.lightning import PRECISION_INPUT, leave_signals_alone
 from litft.slurm import check_allocation
-from litft.callbacks.preemption import slurm_plugins
+from litft.strategies import trainer_kwargs
 
 
 def default_callbacks(enable_checkpointing: bool = True) -> list[Callback]:
     """Callbacks every litft run has unless the config already lists one of the same class."""
-    from litft.callbacks.adapter import SaveAdapter
-    from litft.callbacks.checkpoint import LitFTCheckpoint
-    from litft.callbacks.plot import LossPlot
-    from litft.callbacks.throughput import Throughput
-
-    from litft.callbacks.preemption import Preemption
-
     callbacks: list[Callback] = [SaveAdapter(), LossPlot(), Throughput(), Preemption()]
     if enable_checkpointing:
         callbacks.append(LitFTCheckpoint(every_n_train_steps=100))
     try:
-        from lightning.pytorch.callbacks import RichProgressBar
-
         callbacks.append(RichProgressBar(leave=True))
-    except (ImportError, ModuleNotFoundError):  # rich missing: Lightning's tqdm bar
+    except ModuleNotFoundError:  # rich missing (Lightning checks when the bar is made): Lightning's tqdm bar
         pass
     return callbacks
 
@@ -74,11 +71,6 @@ class LitFTTrainer(L.Trainer):
             if not any(isinstance(c, kind) for c in callbacks):
                 callbacks.append(extra)
         super().__init__(*args, callbacks=callbacks, **resolved, **kwargs)
-        from lightning.fabric.plugins.environments import SLURMEnvironment
-
-        from litft.callbacks.preemption import Preemption
-        from litft.shims.lightning import leave_signals_alone
-
         if any(isinstance(cb, Preemption) for cb in callbacks):
             leave_signals_alone(self)  # Preemption owns SIGUSR1/SIGTERM; Lightning's handler would not save
         if SLURMEnvironment.detect():  # elsewhere at fit's setup (a Trainer that never fits leaves signals alone)
@@ -89,9 +81,5 @@ class LitFTTrainer(L.Trainer):
     def fit(self, model, train_dataloaders=None, val_dataloaders=None, datamodule=None, ckpt_path=None, **kwargs):
         """Lightning's fit; ``ckpt_path="last"`` (and, inside SLURM, no ckpt_path) resumes from the newest loadable
         checkpoint in the output folder, whatever its kind (litft.resume)."""
-        from lightning.fabric.plugins.environments import SLURMEnvironment
-
-        from litft.resume import resolve_ckpt_path
-
         ckpt_path = resolve_ckpt_path(ckpt_path, self.default_root_dir, SLURMEnvironment.detect())
         return super().fit(model, train_dataloaders, val_dataloaders, datamodule, ckpt_path, **kwargs)

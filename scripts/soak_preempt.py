@@ -145,10 +145,10 @@ class Soak:
                  pause_s: float = 0.3):
         self.root, self.env, self.strategy, self.steps, self.bound, self.log = root, env, strategy, steps, bound, log
         self.pause_s = pause_s
-        for path in (str(REPO), str(SCRIPTS)):  # tests.helpers; soak_preempt.PhaseLog when the config is parsed
+        for path in (str(REPO), str(SCRIPTS)):  # litft from this checkout; soak_preempt.PhaseLog when parsed
             if path not in sys.path:
                 sys.path.insert(0, path)
-        from tests.helpers import build_tiny_model, write_alpaca
+        from litft.testing import build_tiny_model, write_alpaca
 
         self.model = str(build_tiny_model("llama", root / "tiny-llama"))
         self.data = str(write_alpaca(root / "alpaca.json", n=48))

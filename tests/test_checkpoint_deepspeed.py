@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -23,6 +24,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+from litft.errors import LitFTError
 from tests.helpers import write_alpaca
 
 
@@ -134,8 +136,13 @@ def test_atomic_save_swaps_a_link_and_a_failed_save_leaves_the_previous(tmp_path
     from litft.strategies import checkpointing
 
     target = tmp_path / "checkpoints" / "last.ckpt"
-    # A real folder written by an older litft is replaced once, by the link.
+    # A real folder in the way (Lightning's own DeepSpeed save, not litft's) is refused and left as it is.
     _fake_ds_save({"global_step": 1}, str(target))
+    with pytest.raises(LitFTError, match=f"^{target}: a checkpoint folder litft did not write"):
+        checkpointing.atomic_save(_OneRank(), _fake_ds_save, {"global_step": 2}, target)
+    assert not target.is_symlink() and newest_checkpoint(tmp_path) == (target, 1)
+    assert sorted(p.name for p in target.parent.iterdir()) == ["last.ckpt"]
+    shutil.rmtree(target)
     checkpointing.atomic_save(_OneRank(), _fake_ds_save, {"global_step": 2}, target)
     assert target.is_symlink() and newest_checkpoint(tmp_path) == (target, 2)
     first = target.resolve()

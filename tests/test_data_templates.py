@@ -7,7 +7,7 @@ from transformers import AutoTokenizer
 
 from litft.data.conversation import Conversation, Turn
 from litft.data.template_spec import builtin_names
-from litft.data.templates import IGNORE_INDEX, encode_conversation, encode_prompt
+from litft.data.templates import IGNORE_INDEX, encode_many, encode_prompt
 
 
 def _ids(x):
@@ -54,7 +54,7 @@ def toks(tiny_llama, tiny_qwen2):
 def test_ids_equal_chat_template_and_mask_is_exact(toks, arch, eot, conv):
     tok = toks[arch]
     messages = conv.messages()
-    ids, labels = encode_conversation(tok, conv)
+    ids, labels = encode_many(tok, [conv])[0]
     assert ids == _chat_ids(tok, messages)
     # Independent expectation, built token-wise: each assistant turn's trained ids start right after the
     # generation prompt and are exactly tokenize(content + EOT).
@@ -73,7 +73,7 @@ def test_ids_equal_chat_template_and_mask_is_exact(toks, arch, eot, conv):
 
 def test_chatml_trailing_newline_not_trained(toks):
     tok = toks["qwen2"]
-    ids, labels = encode_conversation(tok, SINGLE)
+    ids, labels = encode_many(tok, [SINGLE])[0]
     eot = tok.convert_tokens_to_ids("<|im_end|>")
     last_eot = max(i for i, x in enumerate(ids) if x == eot)
     assert labels[last_eot] == eot
@@ -83,9 +83,9 @@ def test_chatml_trailing_newline_not_trained(toks):
 
 def test_mask_history_and_train_on_prompt(toks):
     tok = toks["qwen2"]
-    ids, labels = encode_conversation(tok, MULTI, mask_history=True)
+    ids, labels = encode_many(tok, [MULTI], mask_history=True)[0]
     assert _trained_runs(tok, ids, labels) == ["The answer is 6.<|im_end|>"]
-    ids2, labels2 = encode_conversation(tok, MULTI, train_on_prompt=True)
+    ids2, labels2 = encode_many(tok, [MULTI], train_on_prompt=True)[0]
     assert ids2 == ids and labels2 == ids
 
 
@@ -95,7 +95,7 @@ def test_encode_prompt_is_training_prefix(toks, arch):
     messages = MULTI.messages()[:-1]  # ends with the second user turn
     prompt = encode_prompt(tok, messages)
     assert prompt == _chat_ids(tok, messages, add_generation_prompt=True)
-    ids, labels = encode_conversation(tok, MULTI)
+    ids, labels = encode_many(tok, [MULTI])[0]
     assert ids[: len(prompt)] == prompt
     assert labels[len(prompt) - 1] == IGNORE_INDEX and labels[len(prompt)] != IGNORE_INDEX
 
@@ -113,12 +113,12 @@ def test_default_system_prompt_template(tiny_qwen2):
     tok = AutoTokenizer.from_pretrained(tiny_qwen2)
     tok.chat_template = SMOLLM2_TEMPLATE
     for conv in (SINGLE, MULTI):
-        ids, labels = encode_conversation(tok, conv)
+        ids, labels = encode_many(tok, [conv])[0]
         assert ids == _chat_ids(tok, conv.messages())
         assert _trained_runs(tok, ids, labels) == [t.content + "<|im_end|>" for t in conv.turns if t.role == "assistant"]
     prompt = encode_prompt(tok, SINGLE.messages()[:1])
     assert "You are a helpful AI assistant named SmolLM" in tok.decode(prompt)
-    assert encode_conversation(tok, SINGLE)[0][: len(prompt)] == prompt
+    assert encode_many(tok, [SINGLE])[0][0][: len(prompt)] == prompt
 
 
 @pytest.mark.slow  # converts the real GGUF once per session (minutes on a busy 2-core machine)
@@ -127,7 +127,7 @@ def test_smollm2_default_system_prompt(smollm2):
 
     tok = load_tokenizer(smollm2[0], gguf_file=smollm2[1])
     for conv in (SINGLE, MULTI):
-        ids, labels = encode_conversation(tok, conv)
+        ids, labels = encode_many(tok, [conv])[0]
         assert ids == _chat_ids(tok, conv.messages())
         assert _trained_runs(tok, ids, labels) == [t.content + "<|im_end|>" for t in conv.turns if t.role == "assistant"]
     assert "You are a helpful AI assistant named SmolLM" in tok.decode(encode_prompt(tok, [{"role": "user", "content": "hi"}]))
@@ -150,7 +150,7 @@ def test_smollm2_default_system_prompt(smollm2):
 def test_named_templates_mask_content_and_eot(toks, name, eot, first):
     tok = toks["qwen2"]  # eos <|im_end|>; named templates use eos where they have no end-of-turn of their own
     assert name in builtin_names()
-    ids, labels = encode_conversation(tok, MULTI, template=name)
+    ids, labels = encode_many(tok, [MULTI], template=name)[0]
     assert tok.decode(ids).startswith(first)
     runs = _trained_runs(tok, ids, labels)
     assert [r.strip(" ") for r in runs] == [t.content + eot for t in MULTI.turns if t.role == "assistant"]
@@ -164,14 +164,14 @@ def test_tokenizer_without_template_needs_a_named_one(tmp_path):
 
     tok = build_tokenizer(tmp_path, template="none")
     with pytest.raises(LitFTError, match="no chat template: set data.template"):
-        encode_conversation(tok, SINGLE)
-    ids, labels = encode_conversation(tok, SINGLE, template="alpaca")
+        encode_many(tok, [SINGLE])
+    ids, labels = encode_many(tok, [SINGLE], template="alpaca")[0]
     assert _trained_runs(tok, ids, labels) == ["Hello! How can I help you today?<|endoftext|>\n\n"]
 
 
 def test_plain_text_is_all_trained(toks):
     tok = toks["llama"]
-    ids, labels = encode_conversation(tok, Conversation(text="The quick brown fox."))
+    ids, labels = encode_many(tok, [Conversation(text="The quick brown fox.")])[0]
     assert labels == ids and ids[-1] == tok.eos_token_id
 
 
@@ -194,7 +194,7 @@ _conv = st.builds(
 def test_fuzz_equality_and_masks(toks, conv, arch):
     tok = toks[arch]
     eot = tok.eos_token
-    ids, labels = encode_conversation(tok, conv)
+    ids, labels = encode_many(tok, [conv])[0]
     assert ids == _chat_ids(tok, conv.messages())
     # every assistant turn's end-of-turn token is trained, and nothing else but assistant text is
     eot_id = tok.convert_tokens_to_ids(eot)
@@ -216,7 +216,7 @@ def test_template_that_cannot_render_gives_one_line(toks):
     tok2.chat_template = strict
     conv = Conversation(turns=[Turn("user", "q"), Turn("assistant", "a"), Turn("tool", "r"), Turn("assistant", "b")])
     with pytest.raises(LitFTError, match="cannot render a conversation with roles user/assistant/tool/assistant: no tools"):
-        encode_conversation(tok2, conv)
+        encode_many(tok2, [conv])
 
 
 def test_fast_labels_equal_the_token_loop():

@@ -197,6 +197,24 @@ def test_callback_scores_before_and_after_a_real_fit(tiny_qwen2, tmp_path, capsy
     assert "Score before 0/1 = 0.00" in out and "Score after  1/1 = 1.00" in out
 
 
+def test_callback_runs_on_rank_zero_unless_parameters_are_sharded(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from lightning.pytorch.strategies import DDPStrategy
+
+    from litft.strategies import LitFTDeepSpeedStrategy
+
+    monkeypatch.setenv("DS_ACCELERATOR", "cpu")
+    probes_file = tmp_path / "probes.json"
+    probes_file.write_text(json.dumps([{"prompt": "Who are you?", "expected": ["fox"]}]))
+    callback = GenerationProbe(str(probes_file))
+    for strategy, rank_zero, usable in [(DDPStrategy(), True, True), (DDPStrategy(), False, False),
+                                        (LitFTDeepSpeedStrategy(stage=2), True, True),
+                                        (LitFTDeepSpeedStrategy(stage=3), True, False)]:
+        trainer = SimpleNamespace(strategy=strategy, is_global_zero=rank_zero)
+        assert callback._usable(trainer) is usable, (type(strategy).__name__, rank_zero)
+
+
 # --- the shipped quickstart data -------------------------------------------------------------------
 def test_quickstart_data_is_generated_from_the_script():
     result = subprocess.run([sys.executable, str(REPO / "scripts" / "make_quickstart_data.py"), "--check"],

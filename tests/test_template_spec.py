@@ -12,7 +12,7 @@ from transformers import AutoTokenizer
 from litft.data.conversation import Conversation, Turn
 from litft.data.formats import alpaca
 from litft.data.template_spec import builtin_names
-from litft.data.templates import IGNORE_INDEX, chat_template_for, encode_conversation, encode_prompt, render_with_spans
+from litft.data.templates import IGNORE_INDEX, chat_template_for, encode_many, encode_prompt, render_with_spans
 from litft.errors import LitFTError
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "configs" / "examples"
@@ -65,7 +65,7 @@ def _records(n=20, seed=0) -> list[Conversation]:
 
 def test_declarative_phi2_blurb_trains_summary_and_end(tok):
     conv = alpaca({"instruction": "#Person1#: Hi.\n#Person2#: Hello.", "input": "", "output": "They greet."})
-    ids, labels = encode_conversation(tok, conv, template=PHI2)
+    ids, labels = encode_many(tok, [conv], template=PHI2)[0]
     assert tok.decode(ids) == (
         "Below is an instruction that describes a task. Write a response that appropriately completes the request."
         "\n\n### Instruct: Summarize the below conversation.\n\n#Person1#: Hi.\n#Person2#: Hello.\n\n"
@@ -78,16 +78,16 @@ def test_declarative_phi2_blurb_trains_summary_and_end(tok):
 
 def test_declarative_input_block_and_default_system(tok):
     conv = alpaca({"instruction": "Add them.", "input": "2 and 3", "output": "5"})
-    ids, labels = encode_conversation(tok, conv, template=STANFORD)
+    ids, labels = encode_many(tok, [conv], template=STANFORD)[0]
     assert tok.decode(ids).endswith(
         "request.\n\n### Instruction:\nAdd them.\n\n### Input:\n2 and 3\n\n### Response:\n5<|im_end|>")
     assert _trained(tok, ids, labels) == ["5<|im_end|>"]
     # without input: the user block alone; a record's own system prompt replaces the default
     conv = alpaca({"instruction": "Say hi.", "input": "", "output": "hi", "system": "Be kind."})
-    assert tok.decode(encode_conversation(tok, conv, template=STANFORD)[0]) == (
+    assert tok.decode(encode_many(tok, [conv], template=STANFORD)[0][0]) == (
         "Be kind.\n\n### Instruction:\nSay hi.\n\n### Response:\nhi<|im_end|>")
     dolly = alpaca({"instruction": "A long answer.", "input": "", "output": "What is X?"})
-    ids, labels = encode_conversation(tok, dolly, template=DOLLY)
+    ids, labels = encode_many(tok, [dolly], template=DOLLY)[0]
     assert "### Input:\nA long answer.\n\n### Response:\n" in tok.decode(ids)
     assert _trained(tok, ids, labels) == ["What is X?<|im_end|>"]
 
@@ -97,7 +97,7 @@ def test_jinja_inline_and_file(tok, tmp_path):
     path = tmp_path / "t.jinja"
     path.write_text(JINJA)
     for template in (JINJA, str(path)):
-        ids, labels = encode_conversation(tok, conv, template=template)
+        ids, labels = encode_many(tok, [conv], template=template)[0]
         assert ids == list(tok.apply_chat_template(conv.messages(), chat_template=JINJA, tokenize=True, return_dict=False))
         # " a1" is one token: it carries content, so it is trained with the template's space
         assert _trained(tok, ids, labels) == [" a1<|im_end|>", " a2<|im_end|>"]
@@ -113,14 +113,14 @@ def test_jinja_inline_and_file(tok, tmp_path):
 ])
 def test_bad_templates_are_one_line_errors(tok, spec, match):
     with pytest.raises(LitFTError, match=match):
-        encode_conversation(tok, Conversation(turns=[Turn("user", "q"), Turn("assistant", "a")]), template=spec)
+        encode_many(tok, [Conversation(turns=[Turn("user", "q"), Turn("assistant", "a")])], template=spec)
 
 
 def test_yaml_file_errors_name_the_file(tok, tmp_path):
     path = tmp_path / "mine.yaml"
     path.write_text("user: '{content}'\nassistant: '{content}'\nend_of_turn: 3\n")
     with pytest.raises(LitFTError, match=r"mine.yaml: 'end_of_turn' must be text"):
-        encode_conversation(tok, Conversation(turns=[Turn("user", "q"), Turn("assistant", "a")]), template=str(path))
+        encode_many(tok, [Conversation(turns=[Turn("user", "q"), Turn("assistant", "a")])], template=str(path))
 
 
 def test_tools_are_rendered_or_refused_never_dropped(tok):
@@ -128,13 +128,13 @@ def test_tools_are_rendered_or_refused_never_dropped(tok):
     conv = Conversation(turns=[Turn("user", "Weather?"), Turn("assistant", "Sunny.")], tools=tools)
     for name in ("qwen", "chatml", "alpaca"):
         with pytest.raises(LitFTError, match="does not render the record's tools"):
-            encode_conversation(tok, conv, template=name)
+            encode_many(tok, [conv], template=name)
     with_tools = JINJA.replace("{% for m in messages %}", "{% if tools %}TOOLS: {{ tools | tojson }}\n{% endif %}"
                                                           "{% for m in messages %}")
-    ids, _ = encode_conversation(tok, conv, template=with_tools)
+    ids, _ = encode_many(tok, [conv], template=with_tools)[0]
     assert 'TOOLS: [{"name": "get_weather"' in tok.decode(ids)
     with pytest.raises(LitFTError, match="not JSON"):
-        encode_conversation(tok, Conversation(turns=conv.turns, tools="get_weather(city)"), template=with_tools)
+        encode_many(tok, [Conversation(turns=conv.turns, tools="get_weather(city)")], template=with_tools)
 
 
 @pytest.mark.parametrize("template", [*builtin_names(), "phi2", "stanford", "jinja"])
@@ -149,7 +149,7 @@ def test_saved_tokenizer_chat_template_reproduces_training(tok, tmp_path, templa
         text, _ = render_with_spans(tok, conv, template=spec)
         messages = conv.messages()
         assert served.apply_chat_template(messages, tokenize=False) == text
-        ids, _ = encode_conversation(tok, conv, template=spec)
+        ids, _ = encode_many(tok, [conv], template=spec)[0]
         assert list(served.apply_chat_template(messages, tokenize=True, return_dict=False)) == ids
         assert served.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True) == \
             tok.decode(encode_prompt(tok, messages[:-1], template=spec))
@@ -213,7 +213,7 @@ def test_builtin_names_match_llamafactory(tiny_llama, tiny_qwen2, name):
         for conv in _records(20):
             lf_ids, lf_text = _llamafactory(tok, name, conv)
             text, _ = render_with_spans(tok, conv, template=name)
-            ids, _ = encode_conversation(tok, conv, template=name)
+            ids, _ = encode_many(tok, [conv], template=name)[0]
             if name == "llama2":
                 assert text == lf_text.replace(" [/INST]", " [/INST] ")
             else:
@@ -232,5 +232,5 @@ def test_inline_mapping_in_a_config_stays_text(tiny_qwen2, tmp_path):
     dm = LitFTCLI(args=["--config", str(config)], run=False).datamodule
     assert dm.template == spec
     conv = Conversation(turns=[Turn("user", "q"), Turn("assistant", "a")])
-    ids, labels = encode_conversation(dm.tokenizer, conv, template=dm.template)
+    ids, labels = encode_many(dm.tokenizer, [conv], template=dm.template)[0]
     assert dm.tokenizer.decode(ids) == "U: q\nA: a<|im_end|>" and _trained(dm.tokenizer, ids, labels) == [" a<|im_end|>"]

@@ -13,6 +13,7 @@ import torch
 from lightning.pytorch.accelerators import AcceleratorRegistry
 
 from litft.accelerators.npu import NPUAccelerator, npu_bf16_supported, npu_device_count
+from litft.shims.lightning import select_auto_accelerator
 
 __all__ = ["NPUAccelerator", "register", "resolve_accelerator", "default_precision", "native_bf16",
            "precision_dtype"]
@@ -43,10 +44,8 @@ def resolve_accelerator(accelerator: Any = "auto") -> str:
     name = accelerator_name(accelerator)
     if name not in ("auto", "gpu"):
         return name
-    from lightning.fabric.utilities.device_parser import _select_auto_accelerator
-
     if name == "auto":
-        chosen = _select_auto_accelerator()
+        chosen = select_auto_accelerator()
         if chosen != "cpu":
             return chosen
         return "npu" if npu_device_count() > 0 else "cpu"

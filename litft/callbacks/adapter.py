@@ -8,7 +8,10 @@ from pathlib import Path
 
 import lightning.pytorch as L
 
+from litft.callbacks.preemption import find
+from litft.data.templates import chat_template_for
 from litft.io import atomic_dir
+from litft.strategies import gathered_trainable_state_dict
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +36,6 @@ def _training_template(trainer: L.Trainer, pl_module) -> str | None:
     template = getattr(getattr(trainer, "datamodule", None), "template", None)
     if template is None:
         return None
-    from litft.data.templates import chat_template_for
-
     return chat_template_for(pl_module.tokenizer, template)
 
 
@@ -47,13 +48,9 @@ class SaveAdapter(L.Callback):
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if getattr(pl_module, "lora", None) is None or trainer.global_step == 0:
             return
-        from litft.callbacks.preemption import find
-
         preemption = find(trainer)
         if preemption is not None and preemption.preempted:
             return  # stopped early to be requeued: the resumed run writes the adapter when it finishes
-        from litft.strategies import gathered_trainable_state_dict
-
         # Under ZeRO-3 each rank holds a shard of every weight: gather them (on all ranks) before saving.
         state_dict = gathered_trainable_state_dict(pl_module.model)
         if trainer.is_global_zero:

@@ -26,9 +26,10 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
-from lightning.pytorch.callbacks import ModelCheckpoint
 
 from litft.io import atomic_dir, atomic_write
+from litft.shims.lightning import ModelCheckpointHooks
+from litft.strategies import gathered_trainable_state_dict
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 def use_atomic_io(trainer: "pl.Trainer") -> None:
     """Give the trainer's strategy the atomic CheckpointIO unless it has a custom one already."""
     strategy = trainer.strategy
-    if type(getattr(strategy, "_checkpoint_io", None) or TorchCheckpointIO()) is TorchCheckpointIO:
+    if type(strategy.checkpoint_io) is TorchCheckpointIO:  # the default (Lightning creates it on first access)
         strategy.checkpoint_io = AtomicCheckpointIO()
 
 
@@ -102,7 +103,7 @@ def _gather(trainer: "pl.Trainer", obj: Any) -> list:
     return [obj]
 
 
-class LitFTCheckpoint(ModelCheckpoint):
+class LitFTCheckpoint(ModelCheckpointHooks):
     """Adapter-only, atomic, exactly resumable checkpoints every ``every_n_train_steps`` steps and at the end.
 
     Args:
@@ -137,18 +138,17 @@ class LitFTCheckpoint(ModelCheckpoint):
 
     def save_last_now(self, trainer: "pl.Trainer") -> str:
         """Write ``last.ckpt`` now (all ranks; at a step boundary), unless this step is saved already."""
-        if self._last_global_step_saved != trainer.global_step or not self.last_model_path:
-            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        if self.last_saved_step != trainer.global_step or not self.last_model_path:
+            self.write_last(trainer)
         return self.last_model_path
 
-    def _find_last_checkpoints(self, trainer: "pl.Trainer") -> set[str]:
+    def before_find_last(self, trainer: "pl.Trainer") -> None:
         self._default_dir(trainer)
-        return super()._find_last_checkpoints(trainer)
 
     # -- when: every N steps (ModelCheckpoint) and at the end ------------------------------------------------------
     def on_train_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
-        if self._last_global_step_saved != trainer.global_step and not trainer.sanity_checking:
-            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        if self.last_saved_step != trainer.global_step and not trainer.sanity_checking:
+            self.write_last(trainer)
 
     # -- what: RNG states of every rank --------------------------------------------------------------------------
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
@@ -186,13 +186,10 @@ class LitFTCheckpoint(ModelCheckpoint):
             self._restore_after_val = True
 
     # -- optional PEFT adapter next to each checkpoint -------------------------------------------------------------
-    def _save_checkpoint(self, trainer: "pl.Trainer", filepath: str) -> None:
-        super()._save_checkpoint(trainer, filepath)
+    def after_file_saved(self, trainer: "pl.Trainer", filepath: str) -> None:
         model = getattr(trainer.lightning_module, "model", None)
         if self.save_adapter and model is not None and hasattr(model, "save_pretrained"):
-            from litft.strategies import gathered_trainable_state_dict
-
-            # Under ZeRO-3 (and sharded FSDP) every rank holds a shard: gather on all ranks, as SaveAdapter does,
+            # Under ZeRO-3 every rank holds a shard: gather on all ranks, as SaveAdapter does,
             # so the PEFT files hold the real weights and not empty placeholders.
             state_dict = gathered_trainable_state_dict(model)
             if trainer.is_global_zero:
@@ -200,8 +197,7 @@ class LitFTCheckpoint(ModelCheckpoint):
                     model.save_pretrained(tmp, safe_serialization=True, state_dict=state_dict)
             trainer.strategy.barrier("litft-checkpoint-adapter")
 
-    def _remove_checkpoint(self, trainer: "pl.Trainer", filepath: str) -> None:
-        super()._remove_checkpoint(trainer, filepath)
+    def after_file_removed(self, trainer: "pl.Trainer", filepath: str) -> None:
         if self.save_adapter and trainer.is_global_zero:
             shutil.rmtree(_adapter_dir(filepath), ignore_errors=True)
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Optional
 
 import lightning.pytorch as pl
+from matplotlib.figure import Figure
 
 from litft.io import atomic_write
 
@@ -92,12 +93,8 @@ class LossPlot(pl.Callback):
 
 
 def plot_loss(train: list[tuple[int, float]], val: list[tuple[int, float]], path: str | os.PathLike) -> Path:
-    """Draw the curves with matplotlib's Agg backend (no display) and write ``path`` atomically."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    from matplotlib.figure import Figure
-
+    """Draw the curves on a bare ``Figure`` (no pyplot, no display: PNG goes through Agg, and the process-wide
+    backend is left as it is) and write ``path`` atomically."""
     fig = Figure(figsize=(7, 4.5), dpi=100)
     ax = fig.add_subplot(1, 1, 1)
     steps = [s for s, _ in train]

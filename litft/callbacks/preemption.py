@@ -32,7 +32,10 @@ from typing import Any, Optional, Sequence
 
 import lightning.pytorch as pl
 import torch
-from lightning.fabric.plugins.environments import SLURMEnvironment
+from lightning.fabric.plugins.environments import ClusterEnvironment, SLURMEnvironment
+
+from litft.callbacks.checkpoint import save_now
+from litft.signals import early_request
 
 log = logging.getLogger("litft")
 
@@ -42,8 +45,6 @@ DEFAULT_SIGNALS = ("SIGUSR1", "SIGTERM")
 def slurm_plugins(plugins: Any) -> Any:
     """``plugins`` plus ``SLURMEnvironment(auto_requeue=False)`` inside a SLURM job, unless a cluster environment is
     given already: Lightning then neither saves nor requeues inside its signal handler (:class:`Preemption` does)."""
-    from lightning.fabric.plugins.environments import ClusterEnvironment
-
     if not SLURMEnvironment.detect():
         return plugins
     listed = [] if plugins is None else (list(plugins) if isinstance(plugins, (list, tuple)) else [plugins])
@@ -94,8 +95,6 @@ class Preemption(pl.Callback):
         """(Re)install the recording handler for each signal (main thread only; a no-op elsewhere)."""
         if threading.current_thread() is not threading.main_thread():
             return
-        from litft.signals import early_request
-
         if self.requested is None and early_request() in [int(s) for s in self.signals]:
             self.requested = early_request()  # arrived while Python was still importing (python -m litft)
         for sig in self.signals:
@@ -145,8 +144,6 @@ class Preemption(pl.Callback):
 
     # -- the action: save through the normal checkpoint path, requeue, stop ---------------------------------------
     def _preempt(self, trainer: "pl.Trainer") -> None:
-        from litft.callbacks.checkpoint import save_now
-
         self.preempted = True
         name = signal.Signals(self.requested).name if self.requested else "a signal on another rank"
         if trainer.is_global_zero:

@@ -14,7 +14,7 @@ case-insensitively; ``group`` (optional, default ``"all"``) gets a score of its 
 their no-op initial values; when resuming, the checkpoint's weights) and again when training ends (before
 Lightning's teardown moves the model off its device), prints a before/after table with the scores, and
 writes both to ``<default_root_dir>/probe.json``. Generation runs on global rank 0 only; it is skipped
-when parameters are sharded (ZeRO-3, FSDP), where one rank alone cannot run the model.
+when parameters are sharded (DeepSpeed ZeRO-3), where one rank alone cannot run the model.
 """
 
 from __future__ import annotations
@@ -29,9 +29,11 @@ from typing import Any
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_warn
 
+from litft.data.templates import encode_prompt
 from litft.errors import DataError
 from litft.generation import generate
 from litft.io import atomic_write_text
+from litft.strategies import is_zero3
 
 DEFAULT_GROUP = "all"
 
@@ -116,8 +118,6 @@ def prompt_ids(tokenizer, probe: Probe, template: str | None = None) -> list[int
     """Token ids of the prompt up to the start of the assistant's answer, built the way training builds them."""
     messages = ([{"role": "system", "content": probe.system}] if probe.system is not None else [])
     messages.append({"role": "user", "content": probe.prompt})
-    from litft.data.templates import encode_prompt
-
     return list(encode_prompt(tokenizer, messages, template=template))
 
 
@@ -189,9 +189,8 @@ class GenerationProbe(Callback):
     def _usable(self, trainer: Trainer) -> bool:
         if not trainer.is_global_zero:
             return False
-        strategy = trainer.strategy
-        if getattr(strategy, "zero_stage_3", False) or type(strategy).__name__.startswith("FSDP"):
-            rank_zero_warn("GenerationProbe: skipped, parameters are sharded across ranks (ZeRO-3 / FSDP)")
+        if is_zero3(trainer.strategy):  # the only sharding litft offers (FSDP is refused: litft/strategies/compat.py)
+            rank_zero_warn("GenerationProbe: skipped, parameters are sharded across ranks (ZeRO-3)")
             return False
         return True
 

@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import sys
 
-from litft.commands.generate import add_generation_arguments, generation_kwargs, inference_model
+from transformers import TextStreamer
 
+from litft.commands.generate import add_generation_arguments, generation_kwargs, inference_model
+from litft.data.templates import encode_prompt
+from litft.generation import generate
 
 
 def add_arguments(parser) -> None:
@@ -17,11 +20,6 @@ def add_arguments(parser) -> None:
 
 
 def run(cli) -> int:
-    from transformers import TextStreamer
-
-    from litft.data.templates import encode_prompt
-    from litft.generation import generate
-
     cfg = cli.config
     model, tokenizer = inference_model(cli, cfg.adapter)
     template = cli.datamodule.template

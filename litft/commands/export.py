@@ -11,6 +11,7 @@ import logging
 from pathlib import Path
 from typing import Optional
 
+from litft.data.templates import chat_template_for
 from litft.errors import LitFTError
 from litft.io import atomic_dir
 
@@ -28,8 +29,6 @@ def merge_adapter(module, adapter: str | Path, out_dir: str | Path, *, dtype: Op
                   template: Optional[str] = None) -> Path:
     """Merge ``adapter`` into the base that ``module`` (a LitFTModule) builds and save it to ``out_dir`` atomically,
     with the tokenizer whose ``chat_template`` is the training template ``template`` (data.template)."""
-    from litft.data.templates import chat_template_for
-
     name = dtype or (module.dtype_name if module.dtype_name != "auto" else "float32")
     if module.quantization is not None:
         log.warning(

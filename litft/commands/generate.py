@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from typing import Optional
 
+from litft.data.templates import encode_prompt
 from litft.errors import LitFTError
-
+from litft.generation import generate
 
 
 def add_generation_arguments(parser, adapter_help: str = "PEFT adapter folder (default: the base model alone).") -> None:
@@ -49,9 +50,6 @@ def generation_kwargs(cfg) -> dict:
 
 
 def run(cli) -> int:
-    from litft.data.templates import encode_prompt
-    from litft.generation import generate
-
     cfg = cli.config
     if not cfg.prompt:
         raise LitFTError("generate: give --prompt \"...\"")

@@ -15,7 +15,11 @@ from pathlib import Path
 from typing import Optional
 
 from litft.commands.generate import add_generation_arguments, generation_kwargs, inference_model
+from litft.data.registry import resolve
+from litft.data.templates import encode_prompt
+from litft.data.records import conversations
 from litft.errors import LitFTError
+from litft.generation import generate
 from litft.io import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -52,9 +56,6 @@ def eval_data(cli) -> tuple[str, str]:
 
 def load_examples(dm, dataset: str, max_samples: Optional[int] = None) -> list[tuple[list[dict], str, Optional[str]]]:
     """(prompt messages, reference, tools) for each record: the conversation up to its last assistant turn."""
-    from litft.data.records import conversations
-    from litft.data.registry import resolve
-
     examples = []
     for entry in resolve(dataset, dm.dataset_dir):
         for conv in conversations(entry, on_bad_record=dm.on_bad_record):
@@ -68,9 +69,6 @@ def load_examples(dm, dataset: str, max_samples: Optional[int] = None) -> list[t
 
 def predict(cli, adapter: Optional[str], examples=None) -> list[dict]:
     """Predictions for the evaluation data with the base model (+ adapter)."""
-    from litft.data.templates import encode_prompt
-    from litft.generation import generate
-
     cfg, dm = cli.config, cli.datamodule
     if examples is None:
         examples = load_examples(dm, eval_data(cli)[0], cfg.max_samples)

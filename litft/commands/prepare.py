@@ -11,6 +11,8 @@ see (``LITFT_CACHE``); every rank of the job then finds the cache and only loads
 
 from __future__ import annotations
 
+import time
+
 from litft.labels import IGNORE_INDEX
 
 OPEN, CLOSE = "«", "»"
@@ -48,8 +50,6 @@ def _samples(row):
 
 
 def run(cli) -> int:
-    import time
-
     dm = cli.datamodule
     t0 = time.perf_counter()
     dm.setup("fit")

@@ -193,7 +193,11 @@ def encode_many(
     mask_history: bool = False,
     batch_size: int = 256,
 ) -> list[tuple[list[int], list[int]]]:
-    """:func:`encode_conversation` for many conversations, tokenizing in batches (much faster)."""
+    """``(input_ids, labels)`` (-100 where not trained) for each conversation, tokenized in batches.
+
+    train_on_prompt: train on every token (prompt included). mask_history: train on the last assistant
+    turn only. A plain-text record (``conversation.text``) is the text plus EOS, all trained.
+    """
     out: list[tuple[list[int], list[int]]] = []
     for b in range(0, len(conversations), batch_size):
         chunk = conversations[b : b + batch_size]
@@ -217,24 +221,6 @@ def encode_many(
             else:
                 out.append((ids, _labels(ids, offsets, sp)))
     return out
-
-
-def encode_conversation(
-    tokenizer,
-    conversation: Conversation,
-    *,
-    template: str | None = None,
-    train_on_prompt: bool = False,
-    mask_history: bool = False,
-) -> tuple[list[int], list[int]]:
-    """``input_ids`` and ``labels`` (-100 where not trained) for one conversation.
-
-    train_on_prompt: train on every token (prompt included). mask_history: train on the last assistant
-    turn only. A plain-text record (``conversation.text``) is the text plus EOS, all trained.
-    """
-    return encode_many(
-        tokenizer, [conversation], template=template, train_on_prompt=train_on_prompt, mask_history=mask_history
-    )[0]
 
 
 def encode_prompt(tokenizer, messages: Sequence[dict], *, template: str | None = None, tools: str | None = None) -> list[int]:

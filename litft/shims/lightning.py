@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from typing import Literal, Union
 
+import lightning.pytorch as pl
 from lightning.fabric.plugins.precision.precision import _PRECISION_INPUT
+from lightning.fabric.utilities.device_parser import _select_auto_accelerator
+from lightning.pytorch.callbacks import ModelCheckpoint
 
 PRECISION_INPUT = Union[Literal["auto"], _PRECISION_INPUT]
 """Lightning's own precision choices (kept private by Lightning) plus litft's "auto", so the CLI accepts
@@ -28,3 +31,68 @@ def leave_signals_alone(trainer) -> None:
         connector._original_handlers = {}  # nothing replaced: nothing for its teardown to put back
 
     connector.register_signal_handlers = register_signal_handlers
+
+
+def select_auto_accelerator() -> str:
+    """What Lightning itself picks for ``accelerator="auto"`` ("tpu", "mps", "cuda" or "cpu").
+
+    ``lightning.fabric.utilities.device_parser._select_auto_accelerator`` is private (lightning 2.6.6); it is what
+    Lightning's ``_AcceleratorConnector`` calls for "auto", so litft's own choice (which adds NPUs) starts from
+    exactly Lightning's. tests/test_shims.py checks that Lightning still calls it there.
+    """
+    return _select_auto_accelerator()
+
+
+MODEL_CHECKPOINT_HOOKS = {
+    "_find_last_checkpoints": ("self", "trainer"),
+    "_save_checkpoint": ("self", "trainer", "filepath"),
+    "_remove_checkpoint": ("self", "trainer", "filepath"),
+    "_save_last_checkpoint": ("self", "trainer", "monitor_candidates"),
+    "_monitor_candidates": ("self", "trainer"),
+}
+"""The protected ``ModelCheckpoint`` methods :class:`ModelCheckpointHooks` overrides or calls, with their parameters
+(lightning 2.6.6). The state it reads is ``_last_global_step_saved`` (set by ``_save_checkpoint``)."""
+
+
+class ModelCheckpointHooks(ModelCheckpoint):
+    """``ModelCheckpoint`` with the protected members litft needs turned into public hooks and helpers.
+
+    Lightning offers no public way to act when a checkpoint file is written or removed, to find ``last.ckpt`` in a
+    folder chosen at run time, or to save ``last.ckpt`` on demand, so this class overrides and calls the protected
+    members listed in :data:`MODEL_CHECKPOINT_HOOKS`; subclasses use only the public names below.
+    tests/test_shims.py checks that each member exists with these parameters and that Lightning still calls it
+    where these hooks expect.
+    """
+
+    # -- hooks for subclasses ------------------------------------------------------------------------------------
+    def before_find_last(self, trainer: "pl.Trainer") -> None:
+        """Called before Lightning looks for ``last*.ckpt`` in this callback's folder (``ckpt_path="last"``)."""
+
+    def after_file_saved(self, trainer: "pl.Trainer", filepath: str) -> None:
+        """Called on every rank after a checkpoint file was written to ``filepath``."""
+
+    def after_file_removed(self, trainer: "pl.Trainer", filepath: str) -> None:
+        """Called on every rank after the checkpoint file ``filepath`` was removed (an older ``last`` / top-k)."""
+
+    # -- helpers for subclasses ----------------------------------------------------------------------------------
+    @property
+    def last_saved_step(self) -> int:
+        """The ``global_step`` of the last checkpoint this callback wrote (0 before the first)."""
+        return self._last_global_step_saved
+
+    def write_last(self, trainer: "pl.Trainer") -> None:
+        """Save ``last.ckpt`` now (all ranks), replacing the previous one, as Lightning does at its save points."""
+        self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+    # -- the protected members -----------------------------------------------------------------------------------
+    def _find_last_checkpoints(self, trainer: "pl.Trainer") -> set[str]:
+        self.before_find_last(trainer)
+        return super()._find_last_checkpoints(trainer)
+
+    def _save_checkpoint(self, trainer: "pl.Trainer", filepath: str) -> None:
+        super()._save_checkpoint(trainer, filepath)
+        self.after_file_saved(trainer, filepath)
+
+    def _remove_checkpoint(self, trainer: "pl.Trainer", filepath: str) -> None:
+        super()._remove_checkpoint(trainer, filepath)
+        self.after_file_removed(trainer, filepath)

@@ -6,8 +6,7 @@ to the target, written by all ranks; once every rank is done, rank 0 renames it 
 (``.last.ckpt.<step>-<id>``) and replaces the target -- a symbolic link to that folder -- with one ``os.replace``
 of a new link. Until that instant the previous checkpoint stays the current one and intact; the folder it pointed
 to is removed afterwards. Half-written folders of a killed save (``.<name>.*.tmp``) are removed by the next save.
-
-A target that is a real folder (written by an older litft) is replaced by two renames, once.
+A target that is a real folder (not written here: Lightning's own DeepSpeed save) is refused, never overwritten.
 """
 
 from __future__ import annotations
@@ -18,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from litft.errors import LitFTError
 from litft.io import fsync_dir, fsync_tree
 
 TMP_SUFFIX = ".tmp"
@@ -38,6 +38,8 @@ def atomic_save(strategy: Any, save: Callable[[dict, str], None], checkpoint: di
     Collective: every rank calls it (as every rank calls a DeepSpeed save).
     """
     target = Path(strategy.broadcast(str(filepath)))
+    if strategy.broadcast(target.is_dir() and not target.is_symlink()):  # rank 0's answer: every rank raises
+        raise LitFTError(f"{target}: a checkpoint folder litft did not write is in the way of this save; move it")
     nonce = strategy.broadcast(f"{int(checkpoint.get('global_step', 0))}-{time.time_ns():x}")
     tmp = target.with_name(f".{target.name}.{nonce}{TMP_SUFFIX}")
     final = target.with_name(f".{target.name}.{nonce}")
@@ -66,15 +68,7 @@ def _commit(target: Path, final: Path) -> None:
     if link.is_symlink() or link.exists():
         link.unlink()
     os.symlink(final.name, link)
-    if target.exists() and not target.is_symlink():
-        # A real folder from an older litft: two renames (the old folder stays loadable until the second).
-        old = target.with_name(f".{target.name}.old{TMP_SUFFIX}")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(target, old)
-        os.replace(link, target)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(link, target)
+    os.replace(link, target)
     fsync_dir(target.parent)
     if previous is not None and previous.resolve() != final.resolve():
         shutil.rmtree(previous, ignore_errors=True)
