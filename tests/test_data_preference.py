@@ -281,14 +281,18 @@ def test_feedback_collator_layout_and_kl_rows():
     rows = [
         {"input_ids": [1, 2, 3, 4], "labels": [-100, -100, 3, 4], "label": True, "prompt_length": 2},
         {"input_ids": [5, 6, 7], "labels": [-100, 6, 7], "label": False, "prompt_length": 1},
+        {"input_ids": [8, 9], "labels": [-100, 9], "label": True, "prompt_length": 1},
     ]
     batch = FeedbackCollator(0, max_length=4)(rows)
-    assert batch["input_ids"].tolist() == [[1, 2, 3, 4], [5, 6, 7, 0]]
-    assert batch["label"].tolist() == [True, False] and batch["label"].dtype == torch.bool
+    assert batch["input_ids"].tolist() == [[1, 2, 3, 4], [5, 6, 7, 0], [8, 9, 0, 0]]
+    assert batch["labels"].tolist() == [[-100, -100, 3, 4], [-100, 6, 7, -100], [-100, 9, -100, -100]]
+    assert batch["label"].tolist() == [True, False, True] and batch["label"].dtype == torch.bool
     # KL row i: prompt of i + reply of i - 1 (row 0 takes the last row's reply), cut to max_length
-    assert batch["kl_input_ids"].tolist() == [[1, 2, 6, 7], [5, 3, 4, 0]]
-    assert batch["kl_labels"].tolist() == [[-100, -100, 6, 7], [-100, 3, 4, -100]]
-    assert batch["kl_attention_mask"].tolist() == [[1, 1, 1, 1], [1, 1, 1, 0]]
+    assert batch["kl_input_ids"].tolist() == [[1, 2, 9], [5, 3, 4], [8, 6, 7]]
+    assert batch["kl_labels"].tolist() == [[-100, -100, 9], [-100, 3, 4], [-100, 6, 7]]
+    assert batch["kl_attention_mask"].tolist() == [[1, 1, 1]] * 3
+    cut = FeedbackCollator(0, max_length=3)(rows[:2])  # row 0: prompt [1, 2] + reply [6, 7], cut to 3 tokens
+    assert cut["kl_input_ids"].tolist() == [[1, 2, 6], [5, 3, 4]] and cut["kl_labels"].tolist() == [[-100, -100, 6], [-100, 3, 4]]
     assert "kl_input_ids" not in FeedbackCollator(0, kl=False)(rows)
 
 
@@ -331,3 +335,32 @@ def test_cache_key_includes_the_kind(tmp_path, tiny_qwen2):
     data = _write(tmp_path / "x.jsonl", [{"prompt": "p", "chosen": "a", "rejected": "b", "completion": "c", "label": True}])
     keys = {kind: _dm(data, tiny_qwen2, kind=kind).cache_path() for kind in ("sft", "preference", "feedback")}
     assert len(set(keys.values())) == 3
+
+
+@pytest.mark.parametrize("record,want", [
+    ({"conversations": [{"from": "human", "value": "q"}], "chosen": {"from": "gpt", "value": "a"}, "rejected": {"from": "gpt", "value": "b"}},
+     ("sharegpt", {}, "preference")),
+    ({"instruction": "q", "chosen": "a", "rejected": "b"}, ("alpaca", {}, "preference")),
+    ({"prompt": "q", "chosen": "a", "rejected": "b"}, ("trl", {}, "preference")),
+    ({"chosen": PROMPT + [BLUE], "rejected": PROMPT + [GREEN]}, ("trl", {}, "preference")),
+    ({"prompt": "q", "completion": "a", "label": True}, ("trl", {}, "feedback")),
+    ({"messages": PROMPT + [BLUE], "label": False}, ("openai", {"kto_tag": "label"}, "feedback")),
+    ({"prompt": "q", "completion": "a"}, ("trl", {}, "sft")),
+    ({"instruction": "q", "output": "a", "label": True}, ("alpaca", {}, "sft")),  # a label beside alpaca fields: not KTO
+])
+def test_bare_files_guess_format_and_kind(record, want):
+    from litft.data.formats import guess_format, guess_kind
+
+    assert (*guess_format(record), guess_kind(record)) == want
+
+
+def test_feedback_preview_marks_the_reply_and_shows_the_label(toks, capsys):
+    from litft.commands.prepare import _preview_row
+
+    tok = toks["qwen2"]
+    [row] = encode_feedback([Feedback(Conversation(turns=[Turn("user", "Sky?")]), Turn("assistant", "Blue."), False)], tok,
+                            template=None, cutoff_len=64)
+    _preview_row(tok, 0, row)
+    out = capsys.readouterr().out
+    assert out.startswith(f"\n--- example 0 (undesirable; {len(row['input_ids'])} tokens, ")
+    assert "<|im_start|>user\nSky?<|im_end|>\n<|im_start|>assistant\n«Blue.<|im_end|>»\n" in out

@@ -455,7 +455,7 @@ def guess_format(record: Mapping[str, Any]) -> tuple[str, dict[str, str]]:
     """(format, columns) of a bare file (no dataset_info.json entry), from the keys of its first record."""
     keys = set(record)
     fmt, columns = _guess(record, keys)
-    if fmt != "trl" and isinstance(record.get("label"), bool):
+    if fmt != "trl" and guess_kind(record) == "feedback":
         columns = {**columns, "kto_tag": "label"}
     return fmt, columns
 
@@ -486,9 +486,9 @@ def _guess(record: Mapping[str, Any], keys: set) -> tuple[str, dict[str, str]]:
 
 def guess_kind(record: Mapping[str, Any]) -> str:
     """What a bare file's records are, from the keys of its first record: ``preference`` (chosen and rejected),
-    ``feedback`` (a boolean ``label``) or ``sft``."""
+    ``feedback`` (a boolean ``label`` beside a ``completion`` or messages) or ``sft``."""
     if "chosen" in record and "rejected" in record:
         return "preference"
-    if isinstance(record.get("label"), bool):
+    if isinstance(record.get("label"), bool) and {"completion", "messages", "conversations"} & set(record):
         return "feedback"
     return "sft"

@@ -104,7 +104,8 @@ def _to_records(batch: dict[str, list], kind: str) -> list[Any]:
     """The records of a batch of :func:`write_conversations`' Arrow rows."""
     convs = _to_conversations(batch)
     if kind == "preference":
-        return [Preference(c, Turn("assistant", a), Turn("assistant", b)) for c, a, b in zip(convs, batch["chosen"], batch["rejected"])]
+        return [Preference(c, Turn("assistant", a), Turn("assistant", b))
+                for c, a, b in zip(convs, batch["chosen"], batch["rejected"])]
     if kind == "feedback":
         return [Feedback(c, Turn("assistant", a), bool(x)) for c, a, x in zip(convs, batch["completion"], batch["label"])]
     return convs
@@ -119,10 +120,10 @@ class _Encode:
     def __call__(self, batch: dict[str, list]) -> dict[str, list]:
         stats = Stats()
         records = _to_records(batch, self.kind)
-        if self.kind == "preference":
-            rows = encode_pairs(records, self.tokenizer, stats=stats, template=self.options["template"], cutoff_len=self.options["cutoff_len"])
-        elif self.kind == "feedback":
-            rows = encode_feedback(records, self.tokenizer, stats=stats, template=self.options["template"], cutoff_len=self.options["cutoff_len"])
+        if self.kind in ("preference", "feedback"):
+            encode = encode_pairs if self.kind == "preference" else encode_feedback
+            rows = encode(records, self.tokenizer, stats=stats, template=self.options["template"],
+                          cutoff_len=self.options["cutoff_len"])
         else:
             rows = [{**r, "length": len(r["input_ids"]), "num_targets": count_targets(r["labels"])}
                     for r in encode_all(records, self.tokenizer, stats=stats, **self.options)]
