@@ -42,8 +42,12 @@ def test_real_llamafactory_registry(tiny_qwen2, lf_data):
     assert all(len(r["input_ids"]) <= 128 for r in dm.train_rows)
 
 
-@pytest.mark.parametrize("name,what", [("dpo_en_demo", "preference"), ("kto_en_demo", "KTO")])
-def test_unsupported_entries_stop_clearly(tmp_path, tiny_qwen2, name, what):
+@pytest.mark.parametrize("name,message", [
+    ("dpo_en_demo", r"preference data \(ranking: true\) needs a preference method \(model\.method: dpo, orpo or simpo; "
+                    r"data\.kind: preference\), not SFT"),
+    ("kto_en_demo", r"feedback data \(kto_tag\) needs model\.method: kto \(data\.kind: feedback\), not SFT"),
+], ids=["dpo", "kto"])
+def test_sft_refuses_preference_and_kto_entries(tmp_path, tiny_qwen2, name, message):
     # The two entries as LLaMA-Factory's dataset_info.json declares them (preference and KTO data).
     info = {
         "dpo_en_demo": {"file_name": "dpo.json", "ranking": True, "formatting": "sharegpt",
@@ -60,7 +64,7 @@ def test_unsupported_entries_stop_clearly(tmp_path, tiny_qwen2, name, what):
     (tmp_path / "kto.json").write_text(json.dumps([{"messages": [{"role": "user", "content": "Hi"},
                                                                  {"role": "assistant", "content": "a"}], "label": True}]))
     dm = LitFTDataModule(dataset=name, dataset_dir=str(tmp_path), tokenizer=tiny_qwen2)
-    with pytest.raises(LitFTError, match=f"{what}.*not supported by SFT"):
+    with pytest.raises(LitFTError, match=f"^dataset '{name}': {message}$"):
         dm.setup()
 
 

@@ -1,5 +1,5 @@
 """Acceptance: every dataset in the real dataset_info.json whose files are present trains with ``fit``;
-those SFT cannot train on stop with one clear line."""
+those SFT cannot train on (preference, KTO) stop with one clear line naming the method they need."""
 
 from __future__ import annotations
 
@@ -48,4 +48,7 @@ def test_every_present_sft_dataset_trains(tmp_path, tiny_qwen2, lf_data, packing
 def test_unsupported_datasets_give_one_line(tmp_path, tiny_qwen2, lf_data, name, capsys):
     assert _fit(tmp_path, tiny_qwen2, name, lf_data) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1].startswith("litft: error: dataset") and "not supported by SFT" in err[-1]
+    needs = {"dpo_en_demo": "preference data (ranking: true) needs a preference method (model.method: dpo, orpo or simpo; "
+                            "data.kind: preference)",
+             "kto_en_demo": "feedback data (kto_tag) needs model.method: kto (data.kind: feedback)"}[name]
+    assert err[-1] == f"litft: error: dataset '{name}': {needs}, not SFT"

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from litft.data.conversation import Conversation, Turn
+from litft.data.conversation import KINDS, Conversation, Feedback, Preference, Turn
 from litft.data.formats import FORMATS, RecordError, alpaca, dolly, lima, openai, sharegpt, text
 from litft.data.registry import resolve
 from litft.data.records import conversations
@@ -164,14 +164,20 @@ def test_a_new_format_is_one_entry_in_FORMATS(tmp_path, monkeypatch):
     assert [c.turns for c in _convs("d", ddir)[0]] == [[T("user", "1+1"), T("assistant", "2")]]
 
 
-def test_unknown_name_and_sft_unsupported_entries(tmp_path):
-    ddir = _registry(tmp_path, {"r": {"file_name": "x.json", "ranking": True}, "m": {"file_name": "x.json", "columns": {"images": "images"}}}, {"x.json": "[]"})
+def test_unknown_name_unsupported_entries_and_kinds(tmp_path):
+    ddir = _registry(tmp_path, {"r": {"file_name": "x.json", "ranking": True}, "k": {"file_name": "x.json", "columns": {"kto_tag": "label"}},
+                                "m": {"file_name": "x.json", "columns": {"images": "images"}},
+                                "both": {"file_name": "x.json", "ranking": True, "columns": {"kto_tag": "label"}},
+                                "c": {"file_name": "x.json", "columns": {"chosen": "chosen", "rejected": "rejected"}}}, {"x.json": "[]"})
     with pytest.raises(LitFTError, match="unknown dataset 'nope'"):
         resolve("nope", ddir)
-    with pytest.raises(LitFTError, match="preference.*not supported by SFT"):
-        resolve("r", ddir)
-    with pytest.raises(LitFTError, match="multimodal.*not supported by SFT"):
+    assert [e.kind for e in resolve("r,k", ddir)] == ["preference", "feedback"]
+    with pytest.raises(LitFTError, match=r"^dataset 'm' is a multimodal \(images\) dataset: not supported"):
         resolve("m", ddir)
+    with pytest.raises(DataError, match=r"field 'both': ranking: true and a kto_tag column"):
+        resolve("both", ddir)
+    with pytest.raises(DataError, match=r"field 'c': chosen/rejected columns need \"ranking\": true"):
+        resolve("c", ddir)
 
 
 # ---------------------------------------------------------------- fuzzing the parsers
@@ -180,18 +186,25 @@ json_values = st.recursive(
     lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=6), children, max_size=4),
     max_leaves=12,
 )
-keys = st.sampled_from(["instruction", "input", "output", "system", "history", "conversations", "messages", "from", "value", "role", "content", "text", "context", "response"])
+keys = st.sampled_from(["instruction", "input", "output", "system", "history", "conversations", "messages", "from", "value", "role", "content", "text", "context", "response",
+                        "chosen", "rejected", "prompt", "completion", "label"])
 records = st.dictionaries(keys, json_values | st.lists(st.dictionaries(keys, json_values, max_size=3), max_size=4), max_size=6)
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(record=records, fmt=st.sampled_from(sorted(FORMATS)))
-def test_fuzz_formats_only_raise_record_errors(record, fmt):
+@given(record=records, fmt=st.sampled_from(sorted(FORMATS)), kind=st.sampled_from(KINDS))
+def test_fuzz_formats_only_raise_record_errors(record, fmt, kind):
     try:
-        conv = FORMATS[fmt](record)
+        out = FORMATS[fmt](record, kind=kind)
     except RecordError as err:
         assert str(err) and "\n" not in str(err)
         return
-    assert isinstance(conv, Conversation)
-    assert all(isinstance(t.content, str) and t.role in ("user", "assistant", "tool") for t in conv.turns)
-    assert conv.text is not None or any(t.role == "assistant" for t in conv.turns)
+    if isinstance(out, (Preference, Feedback)):
+        replies = [out.chosen, out.rejected] if isinstance(out, Preference) else [out.completion]
+        assert all(r.role == "assistant" and isinstance(r.content, str) and r.content.strip() for r in replies)
+        assert out.prompt.turns and out.prompt.turns[-1].role != "assistant"
+        assert isinstance(out, Preference) or isinstance(out.label, bool)
+        return
+    assert isinstance(out, Conversation)
+    assert all(isinstance(t.content, str) and t.role in ("user", "assistant", "tool") for t in out.turns)
+    assert out.text is not None or any(t.role == "assistant" for t in out.turns)

@@ -6,7 +6,8 @@ figures: records, samples, rows, tokens, trained tokens, truncated, dropped, ski
 This is the way to prepare a large corpus before a multi-node job: run it once (on a login node or one node,
 with ``--data.preprocessing_num_workers N`` to tokenize in N processes) against the cache folder the job will
 see (``LITFT_CACHE``); every rank of the job then finds the cache and only loads it (memory-mapped Arrow).
-``--preview N`` prints N rendered training samples with the trained spans between « and ».
+``--preview N`` prints N rendered training samples with the trained spans between « and »: for preference data
+each pair's chosen and rejected rows, for feedback data each example with its label.
 """
 
 from __future__ import annotations
@@ -59,9 +60,10 @@ def run(cli) -> int:
     for name, n in s.per_dataset.items():
         print(f"dataset {name}: {n} records")
     lines = [
+        ("kind", s.kind),
         ("records", s.records),
         ("skipped (bad records)", s.skipped),
-        ("samples", s.samples),
+        ({"preference": "pairs", "feedback": "examples"}.get(s.kind, "samples"), s.samples),
         ("rows", s.rows),
         ("validation rows", len(dm.val_rows)),
         ("tokens", s.tokens),
@@ -70,18 +72,47 @@ def run(cli) -> int:
         ("chunked (long text)", s.chunked),
         ("dropped", s.dropped),
     ]
+    if s.kind == "preference":
+        lines.append(("identical (chosen == rejected, dropped)", s.identical))
+    if s.kind == "feedback":
+        lines += [("desirable", s.desirable), ("undesirable", s.samples - s.desirable)]
     for label, value in lines:
         print(f"{label}: {value}")
     if s.packing_efficiency is not None:
         print(f"packing efficiency: {s.packing_efficiency:.1%} (real tokens / rows x cutoff_len {dm.cutoff_len})")
-    shown = 0
-    for i in range(len(dm.train_rows)):
-        if shown >= cli.config.preview:
-            break
-        for ids, labels in _samples(dm.train_rows[i]):
-            if shown >= cli.config.preview:
-                break
-            print(f"\n--- sample {shown} ({len(ids)} tokens, {sum(x != IGNORE_INDEX for x in labels)} trained) ---")
-            print(render_marked(dm.tokenizer, ids, labels))
-            shown += 1
+    if s.kind == "sft":
+        _preview_samples(dm.tokenizer, dm.train_rows, cli.config.preview)
+    else:
+        for k in range(min(cli.config.preview, len(dm.train_rows))):
+            _preview_row(dm.tokenizer, k, dm.train_rows[k])
     return 0
+
+
+def _preview_samples(tokenizer, rows, n: int) -> None:
+    """The first ``n`` SFT samples (the samples of packed rows one by one), trained spans marked."""
+    shown = 0
+    for i in range(len(rows)):
+        for ids, labels in _samples(rows[i]):
+            if shown >= n:
+                return
+            print(f"\n--- sample {shown} ({_counts(ids, labels)}) ---")
+            print(render_marked(tokenizer, ids, labels))
+            shown += 1
+
+
+def _counts(ids, labels) -> str:
+    return f"{len(ids)} tokens, {sum(x != IGNORE_INDEX for x in labels)} trained"
+
+
+def _preview_row(tokenizer, k: int, row) -> None:
+    """One preference pair (chosen, then rejected) or one feedback example, trained spans marked."""
+    if "chosen_input_ids" in row:
+        print(f"\n--- pair {k} ---")
+        for side in ("chosen", "rejected"):
+            ids, labels = row[f"{side}_input_ids"], row[f"{side}_labels"]
+            print(f"[{side}] ({_counts(ids, labels)})")
+            print(render_marked(tokenizer, ids, labels))
+    else:
+        label = "desirable" if row["label"] else "undesirable"
+        print(f"\n--- example {k} ({label}; {_counts(row['input_ids'], row['labels'])}) ---")
+        print(render_marked(tokenizer, row["input_ids"], row["labels"]))

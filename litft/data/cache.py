@@ -1,10 +1,11 @@
 """On-disk cache of the tokenized (and packed) dataset, keyed by a fingerprint.
 
 The fingerprint covers the data file contents (sha256), the registry entries, the rendered template, the
-tokenizer (vocabulary, special tokens, chat template), every option that changes the rows (lengths,
-masking, packing, split, seed) and the source of the pipeline modules themselves. The cache lives in ``cache_root()/data/<fingerprint>/``: ``train/`` and
-``val/`` Arrow datasets (``datasets.save_to_disk``, memory-mapped on load) and ``stats.json``. It is
-written to a temporary folder and renamed into place, so a reader sees all of it or nothing.
+tokenizer (vocabulary, special tokens, chat template), every option that changes the rows (the data kind: sft,
+preference or feedback; lengths, masking, packing, split, seed) and the source of the pipeline modules themselves.
+The cache lives in ``cache_root()/data/<fingerprint>/``: ``train/`` and ``val/`` Arrow datasets
+(``datasets.save_to_disk``, memory-mapped on load) and ``stats.json``. It is written to a temporary folder and
+renamed into place, so a reader sees all of it or nothing.
 
 In a distributed job one process prepares (see :meth:`LitFTDataModule.prepare_data`); the others call
 :func:`wait_for`, which polls the filesystem (a long preparation never trips a collective's timeout). The
@@ -72,7 +73,7 @@ def code_digest() -> str:
     """A digest of the pipeline's own source, so a fix in litft's data code never reuses stale rows."""
     h = hashlib.sha256()
     for name in ("registry.py", "reader.py", "records.py", "formats.py", "conversation.py", "templates.py", "truncation.py",
-                 "stats.py", "packing.py", "pipeline.py", "collate.py", "template_spec.py"):
+                 "stats.py", "packing.py", "pipeline.py", "collate.py", "template_spec.py", "preference.py"):
         h.update((Path(__file__).parent / name).read_bytes())
     return h.hexdigest()
 

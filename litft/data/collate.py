@@ -1,5 +1,6 @@
 """Batch collation of unpacked rows: pad to the longest row in the batch (right padding); packed rows are
-collated by :class:`litft.data.packing.PackedCollator`."""
+collated by :class:`litft.data.packing.PackedCollator`. Preference pairs: :class:`PairCollator` (chosen then
+rejected rows in one ``(2B, L)`` batch); feedback examples: :class:`FeedbackCollator`."""
 
 from __future__ import annotations
 
@@ -41,3 +42,53 @@ class PadCollator:
         return {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}
 
 
+
+
+class PairCollator:
+    """Preference batches for one forward of chosen and rejected: B pairs → a ``(2B, L)`` batch.
+
+    Rows ``0 .. B-1`` are the chosen rows of the pairs in order, rows ``B .. 2B-1`` their rejected rows (pair ``i``
+    is rows ``i`` and ``B + i``), all right-padded to one width like :class:`PadCollator`: ``input_ids``,
+    ``labels`` (-100 on prompt and padding), ``attention_mask``; ``num_pairs`` (a 0-d long tensor, B) says where
+    the halves split.
+    """
+
+    def __init__(self, pad_token_id: int, *, pad_to_multiple_of: int | None = None):
+        self.pad = PadCollator(pad_token_id, pad_to_multiple_of=pad_to_multiple_of)
+
+    def __call__(self, rows: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        flat = [{"input_ids": r[f"{side}_input_ids"], "labels": r[f"{side}_labels"]} for side in ("chosen", "rejected") for r in rows]
+        batch = self.pad(flat)
+        batch["num_pairs"] = torch.tensor(len(rows), dtype=torch.long)
+        return batch
+
+
+class FeedbackCollator:
+    """Feedback (KTO) batches: B labelled examples → ``input_ids``, ``labels``, ``attention_mask`` ``(B, L)`` and
+    ``label`` ``(B,)`` (bool: desirable), plus, with ``kl``, the mismatched rows KTO estimates its KL term from:
+    ``kl_input_ids``, ``kl_labels``, ``kl_attention_mask`` ``(B, L')``, row ``i`` = the prompt of example ``i``
+    followed by the reply of example ``i - 1`` (``B - 1`` for the first; TRL's and LLaMA-Factory's pairing, within the
+    micro-batch: with B = 1 it is the example itself), its end cut to ``max_length``. They are separate tensors so the
+    model side can run them without gradients."""
+
+    def __init__(self, pad_token_id: int, *, pad_to_multiple_of: int | None = None, kl: bool = True,
+                 max_length: int | None = None):
+        self.pad = PadCollator(pad_token_id, pad_to_multiple_of=pad_to_multiple_of)
+        self.kl, self.max_length = kl, max_length
+
+    def __call__(self, rows: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        batch = self.pad(rows)
+        batch["label"] = torch.tensor([bool(r["label"]) for r in rows], dtype=torch.bool)
+        if self.kl:
+            kl_rows = []
+            for i, r in enumerate(rows):
+                other = rows[i - 1]
+                p, q = int(r["prompt_length"]), int(other["prompt_length"])
+                ids = list(r["input_ids"][:p]) + list(other["input_ids"][q:])
+                labels = [IGNORE_INDEX] * p + list(other["labels"][q:])
+                if self.max_length is not None:
+                    ids, labels = ids[: self.max_length], labels[: self.max_length]
+                kl_rows.append({"input_ids": ids, "labels": labels})
+            kl = self.pad(kl_rows)
+            batch.update({f"kl_{k}": v for k, v in kl.items()})
+        return batch

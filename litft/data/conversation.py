@@ -1,4 +1,6 @@
-"""The one record every format becomes: a system prompt, optional tools, and a list of turns."""
+"""The records formats produce: a :class:`Conversation` (system prompt, optional tools, turns) for SFT, a
+:class:`Preference` (prompt + chosen + rejected reply) for DPO / ORPO / SimPO, a :class:`Feedback` (prompt + reply +
+desirable or not) for KTO. One dataset entry gives records of one kind (:data:`KINDS`)."""
 
 from __future__ import annotations
 
@@ -37,3 +39,53 @@ class Conversation:
             {"role": t.role, "content": t.content, **({"instruction": t.instruction, "input": t.input} if t.input else {})}
             for t in self.turns
         ]
+
+
+@dataclass
+class Preference:
+    """A preference pair (DPO, ORPO, SimPO): one prompt and two replies to it, the preferred one first.
+
+    ``prompt`` holds the system prompt, tools and the turns before the replies; its last turn is a user (or tool)
+    turn. ``chosen`` and ``rejected`` are single assistant turns. The chosen row is ``prompt.turns + [chosen]``,
+    rendered and masked exactly as SFT renders that conversation with only its last assistant turn trained
+    (:meth:`conversation`); the rejected row likewise.
+    """
+
+    prompt: Conversation
+    """System prompt, tools and the turns the replies answer (ends with a user or tool turn)."""
+    chosen: Turn
+    """The preferred reply (role ``assistant``)."""
+    rejected: Turn
+    """The dispreferred reply (role ``assistant``)."""
+
+    def conversation(self, which: str) -> Conversation:
+        """The prompt followed by the ``"chosen"`` or ``"rejected"`` reply."""
+        reply = {"chosen": self.chosen, "rejected": self.rejected}[which]
+        return Conversation(turns=[*self.prompt.turns, reply], system=self.prompt.system, tools=self.prompt.tools)
+
+
+@dataclass
+class Feedback:
+    """An unpaired, labelled example (KTO): one prompt, one reply, and whether the reply is desirable.
+
+    The row is ``prompt.turns + [completion]``, rendered and masked like SFT with only the last assistant turn
+    trained (:meth:`conversation`).
+    """
+
+    prompt: Conversation
+    """System prompt, tools and the turns the reply answers (ends with a user or tool turn)."""
+    completion: Turn
+    """The judged reply (role ``assistant``)."""
+    label: bool
+    """True: desirable (LLaMA-Factory's ``kto_tag`` true, TRL's ``label`` true); False: undesirable."""
+
+    def conversation(self) -> Conversation:
+        """The prompt followed by the reply."""
+        return Conversation(turns=[*self.prompt.turns, self.completion], system=self.prompt.system, tools=self.prompt.tools)
+
+
+KINDS = ("sft", "preference", "feedback")
+"""What a dataset's records become: :class:`Conversation` (sft), :class:`Preference` or :class:`Feedback`."""
+
+RECORD_TYPES = {"sft": Conversation, "preference": Preference, "feedback": Feedback}
+"""Kind → the record type its format functions return."""

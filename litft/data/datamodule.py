@@ -14,12 +14,13 @@ import lightning.pytorch as pl
 from torch.utils.data import DataLoader
 
 from litft.data import cache
-from litft.data.collate import PadCollator
+from litft.data.collate import FeedbackCollator, PadCollator, PairCollator
+from litft.data.conversation import KINDS
 from litft.data.loader import ResumableBatchSampler, ResumableLoader, epoch_generator
 from litft.data.packing import PackedCollator
 from litft.data.reader import data_files
-from litft.data.records import iter_conversations, mix, sample_indices
-from litft.data.registry import resolve
+from litft.data.records import entry_kind, iter_conversations, mix, sample_indices
+from litft.data.registry import check_kinds, resolve
 from litft.data.stats import Stats
 from litft.data.templates import resolve_template
 from litft.errors import LitFTError
@@ -28,10 +29,17 @@ log = logging.getLogger(__name__)
 
 
 class LitFTDataModule(pl.LightningDataModule):
-    """Supervised fine-tuning data: any registered dataset, rendered with a chat template, masked exactly.
+    """Fine-tuning data: any registered dataset, rendered with a chat template, masked exactly: conversations
+    (SFT), preference pairs (DPO, ORPO, SimPO) or feedback examples (KTO).
 
     Args:
         dataset: Comma-separated dataset names from ``<dataset_dir>/dataset_info.json`` or file paths.
+        kind: What the training method consumes: ``sft`` (conversations), ``preference`` (pairs: LLaMA-Factory's
+            ``ranking: true`` entries, TRL's prompt/chosen/rejected) or ``feedback`` (KTO: a ``kto_tag`` column,
+            TRL's prompt/completion/label). Every dataset (and eval_dataset) must be of this kind (else a one-line
+            error naming the dataset); a bare file's kind is read from its first record. To be linked from
+            ``model.method`` once the preference methods arrive. See litft/data/preference.py for the rows and
+            litft/data/collate.py for the batches.
         dataset_dir: Folder holding ``dataset_info.json`` and the data files it names.
         tokenizer: Model name or path the tokenizer is loaded from (linked from ``model.name_or_path``).
         gguf_file: GGUF file inside ``tokenizer`` (linked from ``model.gguf_file``).
@@ -40,7 +48,8 @@ class LitFTDataModule(pl.LightningDataModule):
             phi, qwen); a Jinja chat template (inline or a .jinja file); or a declarative template (a .yaml file or
             a mapping with user/assistant/system/input/tool blocks, default_system, end_of_turn): see
             litft/data/template_spec.py. It is also written into the adapter's and the export's tokenizer.
-        cutoff_len: Maximum tokens per sample (and per packed row); longer samples are truncated (see docs).
+        cutoff_len: Maximum tokens per sample (and per packed row; per chosen / rejected row); longer samples are
+            truncated (see litft/data/truncation.py, litft/data/preference.py).
         eval_dataset: Validation data for fit, and what evaluate/predict score by default: comma-separated names
             or paths like ``dataset`` (None = none, or a val_size split of the training records).
         val_size: Validation share split off the training records: a fraction (< 1) or a number of records
@@ -49,9 +58,9 @@ class LitFTDataModule(pl.LightningDataModule):
         eval_batch_size: Validation batch size (None = batch_size).
         num_workers: DataLoader worker processes.
         seed: Seed for shuffling (epoch e uses seed + e) and for the validation split.
-        packing: Pack samples into rows of cutoff_len (no cross-sample attention).
-        train_on_prompt: Train on prompt tokens too (labels = input_ids everywhere).
-        mask_history: Train on the last assistant turn only.
+        packing: Pack samples into rows of cutoff_len (no cross-sample attention). SFT only.
+        train_on_prompt: Train on prompt tokens too (labels = input_ids everywhere). SFT only.
+        mask_history: Train on the last assistant turn only (preference and feedback rows always are).
         mix_strategy: How several datasets combine: concat, interleave_under or interleave_over.
         interleave_probs: Sampling probabilities per dataset when interleaving (None = uniform).
         max_samples: Use at most this many records per dataset (None = all).
@@ -73,6 +82,7 @@ class LitFTDataModule(pl.LightningDataModule):
     def __init__(
         self,
         dataset: str,
+        kind: Literal["sft", "preference", "feedback"] = "sft",
         dataset_dir: str = "data",
         tokenizer: str | None = None,
         gguf_file: str | None = None,
@@ -113,6 +123,15 @@ class LitFTDataModule(pl.LightningDataModule):
             raise LitFTError("data.cache_wait_timeout must be > 0 seconds")
         if eval_dataset and val_size:
             raise LitFTError("data.eval_dataset and data.val_size: give one (validation data, or a split of the training data)")
+        if kind not in KINDS:
+            raise LitFTError(f"data.kind: expected one of {', '.join(KINDS)}, got '{kind}'")
+        if kind != "sft" and packing:
+            # Exact packing of pairs is possible (a block-diagonal mask per sample, the loss gathering each sample's
+            # log-probability by segment) but not built: the loss would have to know which packed sample is which.
+            raise LitFTError(f"data.packing is not supported for {kind} data (rows are padded): set data.packing: false")
+        if kind != "sft" and train_on_prompt:
+            raise LitFTError(f"data.train_on_prompt does not apply to {kind} data (only the replies are scored)")
+        self.kind = kind
         self.eval_dataset = eval_dataset
         self.dataset, self.dataset_dir = dataset, dataset_dir
         self.tokenizer_name, self.gguf_file, self.trust_remote_code = tokenizer, gguf_file, trust_remote_code
@@ -163,11 +182,15 @@ class LitFTDataModule(pl.LightningDataModule):
 
         workdir.mkdir(parents=True, exist_ok=True)
         resolve_template(self.tokenizer, self.template) if self.template or self.tokenizer.chat_template else None
-        stats = Stats()
+        stats = Stats(kind=self.kind)
+        entries = resolve(self.dataset, self.dataset_dir)
+        eval_entries = resolve(self.eval_dataset, self.dataset_dir) if self.eval_dataset else []
+        check_kinds({e.name: entry_kind(e, on_bad_record=self.on_bad_record) for e in entries + eval_entries}, self.kind)
+        records = dict(kind=self.kind, on_bad_record=self.on_bad_record)
         parts = []
-        for k, entry in enumerate(resolve(self.dataset, self.dataset_dir)):
+        for k, entry in enumerate(entries):
             file = workdir / f"records-{k}.arrow"
-            n = pipeline.write_conversations(iter_conversations(entry, on_bad_record=self.on_bad_record, stats=stats), file)
+            n = pipeline.write_conversations(iter_conversations(entry, stats=stats, **records), file, self.kind)
             idx = sample_indices(n, entry.num_samples)
             if self.max_samples is not None:
                 idx = list(idx if idx is not None else range(n))[: self.max_samples]
@@ -184,9 +207,9 @@ class LitFTDataModule(pl.LightningDataModule):
         train_convs, val_convs = convs, None
         if self.eval_dataset:  # validation data of its own (never together with val_size)
             evals = []
-            for k, entry in enumerate(resolve(self.eval_dataset, self.dataset_dir)):
+            for k, entry in enumerate(eval_entries):
                 file = workdir / f"eval-{k}.arrow"
-                n = pipeline.write_conversations(iter_conversations(entry, on_bad_record=self.on_bad_record), file)
+                n = pipeline.write_conversations(iter_conversations(entry, **records), file, self.kind)
                 evals.append(pipeline.select(datasets.Dataset.from_file(str(file)), sample_indices(n, entry.num_samples)))
             val_convs = datasets.concatenate_datasets(evals) if len(evals) > 1 else evals[0]
         if n_val:
@@ -200,9 +223,14 @@ class LitFTDataModule(pl.LightningDataModule):
         kw = dict(template=self.template, cutoff_len=self.cutoff_len, train_on_prompt=self.train_on_prompt,
                   mask_history=self.mask_history)
         workers = self.preprocessing_num_workers
-        train, train_stats = pipeline.tokenize(train_convs, self.tokenizer, kw, workdir, "train", workers)
+        train, train_stats = pipeline.tokenize(train_convs, self.tokenizer, kw, workdir, "train", workers, self.kind)
         stats.merge(train_stats)
-        val = pipeline.tokenize(val_convs, self.tokenizer, kw, workdir, "val", workers)[0] if val_convs is not None else None
+        val = None
+        if val_convs is not None:
+            val = pipeline.tokenize(val_convs, self.tokenizer, kw, workdir, "val", workers, self.kind)[0]
+        if stats.identical:
+            log.warning("data: %d preference pair(s) have chosen == rejected (after tokenization and truncation): dropped, "
+                        "nothing to prefer", stats.identical)
         if not len(train):
             raise LitFTError(f"data: no training samples left from '{self.dataset}' (all dropped or empty)")
         if self.packing:
@@ -223,8 +251,8 @@ class LitFTDataModule(pl.LightningDataModule):
     def _options(self) -> dict[str, Any]:
         """Everything besides data files and tokenizer that changes the rows (part of the fingerprint)."""
         jinja, eot = resolve_template(self.tokenizer, self.template) if self.template or self.tokenizer.chat_template else (None, None)
-        keys = ("cutoff_len", "val_size", "eval_dataset", "seed", "packing", "train_on_prompt", "mask_history", "mix_strategy",
-                "interleave_probs", "max_samples", "on_bad_record")
+        keys = ("kind", "cutoff_len", "val_size", "eval_dataset", "seed", "packing", "train_on_prompt", "mask_history",
+                "mix_strategy", "interleave_probs", "max_samples", "on_bad_record")
         return {"template": [self.template, jinja, eot], **{k: getattr(self, k) for k in keys}}
 
     def cache_key(self) -> str:
@@ -329,9 +357,12 @@ class LitFTDataModule(pl.LightningDataModule):
             # No validation data: say so to the trainer rather than hand it an empty loader (Lightning warns then).
             self.trainer.limit_val_batches = 0
         s = self.stats
+        extra = {"preference": f"; {s.identical} identical pairs dropped",
+                 "feedback": f"; {s.desirable} desirable, {s.samples - s.desirable} undesirable"}.get(s.kind, "")
         log.info(
-            "data: %d records → %d samples, %d rows (%d tokens, %d trained; %d truncated, %d dropped, %d skipped)%s",
-            s.records, s.samples, s.rows, s.tokens, s.trained_tokens, s.truncated, s.dropped, s.skipped,
+            "data: %d records → %d %s, %d rows (%d tokens, %d trained; %d truncated, %d dropped, %d skipped)%s%s",
+            s.records, s.samples, {"preference": "pairs", "feedback": "examples"}.get(s.kind, "samples"), s.rows, s.tokens,
+            s.trained_tokens, s.truncated, s.dropped, s.skipped, extra,
             f"; packing efficiency {s.packing_efficiency:.1%}" if s.packing_efficiency is not None else "",
         )
 
@@ -360,6 +391,13 @@ class LitFTDataModule(pl.LightningDataModule):
         return getattr(trainer, "num_training_batches", None) if trainer is not None else None
 
     def collator(self, *, packed: bool | None = None):
+        """The batch collator of this data: :class:`PairCollator` (preference), :class:`FeedbackCollator` (feedback,
+        with KL rows), else padded or packed SFT rows."""
+        if self.kind == "preference":
+            return PairCollator(self.tokenizer.pad_token_id, pad_to_multiple_of=self.pad_to_multiple_of)
+        if self.kind == "feedback":
+            return FeedbackCollator(self.tokenizer.pad_token_id, pad_to_multiple_of=self.pad_to_multiple_of,
+                                    max_length=self.cutoff_len)
         if self.packing if packed is None else packed:
             return PackedCollator(self.tokenizer.pad_token_id, attn_implementation=self.attn_implementation)
         return PadCollator(self.tokenizer.pad_token_id, pad_to_multiple_of=self.pad_to_multiple_of)

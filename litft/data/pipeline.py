@@ -6,8 +6,9 @@ mixing and the validation split are index selections on it, and tokenization is 
 (``num_proc`` worker processes) that writes its Arrow shards as it goes. Every row carries its ``length``
 (and ``num_targets``), so length grouping and packing read one integer column.
 
-The rows are exactly those of :func:`litft.data.truncation.encode_all` (+ :func:`litft.data.packing.pack`): the
-same functions run on each batch. Statistics travel through one extra "carrier" row per batch (length 0,
+The rows are exactly those of :func:`litft.data.truncation.encode_all` (+ :func:`litft.data.packing.pack`), or of
+:func:`litft.data.preference.encode_pairs` / :func:`~litft.data.preference.encode_feedback` for preference / feedback
+records (``kind``): the same functions run on each batch. Statistics travel through one extra "carrier" row per batch (length 0,
 holding the batch's counts in a ``_stats`` column), which is read and filtered out afterwards, so worker
 processes need no side channel.
 """
@@ -22,30 +23,40 @@ from typing import Any
 import numpy as np
 
 from litft.labels import count_targets
-from litft.data.conversation import Conversation, Turn
+from litft.data.conversation import Conversation, Feedback, Preference, Turn
 from litft.data.packing import best_fit_decreasing, join
+from litft.data.preference import encode_feedback, encode_pairs
 from litft.data.stats import Stats
 from litft.data.truncation import encode_all
 
 log = logging.getLogger(__name__)
 
-_STATS = ("samples", "tokens", "trained_tokens", "truncated", "chunked", "dropped")
+_STATS = ("samples", "tokens", "trained_tokens", "truncated", "chunked", "dropped", "identical", "desirable")
 _CHUNK = 10_000  # conversations per Arrow record batch while formatting
+_CARRIER = {"length": 0, "num_targets": 0, "label": False, "prompt_length": 0}  # the carrier row's scalars (lists: [])
 
 
-def _conv_schema():
+def _conv_schema(kind: str = "sft"):
+    """Arrow schema of formatted records: a conversation (a preference / feedback record's prompt) plus the
+    replies (``chosen``, ``rejected``; ``completion`` and ``label``)."""
     import pyarrow as pa
 
-    return pa.schema([("system", pa.string()), ("tools", pa.string()), ("text", pa.string()),
-                      ("roles", pa.list_(pa.string())), ("contents", pa.list_(pa.string())),
-                      ("inputs", pa.list_(pa.string())), ("instructions", pa.list_(pa.string()))])
+    fields = [("system", pa.string()), ("tools", pa.string()), ("text", pa.string()),
+              ("roles", pa.list_(pa.string())), ("contents", pa.list_(pa.string())),
+              ("inputs", pa.list_(pa.string())), ("instructions", pa.list_(pa.string()))]
+    if kind == "preference":
+        fields += [("chosen", pa.string()), ("rejected", pa.string())]
+    elif kind == "feedback":
+        fields += [("completion", pa.string()), ("label", pa.bool_())]
+    return pa.schema(fields)
 
 
-def write_conversations(convs: Iterable[Conversation], path: Path) -> int:
-    """Stream conversations into an Arrow file (``Dataset.from_file`` reads it memory-mapped); returns the count."""
+def write_conversations(convs: Iterable[Any], path: Path, kind: str = "sft") -> int:
+    """Stream conversations (or preference / feedback records: ``kind``) into an Arrow file
+    (``Dataset.from_file`` reads it memory-mapped); returns the count."""
     import pyarrow as pa
 
-    schema = _conv_schema()
+    schema = _conv_schema(kind)
     n = 0
     cols: dict[str, list] = {k: [] for k in schema.names}
 
@@ -56,7 +67,8 @@ def write_conversations(convs: Iterable[Conversation], path: Path) -> int:
                 v.clear()
 
     with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
-        for c in convs:
+        for record in convs:
+            c = record.prompt if kind != "sft" else record
             cols["system"].append(c.system)
             cols["tools"].append(c.tools)
             cols["text"].append(c.text)
@@ -64,6 +76,12 @@ def write_conversations(convs: Iterable[Conversation], path: Path) -> int:
             cols["contents"].append([t.content for t in c.turns])
             cols["inputs"].append([t.input for t in c.turns])
             cols["instructions"].append([t.instruction for t in c.turns])
+            if kind == "preference":
+                cols["chosen"].append(record.chosen.content)
+                cols["rejected"].append(record.rejected.content)
+            elif kind == "feedback":
+                cols["completion"].append(record.completion.content)
+                cols["label"].append(bool(record.label))
             n += 1
             if n % _CHUNK == 0:
                 flush(writer)
@@ -82,33 +100,48 @@ def _to_conversations(batch: dict[str, list]) -> list[Conversation]:
     ]
 
 
-class _Encode:
-    """The ``map`` function: a batch of conversations → its rows, plus one carrier row with the batch's stats."""
+def _to_records(batch: dict[str, list], kind: str) -> list[Any]:
+    """The records of a batch of :func:`write_conversations`' Arrow rows."""
+    convs = _to_conversations(batch)
+    if kind == "preference":
+        return [Preference(c, Turn("assistant", a), Turn("assistant", b))
+                for c, a, b in zip(convs, batch["chosen"], batch["rejected"])]
+    if kind == "feedback":
+        return [Feedback(c, Turn("assistant", a), bool(x)) for c, a, x in zip(convs, batch["completion"], batch["label"])]
+    return convs
 
-    def __init__(self, tokenizer, options: dict[str, Any]):
-        self.tokenizer, self.options = tokenizer, options
+
+class _Encode:
+    """The ``map`` function: a batch of records → its rows, plus one carrier row with the batch's stats."""
+
+    def __init__(self, tokenizer, options: dict[str, Any], kind: str = "sft"):
+        self.tokenizer, self.options, self.kind = tokenizer, options, kind
 
     def __call__(self, batch: dict[str, list]) -> dict[str, list]:
         stats = Stats()
-        rows = encode_all(_to_conversations(batch), self.tokenizer, stats=stats, **self.options)
-        out: dict[str, list] = {"input_ids": [], "labels": [], "length": [], "num_targets": [], "_stats": []}
-        for r in rows:
-            out["input_ids"].append(r["input_ids"])
-            out["labels"].append(r["labels"])
-            out["length"].append(len(r["input_ids"]))
-            out["num_targets"].append(count_targets(r["labels"]))
-            out["_stats"].append([])
-        for k, v in (("input_ids", []), ("labels", []), ("length", 0), ("num_targets", 0)):
-            out[k].append(v)
-        out["_stats"].append([getattr(stats, k) for k in _STATS])
+        records = _to_records(batch, self.kind)
+        if self.kind in ("preference", "feedback"):
+            encode = encode_pairs if self.kind == "preference" else encode_feedback
+            rows = encode(records, self.tokenizer, stats=stats, template=self.options["template"],
+                          cutoff_len=self.options["cutoff_len"])
+        else:
+            rows = [{**r, "length": len(r["input_ids"]), "num_targets": count_targets(r["labels"])}
+                    for r in encode_all(records, self.tokenizer, stats=stats, **self.options)]
+        out: dict[str, list] = {k: [r[k] for r in rows] + [_CARRIER.get(k, [])] for k in _features(kind=self.kind)}
+        out["_stats"] = [[] for _ in rows] + [[getattr(stats, k) for k in _STATS]]
         return out
 
 
-def _features(packed: bool = False, carrier: bool = False):
+def _features(packed: bool = False, carrier: bool = False, kind: str = "sft"):
     import datasets
 
     seq = datasets.Sequence(datasets.Value("int32"))
-    f = {"input_ids": seq, "labels": seq}
+    if kind == "preference":
+        f = {"chosen_input_ids": seq, "chosen_labels": seq, "rejected_input_ids": seq, "rejected_labels": seq}
+    elif kind == "feedback":
+        f = {"input_ids": seq, "labels": seq, "label": datasets.Value("bool"), "prompt_length": datasets.Value("int64")}
+    else:
+        f = {"input_ids": seq, "labels": seq}
     if packed:
         f["position_ids"] = seq
     f.update(length=datasets.Value("int64"), num_targets=datasets.Value("int64"))
@@ -135,17 +168,20 @@ def _map_kwargs(workdir: Path, name: str, num_proc: int | None, desc: str) -> di
     )
 
 
-def tokenize(ds, tokenizer, options: dict[str, Any], workdir: Path, name: str, num_proc: int | None) -> tuple[Any, Stats]:
-    """Conversations dataset → rows dataset (input_ids, labels, length, num_targets) and its statistics."""
+def tokenize(
+    ds, tokenizer, options: dict[str, Any], workdir: Path, name: str, num_proc: int | None, kind: str = "sft"
+) -> tuple[Any, Stats]:
+    """Records dataset → rows dataset (input_ids, labels, length, num_targets; the preference / feedback columns for
+    those kinds) and its statistics."""
     mapped = ds.map(
-        _Encode(tokenizer, options),
+        _Encode(tokenizer, options, kind),
         remove_columns=ds.column_names,
-        features=_features(carrier=True),
+        features=_features(carrier=True, kind=kind),
         **_map_kwargs(workdir, name, num_proc, f"litft: tokenizing {name}"),
     )
     lengths = column(mapped, "length")
     carriers = np.flatnonzero(lengths == 0)
-    stats = Stats()
+    stats = Stats(kind=kind)
     if len(carriers):
         sums = np.asarray([s for s in mapped.select(carriers)["_stats"] if s], dtype=np.int64).sum(axis=0)
         for k, v in zip(_STATS, sums.tolist()):

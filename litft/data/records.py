@@ -2,7 +2,9 @@
 mixed (several datasets: concat or interleave).
 
 Files are read by :mod:`litft.data.reader`, one record at a time; each record becomes a
-:class:`~litft.data.conversation.Conversation` through its format (:mod:`litft.data.formats`). A bad record is a
+:class:`~litft.data.conversation.Conversation` through its format (:mod:`litft.data.formats`), or a
+:class:`~litft.data.conversation.Preference` / :class:`~litft.data.conversation.Feedback` when the entry's kind
+(:func:`entry_kind`) is preference / feedback. A bad record is a
 one-line :class:`~litft.errors.DataError` naming file, record and field (or, with ``on_bad_record: skip``, counted
 and skipped).
 """
@@ -15,8 +17,8 @@ import random
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from litft.data.conversation import Conversation
-from litft.data.formats import FORMATS, RecordError, guess_format
+from litft.data.conversation import RECORD_TYPES, Conversation
+from litft.data.formats import FORMATS, RecordError, guess_format, guess_kind
 from litft.data.reader import data_files, iter_dataset, iter_file
 from litft.data.registry import DatasetEntry
 from litft.data.stats import Stats
@@ -56,10 +58,33 @@ def iter_sources(entry: DatasetEntry, bad: list[int] | None = None) -> Iterator[
         yield entry.hf_hub_url or entry.ms_hub_url or entry.name, read_hub(entry)
 
 
-def iter_conversations(entry: DatasetEntry, *, on_bad_record: str = "error", stats: Stats | None = None) -> Iterator[Conversation]:
-    """The entry's records as conversations, streamed one file at a time and one record at a time: no file's
-    records are held together (``num_samples`` not applied). An error is raised when reading reaches it."""
+def entry_kind(entry: DatasetEntry, *, on_bad_record: str = "error") -> str:
+    """The kind of the entry's records (:data:`litft.data.conversation.KINDS`): the entry's own
+    (:attr:`DatasetEntry.kind`), else guessed from the keys of its first record (read, nothing more)."""
+    if entry.kind is not None:
+        return entry.kind
+    sources = iter_sources(entry, [] if on_bad_record == "skip" else None)
+    try:
+        for source, records in sources:
+            try:
+                for record in records:
+                    return guess_kind(record if isinstance(record, dict) else {})
+            finally:
+                getattr(records, "close", lambda: None)()
+            raise DataError("no records", file=source)
+    finally:
+        sources.close()
+    return "sft"
+
+
+def iter_conversations(
+    entry: DatasetEntry, *, kind: str | None = None, on_bad_record: str = "error", stats: Stats | None = None
+) -> Iterator[Any]:
+    """The entry's records as conversations (or preference / feedback records: ``kind``, default the entry's own or
+    guessed from its first record), streamed one file at a time and one record at a time: no file's records are
+    held together (``num_samples`` not applied). An error is raised when reading reaches it."""
     bad_lines: list[int] | None = [] if on_bad_record == "skip" else None
+    kind = kind or entry.kind
     for source, records in iter_sources(entry, bad_lines):
         fn = guessed_columns = None
         i = -1
@@ -68,19 +93,23 @@ def iter_conversations(entry: DatasetEntry, *, on_bad_record: str = "error", sta
                 fmt, guessed_columns = entry.formatting, entry.columns
                 if fmt == "auto":
                     fmt, guessed_columns = guess_format(record if isinstance(record, dict) else {})
+                if kind is None:
+                    kind = guess_kind(record if isinstance(record, dict) else {})
                 fn = FORMATS[fmt]
             if stats is not None:
                 stats.records += 1
             try:
                 if not isinstance(record, dict):
                     raise RecordError(f"expected an object, got {type(record).__name__}", None)
-                conv = fn(record, columns=guessed_columns, tags=entry.tags)
+                conv = fn(record, columns=guessed_columns, tags=entry.tags, kind=kind)
             except RecordError as err:
                 if on_bad_record == "skip":
                     if stats is not None:
                         stats.skipped += 1
                     continue
                 raise DataError(str(err), file=source, record=i, field=err.field) from None
+            if not isinstance(conv, RECORD_TYPES[kind]):
+                raise DataError(f"formatting '{fmt}' has no {kind} layout (alpaca, sharegpt, openai and trl have)", file=source)
             yield conv
         if bad_lines:
             if stats is not None:
@@ -104,9 +133,11 @@ def sample_indices(n: int, num_samples: int | None) -> list[int] | None:
     return idx * (k // n) + sorted(rng.sample(idx, k % n))
 
 
-def conversations(entry: DatasetEntry, *, on_bad_record: str = "error", stats: Stats | None = None) -> list[Conversation]:
-    """The entry's records as conversations (``num_samples`` applied)."""
-    out = list(iter_conversations(entry, on_bad_record=on_bad_record, stats=stats))
+def conversations(
+    entry: DatasetEntry, *, kind: str | None = None, on_bad_record: str = "error", stats: Stats | None = None
+) -> list[Conversation]:
+    """The entry's records as conversations, or preference / feedback records (``num_samples`` applied)."""
+    out = list(iter_conversations(entry, kind=kind, on_bad_record=on_bad_record, stats=stats))
     idx = sample_indices(len(out), entry.num_samples)
     return out if idx is None else [out[i] for i in idx]
 

@@ -3,9 +3,11 @@
 ``data.dataset`` is a comma-separated list of names. A name is looked up in
 ``<data.dataset_dir>/dataset_info.json``; a name that is not there but is an existing file or folder (absolute,
 or relative to the working directory or to ``dataset_dir``) is loaded directly, its format ("auto") guessed from
-its first record when it is read (:func:`litft.data.formats.guess_format`). Entries SFT cannot train on (ranking,
-KTO, images, videos, audios) stop with a clear error. This module only resolves names to entries: reading them is
-:mod:`litft.data.records` (files: :mod:`litft.data.reader`).
+its first record when it is read (:func:`litft.data.formats.guess_format`). Multimodal entries (images, videos,
+audios) stop with a clear error. An entry's :attr:`~DatasetEntry.kind` says what its records are: ``ranking: true``
+→ preference pairs, a ``kto_tag`` column → feedback (KTO), else SFT conversations; :func:`check_kinds` stops a run
+whose datasets are of several kinds or not of the kind its method trains on. This module only resolves names to
+entries: reading them is :mod:`litft.data.records` (files: :mod:`litft.data.reader`).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from typing import Any
 from litft.data.formats import FORMATS
 from litft.errors import DataError, LitFTError
 
-_UNSUPPORTED_COLUMNS = ("chosen", "rejected", "kto_tag", "images", "videos", "audios")
+_MULTIMODAL_COLUMNS = ("images", "videos", "audios")
 
 
 @dataclass
@@ -50,7 +52,7 @@ class DatasetEntry:
     num_samples: int | None = None
     """Use this many records (sampled deterministically; repeats when larger than the dataset)."""
     ranking: bool = False
-    """A preference dataset (not trainable by SFT)."""
+    """A preference dataset: records are (prompt, chosen, rejected) pairs (see :attr:`kind`)."""
     dataset_dir: str = "."
     """Folder that file_name is relative to."""
 
@@ -60,6 +62,19 @@ class DatasetEntry:
             return None
         p = Path(self.file_name).expanduser()
         return p if p.is_absolute() else Path(self.dataset_dir) / p
+
+    @property
+    def kind(self) -> str | None:
+        """``preference`` (ranking: true), ``feedback`` (a kto_tag column) or ``sft``; None for a bare file or a
+        ``trl`` entry without either flag: then the keys of its first record decide
+        (:func:`litft.data.records.entry_kind`)."""
+        if self.ranking:
+            return "preference"
+        if self.columns.get("kto_tag"):
+            return "feedback"
+        if self.formatting in ("auto", "trl"):
+            return None
+        return "sft"
 
     def describe(self) -> dict[str, Any]:
         """A JSON-able description, part of the cache fingerprint."""
@@ -100,21 +115,40 @@ def _entry(name: str, raw: Mapping[str, Any], dataset_dir: str, info_file: str) 
     return entry
 
 
-def check_sft(entry: DatasetEntry) -> None:
-    """Stop on entries SFT cannot train on instead of mis-reading them."""
-    why = None
-    if entry.ranking:
-        why = "a preference (ranking) dataset"
-    else:
-        for col in _UNSUPPORTED_COLUMNS:
-            if entry.columns.get(col):
-                why = {"kto_tag": "a KTO dataset", "images": "a multimodal (images) dataset",
-                       "videos": "a multimodal (videos) dataset", "audios": "a multimodal (audios) dataset"}.get(
-                    col, "a preference (chosen/rejected) dataset"
-                )
-                break
-    if why:
-        raise LitFTError(f"dataset '{entry.name}' is {why}: not supported by SFT (litft fine-tunes on conversations)")
+def check_supported(entry: DatasetEntry, info_file: str | None = None) -> None:
+    """Stop on entries litft cannot read instead of mis-reading them: multimodal data, and flags that contradict."""
+    for col in _MULTIMODAL_COLUMNS:
+        if entry.columns.get(col):
+            raise LitFTError(f"dataset '{entry.name}' is a multimodal ({col}) dataset: not supported (litft fine-tunes on text)")
+    if entry.ranking and entry.columns.get("kto_tag"):
+        raise DataError("ranking: true and a kto_tag column: a dataset is preference pairs or KTO feedback, not both",
+                        file=info_file, field=entry.name)
+    if not entry.ranking and entry.formatting not in ("auto", "trl") and (entry.columns.get("chosen") or entry.columns.get("rejected")):
+        raise DataError('chosen/rejected columns need "ranking": true (preference data)', file=info_file, field=entry.name)
+
+
+_KIND_IS = {
+    "sft": "SFT data (conversations)",
+    "preference": "preference data (ranking: true)",
+    "feedback": "feedback data (kto_tag)",
+}
+_KIND_NEEDS = {
+    "sft": "model.method: sft (data.kind: sft)",
+    "preference": "a preference method (model.method: dpo, orpo or simpo; data.kind: preference)",
+    "feedback": "model.method: kto (data.kind: feedback)",
+}
+_KIND_NOT = {"sft": "SFT", "preference": "a preference method", "feedback": "KTO"}
+
+
+def check_kinds(kinds: Mapping[str, str], want: str) -> None:
+    """Stop unless every dataset (name → kind) is of one kind, the kind ``want`` (``data.kind``) trains on."""
+    if len(set(kinds.values())) > 1:
+        listing = ", ".join(f"'{name}' is {_KIND_IS[kind]}" for name, kind in kinds.items())
+        raise LitFTError(f"data: the datasets mix kinds of data: {listing}; the datasets of a run (data.dataset and "
+                         "data.eval_dataset) must be of one kind")
+    for name, kind in kinds.items():
+        if kind != want:
+            raise LitFTError(f"dataset '{name}': {_KIND_IS[kind]} needs {_KIND_NEEDS[kind]}, not {_KIND_NOT[want]}")
 
 
 def resolve(dataset: str, dataset_dir: str | os.PathLike = "data") -> list[DatasetEntry]:
@@ -148,6 +182,6 @@ def resolve(dataset: str, dataset_dir: str | os.PathLike = "data") -> list[Datas
                     + (f" (known: {known})" if registry else "")
                 )
             entry = DatasetEntry(name=name, file_name=str(path.resolve()), formatting="auto", dataset_dir=dataset_dir)
-        check_sft(entry)
+        check_supported(entry, info_file if name in registry else None)
         entries.append(entry)
     return entries
