@@ -1,0 +1,77 @@
+"""ZeRO-3 partitions for a quantized base model, which transformers does not load into partitions itself.
+
+transformers loads a plain model under ZeRO-3 straight into partitions (``deepspeed.zero.Init``), not a
+bitsandbytes-quantized one: it builds the 4-bit model on the meta device and loads it whole onto the rank's device.
+Left so, every rank holds the whole 4-bit base until ``deepspeed.initialize`` partitions it.
+
+:func:`loading_into_partitions` partitions each weight as ``from_pretrained`` assigns it to its module, through
+DeepSpeed's documented way of partitioning allocated parameters (``deepspeed.zero.Init(module=...)``: rank 0's
+values are broadcast, each rank keeps its 1/world slice, the full tensor is freed). So a rank holds its partitions
+of the weights loaded so far plus one whole weight (and that weight's quantization temporaries), never the whole
+base (the loader's own reference to the weight it just loaded is released by freeing that tensor's storage). 4-bit weights are partitioned like any parameter (stored in the compute dtype under ZeRO-3,
+``bnb_4bit_quant_storage``); their quantization states (absmax, code: ~0.5 bit per weight, ~0.13 with double
+quantization) stay whole on every rank, beside the layer that uses them. :func:`partition_now` then partitions
+whatever the loading did not (weights transformers initialised itself, or a transformers that assigns weights
+without ``register_parameter``: the peak is then the whole 4-bit base, no more).
+
+The engine then finds a ZeRO-3 model: it partitions only what was added since (the adapters) and casts nothing
+(the frozen base keeps its storage dtype).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+
+
+def _partition(module: torch.nn.Module, ds_config: dict[str, Any]) -> None:
+    import deepspeed
+
+    deepspeed.zero.Init(module=module, config_dict_or_path=ds_config)
+
+
+@contextlib.contextmanager
+def loading_into_partitions(ds_config: dict[str, Any]) -> Iterator[None]:
+    """While active, a parameter filled from the checkpoint is partitioned as it is assigned to its module
+    (a collective: every rank must load the same weights in the same order, as ``from_pretrained`` does)."""
+    from deepspeed.runtime.zero.utils import is_zero_param
+    from torch.nn.modules.module import register_module_parameter_registration_hook
+
+    from litft.shims.transformers import loaded_from_checkpoint
+
+    busy = False
+
+    def on_register(module: torch.nn.Module, name: str, param: Any) -> None:
+        nonlocal busy
+        if busy or param is None or param.device.type == "meta" or is_zero_param(param):
+            return None
+        if not loaded_from_checkpoint(param):  # to be initialised by transformers: partitioned after that
+            return None
+        # transformers' loader keeps its own reference to the tensor it loaded until it loads the next weight:
+        # free the memory of a tensor that owns its storage once partitioned (not a view into a memory-mapped file)
+        storage = param.data.untyped_storage()
+        owned = storage.resizable() and param.data.storage_offset() == 0 and storage.nbytes() == param.data.nbytes
+        busy = True  # the holder's own registration below comes back here
+        try:
+            holder = torch.nn.Module()
+            holder.weight = param
+            _partition(holder, ds_config)
+        finally:
+            busy = False
+        if owned and storage.data_ptr() != param.data.data_ptr():
+            storage.resize_(0)
+        return None
+
+    handle = register_module_parameter_registration_hook(on_register)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def partition_now(model: torch.nn.Module, ds_config: dict[str, Any]) -> None:
+    """Partition every parameter of ``model`` not partitioned yet (collective: all ranks call it)."""
+    _partition(model, ds_config)
