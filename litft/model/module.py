@@ -38,6 +38,8 @@ class LitFTModule(L.LightningModule):
         lora: LoRA adapters; null = full fine-tuning of every parameter.
         gradient_checkpointing: Recompute activations in the backward pass (less memory, ~30% slower); the mode
             (reentrant or not) follows the strategy: litft.model.grad_checkpointing.
+        loss_kernel: Output head + cross-entropy: chunked (litft's, every device and strategy) or liger (Liger's fused
+            kernel: CUDA, pip install 'litft[liger]', a whole plain nn.Linear head, so not under ZeRO-3).
         optimizer: Optimizer settings.
         scheduler: Learning-rate schedule.
     """
@@ -53,6 +55,7 @@ class LitFTModule(L.LightningModule):
         quantization: Optional[QuantizationConfig] = None,
         lora: Optional[LoraConfig] = LoraConfig(),
         gradient_checkpointing: bool = False,
+        loss_kernel: Literal["chunked", "liger"] = "chunked",
         optimizer: OptimizerConfig = OptimizerConfig(),
         scheduler: SchedulerConfig = SchedulerConfig(),
     ):
@@ -66,6 +69,9 @@ class LitFTModule(L.LightningModule):
         self.quantization = quantization
         self.lora = lora
         self.gradient_checkpointing = gradient_checkpointing
+        if loss_kernel not in lm_loss.KERNELS:
+            raise LitFTError(f"model.loss_kernel={loss_kernel!r}: choose one of {', '.join(lm_loss.KERNELS)}")
+        self.loss_kernel = loss_kernel
         self.optimizer_cfg = optimizer
         self.scheduler_cfg = scheduler
         if quantization is not None and lora is None:
@@ -193,6 +199,9 @@ class LitFTModule(L.LightningModule):
             model.requires_grad_(True)
         model.train()  # from_pretrained returns eval mode; Lightning keeps modules' modes as found
         self.model = model
+        if self.loss_kernel == "liger" and self._trainer is not None:  # stop before training, not at its first step
+            on_cuda = self.trainer.strategy.root_device.type == "cuda"
+            lm_loss.check_liger(on_cuda, self.base_model().get_output_embeddings(), sharded=sharded)
         total, trainable = count_parameters(model)  # full sizes under ZeRO-3 and 4-bit quantization
         log.info("Trainable parameters: %s of %s (%.3f%%)", f"{trainable:,}", f"{total:,}", 100 * trainable / max(total, 1))
 
@@ -231,8 +240,12 @@ class LitFTModule(L.LightningModule):
             decoder, head = base.get_decoder(), base.get_output_embeddings()
             hidden = decoder(**inputs, use_cache=False).last_hidden_state
             return lm_loss.lm_loss_from_hidden(
-                hidden, head, labels, chunk_size=self.loss_chunk_size, symmetric=self._zero3()
+                hidden, head, labels, chunk_size=self.loss_chunk_size, symmetric=self._zero3(), kernel=self.loss_kernel
             )
+        if self.loss_kernel == "liger":
+            raise LitFTError(f"model.loss_kernel=liger: {type(base).__name__} post-processes its logits beyond the "
+                             "output head (scaling or soft-capping), which Liger's kernel does not; use "
+                             "model.loss_kernel: chunked")
         logits = self.model(**inputs, use_cache=False).logits
         return lm_loss.lm_loss_from_logits(logits, labels)
 
