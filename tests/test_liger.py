@@ -117,7 +117,8 @@ def test_liger_where_it_cannot_run_is_one_line_naming_the_key(liger, monkeypatch
     hidden, head, labels = _inputs()
 
     def refused(match, **kw):
-        with pytest.raises(LitFTError, match=r"^model\.loss_kernel=liger: " + match + r".*; use model\.loss_kernel: chunked$"):
+        pattern = r"^model\.loss_kernel=liger: " + match + r".*; use model\.loss_kernel: chunked$"
+        with pytest.raises(LitFTError, match=pattern):
             lm_loss.lm_loss_from_hidden(hidden, kw.pop("head", head), labels, kernel="liger", **kw)
 
     refused("Liger's kernel runs on CUDA devices only")  # these tensors are on the CPU

@@ -23,10 +23,11 @@ module's forward. The recomputation of a non-reentrant checkpoint re-runs those 
 0.19.3 the release also emptied *frozen* parameters that the checkpoint had saved by reference, so backward failed
 with ``CheckpointError: Recomputed values ... have different metadata`` (shape [n] vs [0]) — every LoRA/QLoRA run
 with gradient checkpointing under ZeRO-3 (transformers issue 47254). TRL forces reentrant checkpointing for PEFT +
-ZeRO-3 for that reason. DeepSpeed 0.19.3 (PR 8148) keeps frozen parameters gathered during a recompute; litft's
-DeepSpeed floor is above that, so ZeRO-3 uses non-reentrant checkpointing too (measured on CPU, 2 processes,
-DeepSpeed 0.19.8: same per-step losses with checkpointing on and off, LoRA and QLoRA). The reentrant branch stays
-for an older DeepSpeed, with the embedding output made to require a gradient as reentrant checkpointing needs.
+ZeRO-3 for that reason. DeepSpeed 0.19.3 (PR 8148) keeps frozen parameters gathered during a recompute, and litft
+requires DeepSpeed >= 0.19.5 for its gradient accumulation, so ZeRO-3 uses non-reentrant checkpointing too (measured
+on CPU, 2 processes, DeepSpeed 0.19.8, bf16: per-step losses with checkpointing on equal to those with it off, LoRA
+and QLoRA). The reentrant branch stays for an older DeepSpeed (the version is read, not assumed), with the embedding
+output made to require a gradient as reentrant checkpointing needs.
 """
 
 from __future__ import annotations

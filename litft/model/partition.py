@@ -6,13 +6,15 @@ Left so, every rank holds the whole 4-bit base until ``deepspeed.initialize`` pa
 
 :func:`loading_into_partitions` partitions each weight as ``from_pretrained`` assigns it to its module, through
 DeepSpeed's documented way of partitioning allocated parameters (``deepspeed.zero.Init(module=...)``: rank 0's
-values are broadcast, each rank keeps its 1/world slice, the full tensor is freed). So a rank holds its partitions
-of the weights loaded so far plus one whole weight (and that weight's quantization temporaries), never the whole
-base (the loader's own reference to the weight it just loaded is released by freeing that tensor's storage). 4-bit weights are partitioned like any parameter (stored in the compute dtype under ZeRO-3,
-``bnb_4bit_quant_storage``); their quantization states (absmax, code: ~0.5 bit per weight, ~0.13 with double
-quantization) stay whole on every rank, beside the layer that uses them. :func:`partition_now` then partitions
-whatever the loading did not (weights transformers initialised itself, or a transformers that assigns weights
-without ``register_parameter``: the peak is then the whole 4-bit base, no more).
+values are broadcast, each rank keeps its 1/world slice, the full tensor is freed). The loader keeps its own
+reference to the tensor it just loaded until it loads the next one, so that tensor's storage is freed too once it is
+partitioned. A rank so holds its partitions of the weights loaded so far plus one whole weight (and that weight's
+quantization temporaries), never the whole base. 4-bit weights are partitioned like any parameter (stored in the
+compute dtype under ZeRO-3, ``bnb_4bit_quant_storage``); their quantization states (absmax, code tables: ~0.13 bit
+per weight with double quantization, plus ~1 KB per weight matrix) stay whole on every rank, beside the layer that
+uses them. Weights the checkpoint lacks are left to transformers to initialise; :func:`partition_now` then
+partitions whatever the loading did not (those, or every weight with a transformers that does not flag the weights it
+loads: the peak is then the whole 4-bit base, no more).
 
 The engine then finds a ZeRO-3 model: it partitions only what was added since (the adapters) and casts nothing
 (the frozen base keeps its storage dtype).
