@@ -47,6 +47,21 @@ def test_transformers_flags_the_weights_it_loads_from_the_checkpoint(tiny_llama,
     assert set(flags.values()) == {True}, (where, flags)
 
 
+def test_deepspeed_partitioned_parameters_carry_their_convert_method():
+    """litft.model.partition partitions later weights like the first (as DeepSpeed's ZeRO-3 engine does)."""
+    import inspect
+
+    pytest.importorskip("deepspeed")
+    from deepspeed.runtime.zero.partition_parameters import Init
+
+    from litft.shims.deepspeed import CONVERT_ATTR
+
+    source = inspect.getsource(Init._convert_to_deepspeed_param)
+    assert f"param.{CONVERT_ATTR} = " in source, (
+        f"deepspeed {__import__('deepspeed').__version__}: zero.Init no longer attaches `{CONVERT_ATTR}` to the "
+        "parameters it partitions; check litft/shims/deepspeed.py")
+
+
 def test_lightning_precision_choices_are_importable_and_include_ours():
     import typing
 

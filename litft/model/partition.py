@@ -29,10 +29,18 @@ from typing import Any
 import torch
 
 
-def _partition(module: torch.nn.Module, ds_config: dict[str, Any]) -> None:
-    import deepspeed
+def _partition(params: list[torch.nn.Parameter], ds_config: dict[str, Any], owner: torch.nn.Module,
+               partitioned: torch.nn.Parameter | None) -> None:
+    """Partition ``params`` (all of ``owner``'s not partitioned yet): as the ZeRO-3 engine does, like a parameter
+    already partitioned when there is one (same groups and devices), else with ``deepspeed.zero.Init(module=owner)``."""
+    if partitioned is not None:
+        from litft.shims.deepspeed import partition_like
 
-    deepspeed.zero.Init(module=module, config_dict_or_path=ds_config)
+        partition_like(partitioned, params)
+    else:
+        import deepspeed
+
+        deepspeed.zero.Init(module=owner, config_dict_or_path=ds_config)
 
 
 @contextlib.contextmanager
@@ -45,6 +53,7 @@ def loading_into_partitions(ds_config: dict[str, Any]) -> Iterator[None]:
     from litft.shims.transformers import loaded_from_checkpoint
 
     busy = False
+    first: list[torch.nn.Parameter] = []
 
     def on_register(module: torch.nn.Module, name: str, param: Any) -> None:
         nonlocal busy
@@ -60,9 +69,11 @@ def loading_into_partitions(ds_config: dict[str, Any]) -> Iterator[None]:
         try:
             holder = torch.nn.Module()
             holder.weight = param
-            _partition(holder, ds_config)
+            _partition([param], ds_config, holder, first[0] if first else None)
         finally:
             busy = False
+        if not first:
+            first.append(param)
         if owned and storage.data_ptr() != param.data.data_ptr():
             storage.resize_(0)
         return None
@@ -76,4 +87,9 @@ def loading_into_partitions(ds_config: dict[str, Any]) -> Iterator[None]:
 
 def partition_now(model: torch.nn.Module, ds_config: dict[str, Any]) -> None:
     """Partition every parameter of ``model`` not partitioned yet (collective: all ranks call it)."""
-    _partition(model, ds_config)
+    from deepspeed.runtime.zero.utils import is_zero_param
+
+    params = list(model.parameters())
+    rest = [p for p in params if not is_zero_param(p)]
+    if rest:
+        _partition(rest, ds_config, model, next((p for p in params if is_zero_param(p)), None))
