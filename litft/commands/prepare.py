@@ -49,8 +49,9 @@ def _samples(row):
     return [(ids[a:b], labels[a:b]) for a, b in zip(starts, starts[1:])]
 
 
-def run(cli) -> int:
-    dm = cli.datamodule
+def report(dm, preview: int = 0) -> None:
+    """Run the data module's pipeline (``setup("fit")``: tokenize or reuse the cache) and print its figures and
+    ``preview`` rendered samples."""
     t0 = time.perf_counter()
     dm.setup("fit")
     s, path = dm.stats, dm.cache_dir
@@ -76,12 +77,17 @@ def run(cli) -> int:
         print(f"packing efficiency: {s.packing_efficiency:.1%} (real tokens / rows x cutoff_len {dm.cutoff_len})")
     shown = 0
     for i in range(len(dm.train_rows)):
-        if shown >= cli.config.preview:
+        if shown >= preview:
             break
         for ids, labels in _samples(dm.train_rows[i]):
-            if shown >= cli.config.preview:
+            if shown >= preview:
                 break
             print(f"\n--- sample {shown} ({len(ids)} tokens, {sum(x != IGNORE_INDEX for x in labels)} trained) ---")
             print(render_marked(dm.tokenizer, ids, labels))
             shown += 1
+
+
+def run(cli) -> int:
+    dm, preview = cli.datamodule, cli.config.preview
+    report(dm, preview)
     return 0
