@@ -16,6 +16,8 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import ClassVar, NamedTuple, Optional
 
+import docstring_parser  # a dependency of jsonargparse[signatures]: reads the fields' docstrings for --help
+
 from litft.data.records import conversations
 from litft.data.registry import resolve
 from litft.data.templates import encode_prompt
@@ -46,8 +48,6 @@ class GenerationSettings:
     def add_arguments(cls, parser, *, batched: bool = True) -> None:
         """One flag per field (help: the field's docstring); ``batched=False`` leaves out ``--gen_batch_size``
         (generate and chat complete one prompt at a time)."""
-        import docstring_parser  # jsonargparse[signatures]'s dependency; reads attribute docstrings
-
         helps = {p.arg_name: p.description for p in docstring_parser.parse_from_object(cls).params}
         hints = typing.get_type_hints(cls)
         for f in fields(cls):
