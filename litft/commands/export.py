@@ -13,6 +13,7 @@ from typing import Optional
 
 from litft.data.templates import chat_template_for
 from litft.errors import LitFTError
+from litft.inference import load_model
 from litft.io import atomic_dir
 
 log = logging.getLogger(__name__)
@@ -35,9 +36,8 @@ def merge_adapter(module, adapter: str | Path, out_dir: str | Path, *, dtype: Op
             "The adapter was trained on a quantized (QLoRA) base: merging it into the base reloaded unquantized in %s. "
             "The merged model's outputs differ slightly from the 4-bit base + adapter.", name,
         )
-    model = module.for_inference(str(adapter), dtype=name, quantized=False, device="cpu")
+    model, tokenizer = load_model(module, adapter=str(adapter), dtype=name, quantized=False, device="cpu")
     merged = model.merge_and_unload()
-    tokenizer = module.tokenizer
     tokenizer.chat_template = chat_template_for(tokenizer, template)
     out_dir = Path(out_dir)
     with atomic_dir(out_dir) as tmp:
@@ -58,11 +58,11 @@ def _target(output_dir: str) -> Path:
 
 
 def run(cli) -> int:
-    cfg = cli.config
+    cfg, model_spec, template = cli.config, cli.model, cli.datamodule.template
     if not cfg.output_dir:
         raise LitFTError("export: give --output_dir (where the merged model goes)")
     adapter = cfg.adapter or str(Path(cfg.output_dir) / "adapter")
     target = _target(cfg.output_dir)
-    merge_adapter(cli.model, adapter, target, dtype=cfg.export_dtype, template=cli.datamodule.template)
+    merge_adapter(model_spec, adapter, target, dtype=cfg.export_dtype, template=template)
     print(f"Merged model saved to {target} (load it with AutoModelForCausalLM.from_pretrained)")
     return 0
