@@ -70,6 +70,9 @@ def test_deepspeed_by_name_on_cpu(monkeypatch, name, stage, offload):
     assert is_zero3(strategy) is (stage == 3)
     assert os.environ["DS_ACCELERATOR"] == "cpu"
     assert strategy._get_process_group_backend() == "gloo"
+    # an indexed device per rank on CPU too (Lightning's device-index check, deepspeed.initialize(device_rank=...))
+    assert strategy.parallel_devices == [torch.device("cpu", 0), torch.device("cpu", 1)]
+    assert strategy.root_device == torch.device("cpu", 0)
 
 
 @pytest.mark.parametrize("file,stage,offload", [("zero2.json", 2, False), ("zero3.json", 3, False),

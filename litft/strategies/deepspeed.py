@@ -26,6 +26,7 @@ import torch
 from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy
 
 from litft.errors import LitFTError
+from litft.shims.lightning import DeepSpeedStrategyHooks
 from litft.strategies import checkpointing
 from litft.strategies.ddp import backend_for_device
 from litft.strategies.timeout import StartupTimeout
@@ -75,7 +76,7 @@ def _ds_accelerator(name: str):
     return CUDA_Accelerator()
 
 
-class LitFTDeepSpeedStrategy(StartupTimeout, DeepSpeedStrategy):
+class LitFTDeepSpeedStrategy(StartupTimeout, DeepSpeedStrategyHooks):
     """DeepSpeed (ZeRO 1/2/3, offload, or a JSON config) on CUDA, NPU or CPU.
 
     Differences from Lightning's: runs on npu and cpu as well; ``exclude_frozen_parameters`` defaults to
@@ -136,20 +137,20 @@ class LitFTDeepSpeedStrategy(StartupTimeout, DeepSpeedStrategy):
             return super().setup_environment()
         DDPStrategy.setup_environment(self)  # DeepSpeedStrategy's raises for anything but CUDA
 
-    def _get_process_group_backend(self) -> str:
-        return self._process_group_backend or backend_for_device(self.root_device)
+    def default_process_group_backend(self) -> str:
+        return backend_for_device(self.root_device)
 
     @property
     def parallel_devices(self) -> Optional[list[torch.device]]:
-        return self._parallel_devices
+        return DeepSpeedStrategy.parallel_devices.fget(self)
 
     @parallel_devices.setter
     def parallel_devices(self, devices: Optional[list[torch.device]]) -> None:
         # Every rank gets an indexed device, CPU included (cpu:<local rank>): Lightning's device-index check and
         # its deepspeed.initialize(device_rank=root_device.index) then hold on CPU as they do on GPUs.
-        self._parallel_devices = None if devices is None else [
+        DeepSpeedStrategy.parallel_devices.fset(self, None if devices is None else [
             torch.device("cpu", i) if d.type == "cpu" and d.index is None else d for i, d in enumerate(devices)
-        ]
+        ])
 
     @contextmanager
     def model_sharded_context(self) -> Generator[None, None, None]:
@@ -166,7 +167,7 @@ class LitFTDeepSpeedStrategy(StartupTimeout, DeepSpeedStrategy):
             return
         from transformers.integrations import HfDeepSpeedConfig
 
-        self._init_config_if_needed()
+        self.complete_config()
         self._hf_deepspeed_config = HfDeepSpeedConfig(self.config)  # transformers holds only a weak reference
         yield
 
