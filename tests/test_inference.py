@@ -1,4 +1,4 @@
-"""One typed way from config to an inference model (LitFTModule.for_inference), the shared batched generation
+"""One typed way from config to an inference model (litft.model.build.inference_model), the shared batched generation
 helper with stop strings, and the evaluation scores (CJK-aware ROUGE, BLEU-4, exact match)."""
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ import torch
 from litft.errors import LitFTError
 from litft.generation import cut_at_stop, generate
 from litft.metrics import bleu4, exact_match, rouge, score
+from litft.model.build import inference_model
 from litft.model.config import QuantizationConfig
 from litft.model.module import LitFTModule
 
@@ -16,19 +17,19 @@ from litft.model.module import LitFTModule
 def test_for_inference_loads_the_base_as_training_does(tiny_qwen2):
     import bitsandbytes as bnb
 
-    qlora = LitFTModule(tiny_qwen2, quantization=QuantizationConfig(bits=4))
-    model = qlora.for_inference(device="cpu")
+    qlora = LitFTModule(tiny_qwen2, quantization=QuantizationConfig(bits=4)).spec
+    model = inference_model(qlora, device="cpu")
     assert sum(isinstance(m, bnb.nn.Linear4bit) for m in model.modules()) == 14  # 2 layers x 7 linears
     assert not model.training and model.config.use_cache
-    plain = qlora.for_inference(device="cpu", quantized=False)
+    plain = inference_model(qlora, device="cpu", quantized=False)
     assert not any(isinstance(m, bnb.nn.Linear4bit) for m in plain.modules())
-    assert LitFTModule(tiny_qwen2, dtype="bfloat16").for_inference(device="cpu").dtype == torch.bfloat16
-    auto = LitFTModule(tiny_qwen2)  # dtype auto follows the trainer's precision
-    assert auto.for_inference(device="cpu", precision="bf16-mixed").dtype == torch.bfloat16
-    assert auto.for_inference(device="cpu", precision="32-true").dtype == torch.float32
-    assert auto.for_inference(device="cpu", dtype="float16").dtype == torch.float16
+    assert inference_model(LitFTModule(tiny_qwen2, dtype="bfloat16").spec, device="cpu").dtype == torch.bfloat16
+    auto = LitFTModule(tiny_qwen2).spec  # dtype auto follows the trainer's precision
+    assert inference_model(auto, device="cpu", precision="bf16-mixed").dtype == torch.bfloat16
+    assert inference_model(auto, device="cpu", precision="32-true").dtype == torch.float32
+    assert inference_model(auto, device="cpu", dtype="float16").dtype == torch.float16
     with pytest.raises(LitFTError, match="not a PEFT adapter folder"):
-        auto.for_inference("/nonexistent/adapter")
+        inference_model(auto, "/nonexistent/adapter")
 
 
 def test_stop_strings_cut_the_text_before_the_first_one():

@@ -245,7 +245,6 @@ def test_lightning_model_checkpoint_members_the_hooks_rely_on(tmp_path):
 KNOWN_PRIVATE_USES = {
     # issue 21: moved in phase 2
     ("litft/cli.py", "_get"),  # LightningCLI._get
-    ("litft/model/module.py", "_trainer"),  # LightningModule._trainer
     ("litft/strategies/ddp.py", "_ddp_kwargs"),  # DDPStrategy
     ("litft/strategies/ddp.py", "_get_process_group_backend"),
     ("litft/strategies/ddp.py", "_init_dist_connection"),  # lightning.fabric.utilities.distributed

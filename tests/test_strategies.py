@@ -182,14 +182,13 @@ def test_trainable_state_dict_without_zero3():
 
 def test_module_refuses_8bit_under_zero3(tiny_llama):
     """The model side asks check_quantization before loading anything."""
-    from types import SimpleNamespace
 
     from lightning.pytorch.accelerators import CPUAccelerator
 
     from litft.model.config import QuantizationConfig
+    from litft.model.build import load_base
     from litft.model.module import LitFTModule
 
     module = LitFTModule(tiny_llama, quantization=QuantizationConfig(bits=8))
-    module._trainer = SimpleNamespace(strategy=_zero3(), accelerator=CPUAccelerator(), precision="32-true")
     with pytest.raises(LitFTError, match="8-bit quantization cannot be sharded by DeepSpeed ZeRO-3"):
-        module.load_base_model()
+        load_base(module.spec, strategy=_zero3(), accelerator=CPUAccelerator(), precision="32-true")

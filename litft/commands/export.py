@@ -14,6 +14,7 @@ from typing import Optional
 from litft.data.templates import chat_template_for
 from litft.errors import LitFTError
 from litft.io import atomic_dir
+from litft.model.build import inference_model
 
 log = logging.getLogger(__name__)
 
@@ -29,13 +30,13 @@ def merge_adapter(module, adapter: str | Path, out_dir: str | Path, *, dtype: Op
                   template: Optional[str] = None) -> Path:
     """Merge ``adapter`` into the base that ``module`` (a LitFTModule) builds and save it to ``out_dir`` atomically,
     with the tokenizer whose ``chat_template`` is the training template ``template`` (data.template)."""
-    name = dtype or (module.dtype_name if module.dtype_name != "auto" else "float32")
-    if module.quantization is not None:
+    name = dtype or (module.spec.dtype if module.spec.dtype != "auto" else "float32")
+    if module.spec.quantization is not None:
         log.warning(
             "The adapter was trained on a quantized (QLoRA) base: merging it into the base reloaded unquantized in %s. "
             "The merged model's outputs differ slightly from the 4-bit base + adapter.", name,
         )
-    model = module.for_inference(str(adapter), dtype=name, quantized=False, device="cpu")
+    model = inference_model(module.spec, str(adapter), dtype=name, quantized=False, device="cpu")
     merged = model.merge_and_unload()
     tokenizer = module.tokenizer
     tokenizer.chat_template = chat_template_for(tokenizer, template)

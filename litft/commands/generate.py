@@ -2,7 +2,7 @@
 
 The prompt is rendered with the same chat template as the training data (``data.template``, else the
 tokenizer's own), so a fine-tuned adapter sees exactly the format it was trained on. The model is the one
-training builds (``LitFTModule.for_inference``: same dtype and 4/8-bit quantization) plus the adapter.
+training builds (``litft.model.build.inference_model``: same dtype and 4/8-bit quantization) plus the adapter.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from typing import Optional
 from litft.data.templates import encode_prompt
 from litft.errors import LitFTError
 from litft.generation import generate
+from litft.model.build import inference_model
 
 
 def add_generation_arguments(parser, adapter_help: str = "PEFT adapter folder (default: the base model alone).") -> None:
@@ -42,7 +43,7 @@ def inference_model(cli, adapter: Optional[str]):
     cfg = cli.config
     trainer_cfg = cfg.get("trainer") or {}
     precision = trainer_cfg.get("precision") if hasattr(trainer_cfg, "get") else None
-    return cli.model.for_inference(adapter, dtype=cfg.get("dtype"), precision=precision), cli.model.tokenizer
+    return inference_model(cli.model.spec, adapter, dtype=cfg.get("dtype"), precision=precision), cli.model.tokenizer
 
 
 def generation_kwargs(cfg) -> dict:
