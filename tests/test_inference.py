@@ -32,6 +32,41 @@ def test_for_inference_loads_the_base_as_training_does(tiny_qwen2):
         inference_model(auto, "/nonexistent/adapter")
 
 
+@pytest.mark.parametrize("quantized", [True, False], ids=["qlora", "lora"])
+def test_training_and_inference_build_the_same_base(tiny_qwen2, quantized):
+    """One builder: the base LitFTModule trains (configure_model under bf16-mixed) and the base inference loads for
+    that precision hold the same weights, in the same dtype, 4-bit where training quantized it (same packed weights,
+    same compute dtype)."""
+    import bitsandbytes as bnb
+
+    from litft.model.config import LoraConfig
+    from tests.helpers import attach_trainer
+
+    module = LitFTModule(tiny_qwen2, lora=LoraConfig(r=4, alpha=8, dropout=0.0),
+                         quantization=QuantizationConfig(bits=4) if quantized else None)
+    attach_trainer(module, precision="bf16-mixed").configure_model()
+    trained = {n.replace(".base_layer", ""): m for n, m in module.base_model().named_modules() if "lora_" not in n}
+    served = dict(inference_model(module.spec, device="cpu", precision="bf16-mixed").named_modules())
+    assert sorted(trained) == sorted(served)
+    n_4bit = 0
+    for name, s in served.items():
+        t = trained[name]
+        assert type(s) is type(t), name
+        if isinstance(s, bnb.nn.Linear4bit):
+            n_4bit += 1
+            assert s.compute_dtype == t.compute_dtype == torch.bfloat16, name
+            assert torch.equal(s.weight.data, t.weight.data), name
+            unpacked = [bnb.functional.dequantize_4bit(m.weight.data, m.weight.quant_state) for m in (s, t)]
+            assert torch.equal(*unpacked), name
+            continue
+        for key, p in s.named_parameters(recurse=False):
+            q = t.get_parameter(key)
+            assert p.dtype == torch.bfloat16 and torch.equal(p, q.to(p.dtype)), f"{name}.{key}"
+            if not quantized:  # a LoRA base stays in the dtype it was loaded in (QLoRA upcasts its norms to fp32)
+                assert q.dtype == torch.bfloat16, f"{name}.{key}"
+    assert n_4bit == (14 if quantized else 0)  # 2 layers x 7 linears
+
+
 def test_stop_strings_cut_the_text_before_the_first_one():
     assert cut_at_stop("A summary.\n### End\nmore", ["### End"]) == "A summary."
     assert cut_at_stop("x ### End y <|x|> z", ["<|x|>", "### End"]) == "x"

@@ -67,7 +67,7 @@ def test_deepspeed_by_name_on_cpu(monkeypatch, name, stage, offload):
     assert strategy.exclude_frozen_parameters is True  # adapter-only checkpoints
     assert strategy.config["zero_optimization"]["stage"] == stage
     assert ("offload_optimizer" in strategy.config["zero_optimization"]) is offload
-    assert is_zero3(strategy) is (stage == 3)
+    assert is_zero3(strategy) is is_zero3(name) is (stage == 3)  # the one answer, for a strategy or its name
     assert os.environ["DS_ACCELERATOR"] == "cpu"
     assert strategy._get_process_group_backend() == "gloo"
 

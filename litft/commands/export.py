@@ -14,7 +14,7 @@ from typing import Optional
 from litft.data.templates import chat_template_for
 from litft.errors import LitFTError
 from litft.io import atomic_dir
-from litft.model.build import inference_model
+from litft.model import build
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ def merge_adapter(module, adapter: str | Path, out_dir: str | Path, *, dtype: Op
             "The adapter was trained on a quantized (QLoRA) base: merging it into the base reloaded unquantized in %s. "
             "The merged model's outputs differ slightly from the 4-bit base + adapter.", name,
         )
-    model = inference_model(module.spec, str(adapter), dtype=name, quantized=False, device="cpu")
+    model = build.inference_model(module.spec, str(adapter), dtype=name, quantized=False, device="cpu")
     merged = model.merge_and_unload()
     tokenizer = module.tokenizer
     tokenizer.chat_template = chat_template_for(tokenizer, template)

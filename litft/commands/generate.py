@@ -12,7 +12,7 @@ from typing import Optional
 from litft.data.templates import encode_prompt
 from litft.errors import LitFTError
 from litft.generation import generate
-from litft.model.build import inference_model
+from litft.model import build
 
 
 def add_generation_arguments(parser, adapter_help: str = "PEFT adapter folder (default: the base model alone).") -> None:
@@ -43,7 +43,8 @@ def inference_model(cli, adapter: Optional[str]):
     cfg = cli.config
     trainer_cfg = cfg.get("trainer") or {}
     precision = trainer_cfg.get("precision") if hasattr(trainer_cfg, "get") else None
-    return inference_model(cli.model.spec, adapter, dtype=cfg.get("dtype"), precision=precision), cli.model.tokenizer
+    model = build.inference_model(cli.model.spec, adapter, dtype=cfg.get("dtype"), precision=precision)
+    return model, cli.model.tokenizer
 
 
 def generation_kwargs(cfg) -> dict:
