@@ -24,6 +24,9 @@ from litft.data.templates import encode_prompt
 from litft.errors import LitFTError
 from litft.generation import generate
 from litft.io import atomic_write_text
+from litft.model import build
+from litft.model.build import ModelSpec
+from litft.model.loading import load_tokenizer
 
 
 # ---------------------------------------------------------------------------------------------------- flags
@@ -89,16 +92,18 @@ def add_eval_data_arguments(parser) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------- the model
-def load_model(model_spec, *, adapter: Optional[str] = None, dtype: Optional[str] = None, precision=None,
+def load_model(spec: ModelSpec, *, adapter: Optional[str] = None, dtype: Optional[str] = None, precision=None,
                quantized: bool = True, device: Optional[str] = None):
-    """(model, tokenizer) to generate with or merge: the base that training builds from ``model_spec`` (the typed
-    ``model:`` section, a LitFTModule: same dtype, same 4/8-bit quantization) plus the PEFT ``adapter``; eval mode,
-    KV cache on. ``dtype`` overrides ``model.dtype``; ``auto`` follows ``precision`` (``trainer.precision``);
-    ``quantized=False`` loads the base unquantized; ``device`` defaults to cuda when available, else cpu.
+    """(model, tokenizer) to generate with or merge: the base that training builds from ``spec`` (the ``model:``
+    section; same dtype, same 4/8-bit quantization: :func:`litft.model.build.inference_model`) plus the PEFT
+    ``adapter``; eval mode, KV cache on. ``dtype`` overrides ``model.dtype``; ``auto`` follows ``precision``
+    (``trainer.precision``); ``quantized=False`` loads the base unquantized; ``device`` defaults to cuda when
+    available, else cpu.
 
     The one place inference builds a model: every command goes through it."""
-    model = model_spec.for_inference(adapter, dtype=dtype, precision=precision, quantized=quantized, device=device)
-    return model, model_spec.tokenizer
+    model = build.inference_model(spec, adapter, dtype=dtype, precision=precision, quantized=quantized, device=device)
+    tokenizer = load_tokenizer(spec.name_or_path, gguf_file=spec.gguf_file, trust_remote_code=spec.trust_remote_code)
+    return model, tokenizer
 
 
 # ---------------------------------------------------------------------------------------------------- examples

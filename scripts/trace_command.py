@@ -5,7 +5,7 @@ the generation (a dev helper for keeping the commands thin; not imported by litf
 
 Runs the command on a tiny random Qwen2 (built in WORKDIR, default a temporary folder) with an untrained adapter and
 3 alpaca records, and records every call into a litft function from ``LitFTCLI.add_arguments_to_parser`` to the end
-of the command's ``run``. Not descended into: the model load (``LitFTModule.for_inference``), the generation
+of the command's ``run``. Not descended into: the model load (``litft.model.build.inference_model``), the generation
 (``litft.generation.generate``), the data pipeline (``litft.data``), the model package, ``litft.io`` and
 ``litft.metrics``. Prints, for the whole path and for the part from ``run(cli)``: the distinct functions (stops) in
 the order first visited, the modules they are in, how often that order changes module and how often it goes back to
@@ -26,7 +26,7 @@ from litft.cli import run
 from litft.testing import build_tiny_model, write_alpaca
 
 ROOT = os.path.dirname(litft.__file__)
-TERMINALS = {("litft.model.module", "for_inference"), ("litft.generation", "generate")}
+TERMINALS = {("litft.model.build", "inference_model"), ("litft.generation", "generate")}
 OPAQUE = ("litft.data", "litft.model", "litft.io", "litft.metrics")  # entered, not descended into
 
 

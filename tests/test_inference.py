@@ -1,6 +1,5 @@
-"""One typed way from config to an inference model (LitFTModule.for_inference), the inference functions on plain
-values (litft/inference.py), the shared batched generation helper with stop strings, and the evaluation scores
-(CJK-aware ROUGE, BLEU-4, exact match)."""
+"""One typed way from config to an inference model (litft.model.build.inference_model), the inference functions on plain values
+(litft/inference.py), the shared batched generation helper with stop strings, and the evaluation scores (CJK-aware ROUGE, BLEU-4, exact match)."""
 
 from __future__ import annotations
 
@@ -15,27 +14,63 @@ from litft.cli import run as litft_run
 from litft.errors import LitFTError
 from litft.generation import cut_at_stop, generate
 from litft.metrics import bleu4, exact_match, rouge, score
+from litft.model.build import inference_model
 from litft.model.config import QuantizationConfig
 from litft.model.module import LitFTModule
 from litft.testing import write_alpaca
 
 
-def test_for_inference_loads_the_base_as_training_does(tiny_qwen2):
+def test_inference_model_loads_the_base_as_training_does(tiny_qwen2):
     import bitsandbytes as bnb
 
-    qlora = LitFTModule(tiny_qwen2, quantization=QuantizationConfig(bits=4))
-    model = qlora.for_inference(device="cpu")
+    qlora = LitFTModule(tiny_qwen2, quantization=QuantizationConfig(bits=4)).spec
+    model = inference_model(qlora, device="cpu")
     assert sum(isinstance(m, bnb.nn.Linear4bit) for m in model.modules()) == 14  # 2 layers x 7 linears
     assert not model.training and model.config.use_cache
-    plain = qlora.for_inference(device="cpu", quantized=False)
+    plain = inference_model(qlora, device="cpu", quantized=False)
     assert not any(isinstance(m, bnb.nn.Linear4bit) for m in plain.modules())
-    assert LitFTModule(tiny_qwen2, dtype="bfloat16").for_inference(device="cpu").dtype == torch.bfloat16
-    auto = LitFTModule(tiny_qwen2)  # dtype auto follows the trainer's precision
-    assert auto.for_inference(device="cpu", precision="bf16-mixed").dtype == torch.bfloat16
-    assert auto.for_inference(device="cpu", precision="32-true").dtype == torch.float32
-    assert auto.for_inference(device="cpu", dtype="float16").dtype == torch.float16
+    assert inference_model(LitFTModule(tiny_qwen2, dtype="bfloat16").spec, device="cpu").dtype == torch.bfloat16
+    auto = LitFTModule(tiny_qwen2).spec  # dtype auto follows the trainer's precision
+    assert inference_model(auto, device="cpu", precision="bf16-mixed").dtype == torch.bfloat16
+    assert inference_model(auto, device="cpu", precision="32-true").dtype == torch.float32
+    assert inference_model(auto, device="cpu", dtype="float16").dtype == torch.float16
     with pytest.raises(LitFTError, match="not a PEFT adapter folder"):
-        auto.for_inference("/nonexistent/adapter")
+        inference_model(auto, "/nonexistent/adapter")
+
+
+@pytest.mark.parametrize("quantized", [True, False], ids=["qlora", "lora"])
+def test_training_and_inference_build_the_same_base(tiny_qwen2, quantized):
+    """One builder: the base LitFTModule trains (configure_model under bf16-mixed) and the base inference loads for
+    that precision hold the same weights, in the same dtype, 4-bit where training quantized it (same packed weights,
+    same compute dtype)."""
+    import bitsandbytes as bnb
+
+    from litft.model.config import LoraConfig
+    from tests.helpers import attach_trainer
+
+    module = LitFTModule(tiny_qwen2, lora=LoraConfig(r=4, alpha=8, dropout=0.0),
+                         quantization=QuantizationConfig(bits=4) if quantized else None)
+    attach_trainer(module, precision="bf16-mixed").configure_model()
+    trained = {n.replace(".base_layer", ""): m for n, m in module.base_model().named_modules() if "lora_" not in n}
+    served = dict(inference_model(module.spec, device="cpu", precision="bf16-mixed").named_modules())
+    assert sorted(trained) == sorted(served)
+    n_4bit = 0
+    for name, s in served.items():
+        t = trained[name]
+        assert type(s) is type(t), name
+        if isinstance(s, bnb.nn.Linear4bit):
+            n_4bit += 1
+            assert s.compute_dtype == t.compute_dtype == torch.bfloat16, name
+            assert torch.equal(s.weight.data, t.weight.data), name
+            unpacked = [bnb.functional.dequantize_4bit(m.weight.data, m.weight.quant_state) for m in (s, t)]
+            assert torch.equal(*unpacked), name
+            continue
+        for key, p in s.named_parameters(recurse=False):
+            q = t.get_parameter(key)
+            assert p.dtype == torch.bfloat16 and torch.equal(p, q.to(p.dtype)), f"{name}.{key}"
+            if not quantized:  # a LoRA base stays in the dtype it was loaded in (QLoRA upcasts its norms to fp32)
+                assert q.dtype == torch.bfloat16, f"{name}.{key}"
+    assert n_4bit == (14 if quantized else 0)  # 2 layers x 7 linears
 
 
 def test_stop_strings_cut_the_text_before_the_first_one():
@@ -89,7 +124,7 @@ def test_inference_functions_take_plain_values(tiny_qwen2, tmp_path):
     examples = inference.load_examples(f"{data},{own}", dataset_dir=str(tmp_path), max_samples=2)
     assert [ex.reference for ex in examples] == ["0", "2"]
     examples.append(inference.load_examples(str(own), dataset_dir=str(tmp_path))[0])  # a record with its own system
-    model, tokenizer = inference.load_model(LitFTModule(tiny_qwen2), device="cpu")
+    model, tokenizer = inference.load_model(LitFTModule(tiny_qwen2).spec, device="cpu")
     settings = inference.GenerationSettings(max_new_tokens=5, batch_size=2)
     rows = inference.predict(model, tokenizer, examples, settings=settings, system="Be brief.")
     assert [r["reference"] for r in rows] == ["0", "2", "0"]

@@ -380,10 +380,7 @@ def test_lightning_deepspeed_strategy_members_the_hooks_rely_on(monkeypatch):
 # not litft's own (a name litft does not define); and ``self._x`` / ``super()._x`` / ``def _x`` inside a litft class
 # when a library base class of it defines ``_x`` (a protected method or attribute of Lightning, torch, ...).
 
-KNOWN_PRIVATE_USES = {
-    # issue 21: moved in phase 2
-    ("litft/model/module.py", "_trainer"),  # LightningModule._trainer
-}
+KNOWN_PRIVATE_USES: set[tuple[str, str]] = set()  # issue 21: every known use moved into litft/shims
 """(file, name) pairs still to move into litft/shims; remove an entry when its use is gone (the test says so)."""
 
 PUBLIC_UNDERSCORE_NAMES = {"_replace", "_asdict", "_fields", "_make", "_field_defaults"}  # namedtuple's public API

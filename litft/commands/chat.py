@@ -58,7 +58,7 @@ def chat(model, tokenizer, *, template, system, settings: GenerationSettings) ->
 
 
 def run(cli) -> int:
-    cfg, model_spec, template = cli.config, cli.model, cli.datamodule.template
+    cfg, model_spec, template = cli.config, cli.model.spec, cli.datamodule.template
     model, tokenizer = load_model(model_spec, adapter=cfg.adapter, dtype=cfg.dtype, precision=cfg.get("trainer.precision"))
     chat(model, tokenizer, template=template, system=cfg.system, settings=GenerationSettings.from_config(cfg))
     return 0

@@ -88,7 +88,7 @@ def score_files(files: list[str], labels: list[str] | None, stop=None) -> tuple[
 
 
 def run(cli) -> int:
-    cfg, model_spec, dm = cli.config, cli.model, cli.datamodule
+    cfg, model_spec, dm = cli.config, cli.model.spec, cli.datamodule
     output_dir = Path(cfg.output_dir)
     results: dict[str, dict[str, float]] = {}
     if cfg.predictions:

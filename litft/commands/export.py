@@ -15,6 +15,7 @@ from litft.data.templates import chat_template_for
 from litft.errors import LitFTError
 from litft.inference import load_model
 from litft.io import atomic_dir
+from litft.model.build import ModelSpec
 
 log = logging.getLogger(__name__)
 
@@ -26,17 +27,17 @@ def add_arguments(parser) -> None:
                         help="dtype of the merged weights: float32, bfloat16, float16 (default: model.dtype, else float32).")
 
 
-def merge_adapter(module, adapter: str | Path, out_dir: str | Path, *, dtype: Optional[str] = None,
+def merge_adapter(spec: ModelSpec, adapter: str | Path, out_dir: str | Path, *, dtype: Optional[str] = None,
                   template: Optional[str] = None) -> Path:
-    """Merge ``adapter`` into the base that ``module`` (a LitFTModule) builds and save it to ``out_dir`` atomically,
+    """Merge ``adapter`` into the base that ``spec`` (the ``model:`` section) builds and save it to ``out_dir`` atomically,
     with the tokenizer whose ``chat_template`` is the training template ``template`` (data.template)."""
-    name = dtype or (module.dtype_name if module.dtype_name != "auto" else "float32")
-    if module.quantization is not None:
+    name = dtype or (spec.dtype if spec.dtype != "auto" else "float32")
+    if spec.quantization is not None:
         log.warning(
             "The adapter was trained on a quantized (QLoRA) base: merging it into the base reloaded unquantized in %s. "
             "The merged model's outputs differ slightly from the 4-bit base + adapter.", name,
         )
-    model, tokenizer = load_model(module, adapter=str(adapter), dtype=name, quantized=False, device="cpu")
+    model, tokenizer = load_model(spec, adapter=str(adapter), dtype=name, quantized=False, device="cpu")
     merged = model.merge_and_unload()
     tokenizer.chat_template = chat_template_for(tokenizer, template)
     out_dir = Path(out_dir)
@@ -58,7 +59,7 @@ def _target(output_dir: str) -> Path:
 
 
 def run(cli) -> int:
-    cfg, model_spec, template = cli.config, cli.model, cli.datamodule.template
+    cfg, model_spec, template = cli.config, cli.model.spec, cli.datamodule.template
     if not cfg.output_dir:
         raise LitFTError("export: give --output_dir (where the merged model goes)")
     adapter = cfg.adapter or str(Path(cfg.output_dir) / "adapter")

@@ -21,7 +21,7 @@ def add_arguments(parser) -> None:
 
 
 def run(cli) -> int:
-    cfg, model_spec, template = cli.config, cli.model, cli.datamodule.template
+    cfg, model_spec, template = cli.config, cli.model.spec, cli.datamodule.template
     if not cfg.prompt:
         raise LitFTError("generate: give --prompt \"...\"")
     model, tokenizer = load_model(model_spec, adapter=cfg.adapter, dtype=cfg.dtype, precision=cfg.get("trainer.precision"))

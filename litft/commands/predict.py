@@ -26,7 +26,7 @@ def add_arguments(parser) -> None:
 
 
 def run(cli) -> int:
-    cfg, model_spec, dm = cli.config, cli.model, cli.datamodule
+    cfg, model_spec, dm = cli.config, cli.model.spec, cli.datamodule
     dataset, source = eval_source(cfg.eval_dataset, configured=dm.eval_dataset, training=dm.dataset,
                                   on_training_data=cfg.on_training_data)
     print(f"predict: scoring {dataset} ({source})")

@@ -162,7 +162,7 @@ class LitFTDeepSpeedStrategy(StartupTimeout, DeepSpeedStrategyHooks):
         (HfDeepSpeedConfig) makes ``from_pretrained`` load into ZeRO-3 partitions itself; adapters created
         afterwards are ordinary tensors that ``deepspeed.initialize`` partitions.
         """
-        if not self.zero_stage_3:
+        if not is_zero3(self):
             yield
             return
         from transformers.integrations import HfDeepSpeedConfig
@@ -212,8 +212,16 @@ def is_deepspeed(strategy: Any) -> bool:
     return isinstance(strategy, DeepSpeedStrategy)
 
 
+ZERO3_NAMES = ("deepspeed_stage_3", "deepspeed_stage_3_offload")
+"""Registry names of the strategies that partition parameters."""
+
+
 def is_zero3(strategy: Any) -> bool:
-    """True when the strategy is DeepSpeed with ZeRO stage 3 (parameters partitioned across ranks)."""
+    """Whether the run's parameters are partitioned across ranks: DeepSpeed ZeRO stage 3, given as a strategy or its
+    registry name (the only sharding litft offers: FSDP is refused, litft/strategies/compat.py). The one place litft
+    answers it."""
+    if isinstance(strategy, str):
+        return strategy in ZERO3_NAMES
     if not isinstance(strategy, DeepSpeedStrategy):
         return False
     return bool((strategy.config or {}).get("zero_optimization", {}).get("stage") == 3)
