@@ -406,6 +406,10 @@ class LitFTDataModule(pl.LightningDataModule):
         if self.train_rows is None:
             self.setup("fit")
         rank, world = self._rank_world()
+        from litft.strategies.sequence_parallel import data_rank_world
+
+        # a sequence-parallel group is one data-parallel rank: its ranks get the same rows
+        rank, world = data_rank_world(getattr(self.trainer, "strategy", None), rank, world)
         lengths = None
         if self.group_by_length and not self.packing:
             lengths = self._column("length", lambda r: len(r["input_ids"]))

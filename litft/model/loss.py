@@ -179,18 +179,20 @@ def lm_loss_from_hidden(
     chunk_size: Optional[int] = None,
     symmetric: bool = False,
     kernel: str = "chunked",
+    shifted: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(summed cross-entropy, number of trained positions) for hidden states ``(B, T, H)``.
 
     chunk_size: trained tokens per head call; None = :func:`default_chunk_size` of the head's vocabulary.
     symmetric: the head may be sharded (ZeRO-3, FSDP): make every rank run the same head calls.
     kernel: "chunked" (default) or "liger" (Liger's fused kernel; a LitFTError where it cannot run).
+    shifted: ``labels[:, t]`` is already the target of position t (sequence parallelism): no shift here.
     """
     if kernel not in KERNELS:
         raise ValueError(f"loss kernel must be one of {KERNELS}, got {kernel!r}")
-    targets = labels[..., 1:]
+    targets = labels if shifted else labels[..., 1:]
     mask = targets != IGNORE_INDEX
-    selected = hidden[..., :-1, :][mask]
+    selected = (hidden if shifted else hidden[..., :-1, :])[mask]
     wanted = targets[mask]
     n = wanted.numel()
     if kernel == "liger":
@@ -241,11 +243,13 @@ def _linear_of(head: torch.nn.Linear) -> Callable[[torch.Tensor], torch.Tensor]:
     return lambda h: F.linear(h, head.weight, head.bias)
 
 
-def lm_loss_from_logits(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(summed cross-entropy, number of trained positions) for logits ``(B, T, V)``."""
-    targets = labels[..., 1:]
+def lm_loss_from_logits(logits: torch.Tensor, labels: torch.Tensor, *, shifted: bool = False
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(summed cross-entropy, number of trained positions) for logits ``(B, T, V)``; ``shifted``: as in
+    :func:`lm_loss_from_hidden`."""
+    targets = labels if shifted else labels[..., 1:]
     mask = targets != IGNORE_INDEX
-    loss = F.cross_entropy(logits[..., :-1, :][mask].float(), targets[mask], reduction="sum")
+    loss = F.cross_entropy((logits if shifted else logits[..., :-1, :])[mask].float(), targets[mask], reduction="sum")
     return loss, mask.sum()
 
 

@@ -83,7 +83,10 @@ class LitFTDeepSpeedStrategy(StartupTimeout, DeepSpeedStrategyHooks):
     True so checkpoints hold the adapter only (resume then loads them non-strictly).
     """
 
-    def __init__(self, *args: Any, exclude_frozen_parameters: bool = True, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, exclude_frozen_parameters: bool = True, sequence_parallel_size: int = 1,
+                 **kwargs: Any) -> None:
+        """sequence_parallel_size: ranks that split each sequence (DeepSpeed Ulysses, ZeRO-2/3 only; 1 = none):
+        litft.strategies.sequence_parallel."""
         if "DS_ACCELERATOR" not in os.environ:
             from litft.accelerators import resolve_accelerator
 
@@ -103,6 +106,10 @@ class LitFTDeepSpeedStrategy(StartupTimeout, DeepSpeedStrategyHooks):
             )
         self.config["managed_gradient_accumulation"] = False
         zero = self.config.get("zero_optimization") or {}
+        from litft.strategies import sequence_parallel
+
+        sequence_parallel.check_size(int(sequence_parallel_size), int(zero.get("stage", 0)))
+        self.sequence_parallel_size = int(sequence_parallel_size)
         if zero.get("stage", 0) < 2 and zero.get("overlap_comm"):
             zero["overlap_comm"] = False  # DeepSpeed allows overlap_comm without managed accumulation only from stage 2
 
