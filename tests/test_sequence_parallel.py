@@ -94,9 +94,23 @@ def test_strategy_refuses_stage_1_and_ddp_has_no_key():
 
 
 # ---------------------------------------------------------------------------------------------- real processes
-from tests.test_distributed import (  # noqa: E402  (launch helpers and fixtures shared with the DDP/ZeRO matrix)
-    _assert_matches, _assert_tokenized_once, _fit, _write_config, references, setup_dirs,  # noqa: F401
+import json  # noqa: E402
+
+from tests.test_distributed import (  # noqa: E402  (launch helpers and the reference runs of the DDP/ZeRO matrix)
+    ROWS, _assert_matches, _assert_tokenized_once, _fit, _write_config, references,  # noqa: F401
 )
+
+
+@pytest.fixture(scope="module")
+def setup_dirs(tmp_path_factory, tiny_llama):
+    """test_distributed's set-up with rows whose short prompt (~18 tokens with the template) and long replies
+    (12-22 numbers, cut at cutoff_len 48) put the middle of every padded micro-batch inside the replies: a
+    sequence's two halves hold unequal trained tokens, and the target across the split is a trained one."""
+    root = tmp_path_factory.mktemp("sp")
+    records = [{"instruction": f"Double {i}.", "input": "", "output": " ".join([str(2 * i)] * (12 + (7 * i) % 11))}
+               for i in range(ROWS)]
+    (root / "rows.json").write_text(json.dumps(records))
+    return root, tiny_llama, str(root / "rows.json")
 
 
 @pytest.mark.distributed
