@@ -97,7 +97,8 @@ def test_strategy_refuses_stage_1_and_ddp_has_no_key():
 import json  # noqa: E402
 
 from tests.test_distributed import (  # noqa: E402  (launch helpers and the reference runs of the DDP/ZeRO matrix)
-    ROWS, _assert_matches, _assert_tokenized_once, _fit, _write_config, references,  # noqa: F401
+    LOSS_RTOL, ROWS, _adapter, _assert_matches, _assert_same_adapter, _assert_tokenized_once, _checkpoint, _fit,
+    _losses, _write_config, references,  # noqa: F401
 )
 
 
@@ -130,3 +131,11 @@ def test_two_ranks_splitting_sequences_match_one(setup_dirs, references, stage, 
     _assert_tokenized_once(out, log, world_size=2)
     _assert_matches(f"sequence parallel 2 ZeRO-{stage} A={accumulate}{' QLoRA' if qlora else ''}", out,
                     references(accumulate, qlora))
+    if (stage, accumulate) != (2, 1):
+        return
+    # resume from the step-2 checkpoint under sequence parallelism: same later losses, same final adapter
+    ref_losses, _, ref_adapter = references(accumulate, qlora)
+    resumed = root / "sp2-resumed"
+    _fit(_write_config(resumed, model, data, strategy=strategy, devices=2, batch=4), "--ckpt_path", str(_checkpoint(out)))
+    assert _losses(resumed) == pytest.approx(ref_losses[2:], rel=LOSS_RTOL)
+    _assert_same_adapter(_adapter(resumed), ref_adapter)
