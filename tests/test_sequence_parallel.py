@@ -139,3 +139,22 @@ def test_two_ranks_splitting_sequences_match_one(setup_dirs, references, stage, 
     _fit(_write_config(resumed, model, data, strategy=strategy, devices=2, batch=4), "--ckpt_path", str(_checkpoint(out)))
     assert _losses(resumed) == pytest.approx(ref_losses[2:], rel=LOSS_RTOL)
     _assert_same_adapter(_adapter(resumed), ref_adapter)
+
+
+def test_throughput_counts_a_sequence_parallel_groups_batch_once():
+    """Every rank of a sequence-parallel group holds the group's whole batch: counted N times, tokens_per_sec and
+    mfu would read N times too high."""
+    from types import SimpleNamespace
+
+    from litft.callbacks.throughput import Throughput
+
+    batch = {"input_ids": torch.zeros(2, 8, dtype=torch.long), "attention_mask": torch.ones(2, 8, dtype=torch.long)}
+    counted = {}
+    for n in (1, 2):
+        cb = Throughput(log_every_n_steps=1000)
+        cb._tokens, cb._last_step = 0, 0
+        trainer = SimpleNamespace(strategy=SimpleNamespace(sequence_parallel_size=n), log_every_n_steps=1000,
+                                  global_step=1)
+        cb.on_train_batch_end(trainer, None, None, batch, 0)
+        counted[n] = cb._tokens
+    assert counted == {1: 16, 2: 8}
