@@ -25,6 +25,7 @@ from typing import Any, Optional
 import torch
 from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy
 
+from litft import versions
 from litft.errors import LitFTError
 from litft.strategies import checkpointing
 from litft.strategies.ddp import backend_for_device
@@ -83,6 +84,7 @@ class LitFTDeepSpeedStrategy(DeepSpeedStrategy):
     """
 
     def __init__(self, *args: Any, exclude_frozen_parameters: bool = True, **kwargs: Any) -> None:
+        versions.check("deepspeed")  # older DeepSpeed ignores managed_gradient_accumulation (litft/versions.py)
         if "DS_ACCELERATOR" not in os.environ:
             from litft.accelerators import resolve_accelerator
 
