@@ -43,7 +43,8 @@ class Floor:
 FLOORS: tuple[Floor, ...] = (
     Floor("torch", "2.6", "torch.nn.utils.get_total_norm computes the gradient norm at every optimizer step"),
     Floor("lightning", "2.5.5", "DeepSpeedStrategy(exclude_frozen_parameters=True) keeps checkpoints adapter-only"),
-    Floor("transformers", "4.56", "from_pretrained(dtype=...): older versions ignore it and load the base in float32"),
+    Floor("transformers", "4.56.2", "from_pretrained(dtype=...) (older versions ignore it and load the base in "
+          "float32) and get_decoder() of a *ForCausalLM (4.56.0-4.56.1 return None), which the loss runs"),
     Floor("peft", "0.17", "get_peft_model(autocast_adapter_dtype=...) and LoRA on transformers >= 4.56 models "
           "(lowest tested by scripts/test_floors.sh)"),
     Floor("bitsandbytes", "0.48", "4-bit Linear4bit layers train on CPU as well as CUDA (the CPU backend), "
