@@ -45,18 +45,20 @@ FLOORS: tuple[Floor, ...] = (
     Floor("lightning", "2.5.5", "DeepSpeedStrategy(exclude_frozen_parameters=True) keeps checkpoints adapter-only"),
     Floor("transformers", "4.56.2", "from_pretrained(dtype=...) (older versions ignore it and load the base in "
           "float32) and get_decoder() of a *ForCausalLM (4.56.0-4.56.1 return None), which the loss runs"),
-    Floor("peft", "0.17", "get_peft_model(autocast_adapter_dtype=...) and LoRA on transformers >= 4.56 models "
-          "(lowest tested by scripts/test_floors.sh)"),
-    Floor("bitsandbytes", "0.48", "4-bit Linear4bit layers train on CPU as well as CUDA (the CPU backend), "
-          "bnb_4bit_quant_storage for ZeRO-3", when="quantization"),
-    Floor("datasets", "3.0", "Dataset.map(new_fingerprint=...), select_columns, save_to_disk/load_from_disk "
-          "(lowest tested by scripts/test_floors.sh)"),
-    Floor("jsonargparse", "4.40", "LightningCLI's config parsing (links, dataclass sub-configs) as litft uses it"),
+    Floor("peft", "0.12", "get_peft_model(autocast_adapter_dtype=...), which litft turns off under ZeRO-3 "
+          "(0.11 has no such argument)"),
+    Floor("bitsandbytes", "0.46", "4-bit layers on CPU as well as CUDA (0.45 stops: CUDA is required)",
+          when="quantization"),
+    Floor("datasets", "2.21", "the lowest that runs on NumPy 2 (2.20 fails: 'Unable to avoid copy'); map, "
+          "select_columns, save_to_disk/load_from_disk as litft uses them are older"),
+    Floor("jsonargparse", "4.40", "LightningCLI's config parsing (links, dataclass sub-configs); Lightning asks "
+          ">= 4.39, 4.40 is the lowest tested"),
     Floor("safetensors", "0.4.3", "transformers >= 4.56 requires it (adapter and model files)"),
     Floor("gguf", "0.10", "transformers' GGUF loading (model.gguf_file) requires gguf >= 0.10"),
-    Floor("rich", "13", "the progress bar (Lightning's RichProgressBar)"),
-    Floor("tensorboard", "2.15", "the default logger (Lightning's TensorBoardLogger)"),
-    Floor("matplotlib", "3.8.4", "loss.png; the lowest matplotlib that runs on NumPy 2"),
+    Floor("rich", "13", "the progress bar (Lightning's RichProgressBar; Lightning asks >= 12.3)"),
+    Floor("tensorboard", "2.18", "the default logger (Lightning's TensorBoardLogger) logs the hyperparameters: on "
+          "NumPy 2, 2.17 and older fail there (np.string_)"),
+    Floor("matplotlib", "3.8.4", "loss.png; the first matplotlib built for NumPy 2 (3.8.0-3.8.3 need NumPy < 2)"),
     Floor("deepspeed", "0.19.5", "managed_gradient_accumulation: false (ZeRO-2/3 from 0.19.4, offload from 0.19.5); "
           "older DeepSpeed ignores it and updates the model on one of every accumulate_grad_batches steps",
           extra="deepspeed", when="deepspeed"),

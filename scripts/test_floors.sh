@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Lowest versions: build a fresh venv with every pin of pyproject.toml at its floor (">=X" installed as "==X":
 # the core dependencies and the deepspeed extra; what they pull in resolves as pip chooses), then run the
-# strategy, loss, distributed and version tests there against this checkout. Not run in CI: it downloads
+# strategy, loss, module, distributed and version tests there against this checkout. Not run in CI: it downloads
 # ~3 GB (torch from the package registry is the CUDA build, with its nvidia-* wheels) and takes long.
 #
 #   scripts/test_floors.sh [extra pytest args]
@@ -15,7 +15,7 @@ set -euo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 DIR=${FLOORS_DIR:-$(mktemp -d -t litft-floors.XXXXXX)}
 PYTHON=${PYTHON:-python3}
-TESTS=${FLOORS_TESTS:-"tests/test_versions.py tests/test_loss.py tests/test_strategies.py tests/test_distributed.py"}
+TESTS=${FLOORS_TESTS:-"tests/test_versions.py tests/test_loss.py tests/test_strategies.py tests/test_module.py tests/test_distributed.py"}
 START=$(date +%s)
 mkdir -p "$DIR"
 echo "floors: venv in $DIR/venv"

@@ -179,28 +179,29 @@ def test_quantization_stops_on_an_old_bitsandbytes(monkeypatch, capsys, tmp_path
     from litft.model.quantization import bnb_config
 
     floor = BY_NAME["bitsandbytes"]
-    _installed(monkeypatch, bitsandbytes="0.47.0")
+    _installed(monkeypatch, bitsandbytes="0.45.5")
     with pytest.raises(LitFTError) as err:
         bnb_config(QuantizationConfig(), model_dtype=torch.float32)
-    assert str(err.value).startswith(_line(floor, "0.47.0"))
+    assert str(err.value).startswith(_line(floor, "0.45.5"))
     # through the CLI: the base model is configured (after data preparation) and stops there
     config = _write_config(tmp_path, tiny_llama, alpaca_file, enable_progress_bar=False)
     with pytest.raises(SystemExit) as stop:
         cli.main(["fit", "--config", str(config), "--model.quantization.bits", "4"])
     assert stop.value.code == 2
     line = _one_error_line(capsys.readouterr().err, alone=False)  # after the data preparation's log
-    assert line.startswith(f"litft: error: {_line(floor, '0.47.0')}"), line
+    assert line.startswith(f"litft: error: {_line(floor, '0.45.5')}"), line
 
 
 def test_python_m_litft_prints_one_line_and_exits_2(tmp_path):
-    """For real: a distribution record saying peft 0.16.0, first on the path, is what importlib.metadata finds."""
+    """For real: a distribution record saying peft 0.11.1, first on the path, is what importlib.metadata finds."""
     fake = tmp_path / "site"
-    info = fake / "peft-0.16.0.dist-info"
+    info = fake / "peft-0.11.1.dist-info"
     info.mkdir(parents=True)
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: peft\nVersion: 0.16.0\n")
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: peft\nVersion: 0.11.1\n")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(fake), str(REPO)])}
     proc = subprocess.run([sys.executable, "-m", "litft", "fit", "--config", "never-read.yaml"], cwd=tmp_path,
                           env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2, proc.stderr
-    assert _one_error_line(proc.stderr) == f"litft: error: {_line(BY_NAME['peft'], '0.16.0')}: pip install 'peft>=0.17'"
+    floor = BY_NAME["peft"]
+    assert _one_error_line(proc.stderr) == f"litft: error: {_line(floor, '0.11.1')}: pip install 'peft>={floor.version}'"
     assert proc.stdout == ""
