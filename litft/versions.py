@@ -42,13 +42,14 @@ class Floor:
 
 FLOORS: tuple[Floor, ...] = (
     Floor("torch", "2.6", "torch.nn.utils.get_total_norm computes the gradient norm at every optimizer step"),
-    Floor("lightning", "2.5.5", "DeepSpeedStrategy(exclude_frozen_parameters=True) keeps checkpoints adapter-only"),
+    Floor("lightning", "2.6", "DeepSpeedStrategy.load_checkpoint(path, weights_only), which litft's DeepSpeed resume "
+          "calls (2.5.x has no weights_only), and exclude_frozen_parameters (adapter-only checkpoints, 2.5.5)"),
     Floor("transformers", "4.56.2", "from_pretrained(dtype=...) (older versions ignore it and load the base in "
           "float32) and get_decoder() of a *ForCausalLM (4.56.0-4.56.1 return None), which the loss runs"),
     Floor("peft", "0.12", "get_peft_model(autocast_adapter_dtype=...), which litft turns off under ZeRO-3 "
           "(0.11 has no such argument)"),
-    Floor("bitsandbytes", "0.46", "4-bit layers on CPU as well as CUDA (0.45 stops: CUDA is required)",
-          when="quantization"),
+    Floor("bitsandbytes", "0.48", "4-bit layers on CPU (0.45: CUDA only), stored in float32 for ZeRO-3 on CPU "
+          "(0.46 refuses it; 0.47 trains a different adapter under ZeRO-3)", when="quantization"),
     Floor("datasets", "2.21", "the lowest that runs on NumPy 2 (2.20 fails: 'Unable to avoid copy'); map, "
           "select_columns, save_to_disk/load_from_disk as litft uses them are older"),
     Floor("jsonargparse", "4.40", "LightningCLI's config parsing (links, dataclass sub-configs); Lightning asks "

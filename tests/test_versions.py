@@ -179,17 +179,17 @@ def test_quantization_stops_on_an_old_bitsandbytes(monkeypatch, capsys, tmp_path
     from litft.model.quantization import bnb_config
 
     floor = BY_NAME["bitsandbytes"]
-    _installed(monkeypatch, bitsandbytes="0.45.5")
+    _installed(monkeypatch, bitsandbytes="0.47.0")
     with pytest.raises(LitFTError) as err:
         bnb_config(QuantizationConfig(), model_dtype=torch.float32)
-    assert str(err.value).startswith(_line(floor, "0.45.5"))
+    assert str(err.value).startswith(_line(floor, "0.47.0"))
     # through the CLI: the base model is configured (after data preparation) and stops there
     config = _write_config(tmp_path, tiny_llama, alpaca_file, enable_progress_bar=False)
     with pytest.raises(SystemExit) as stop:
         cli.main(["fit", "--config", str(config), "--model.quantization.bits", "4"])
     assert stop.value.code == 2
     line = _one_error_line(capsys.readouterr().err, alone=False)  # after the data preparation's log
-    assert line.startswith(f"litft: error: {_line(floor, '0.45.5')}"), line
+    assert line.startswith(f"litft: error: {_line(floor, '0.47.0')}"), line
 
 
 def test_python_m_litft_prints_one_line_and_exits_2(tmp_path):
