@@ -94,12 +94,16 @@ def release(version: str) -> tuple[int, ...]:
     return tuple(parts)
 
 
-def problem(package: str) -> str | None:
-    """One line saying why the installed ``package`` cannot be used, or None when it is at or above its floor."""
+def problem(package: str, *, missing_ok: bool = False) -> str | None:
+    """One line saying why the installed ``package`` cannot be used, or None when it is at or above its floor.
+
+    missing_ok: no distribution record is not an error (a module that was imported from a source tree has none)."""
     floor = BY_NAME[_canonical(package)]
     installed = installed_version(floor.package)
     hint = f"pip install '{floor.package}>={floor.version}'" if floor.extra is None else (
         f"pip install 'litft[{floor.extra}]'")
+    if installed is None and missing_ok:
+        return None
     if installed is None:
         return f"{floor.package} is not installed; litft needs {floor.package}>={floor.version} ({floor.why}): {hint}"
     try:
@@ -112,10 +116,10 @@ def problem(package: str) -> str | None:
     return None
 
 
-def check(*packages: str) -> None:
-    """Raise LitFTError (one line) for the first package that is missing or older than its floor."""
+def check(*packages: str, missing_ok: bool = False) -> None:
+    """Raise LitFTError (one line) for the first package that is missing (unless missing_ok) or older than its floor."""
     for package in packages:
-        line = problem(package)
+        line = problem(package, missing_ok=missing_ok)
         if line is not None:
             raise LitFTError(line)
 

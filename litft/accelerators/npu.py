@@ -150,7 +150,7 @@ class NPUAccelerator(Accelerator):
         npu = npu_module()
         if npu is None:
             raise LitFTError("trainer.accelerator=npu but torch_npu is not installed or cannot load (pip install litft[npu])")
-        check("torch-npu")  # litft/versions.py
+        check("torch-npu", missing_ok=True)  # litft/versions.py; torch.npu loaded: a source build has no version record
         npu.set_compile_mode(jit_compile=jit_compile_requested())
         npu.set_device(device)
 
