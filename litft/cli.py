@@ -16,6 +16,7 @@ from types import ModuleType
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
 from litft.errors import LitFTError
+from litft.versions import check_start
 
 # Lightning's own "predict" is replaced by litft's predict command (batched generation to JSONL).
 LIGHTNING_COMMANDS = ("fit", "validate", "test")
@@ -125,6 +126,7 @@ def main(argv: list[str] | None = None) -> None:
     quiet_library_noise()
     argv = sys.argv[1:] if argv is None else argv
     try:
+        check_start()  # one line naming a core package older than litft supports (litft/versions.py)
         code = run(argv)
     except LitFTError as err:
         print(f"litft: error: {err}", file=sys.stderr)

@@ -20,6 +20,7 @@ import torch
 from lightning.pytorch.accelerators import Accelerator
 
 from litft.errors import LitFTError
+from litft.versions import check
 
 log = logging.getLogger(__name__)
 
@@ -149,6 +150,7 @@ class NPUAccelerator(Accelerator):
         npu = npu_module()
         if npu is None:
             raise LitFTError("trainer.accelerator=npu but torch_npu is not installed or cannot load (pip install litft[npu])")
+        check("torch-npu", missing_ok=True)  # litft/versions.py; torch.npu loaded: a source build has no version record
         npu.set_compile_mode(jit_compile=jit_compile_requested())
         npu.set_device(device)
 

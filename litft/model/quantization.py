@@ -6,6 +6,7 @@ import torch
 
 from litft.model.config import QuantizationConfig
 from litft.model.dtypes import FLOAT_DTYPES, STORAGE_DTYPES
+from litft.versions import check
 
 
 
@@ -17,6 +18,7 @@ def bnb_config(quant: QuantizationConfig, *, model_dtype: torch.dtype, sharded: 
     """
     from transformers import BitsAndBytesConfig
 
+    check("bitsandbytes")  # litft/versions.py
     if quant.bits == 8:
         return BitsAndBytesConfig(load_in_8bit=True)
     compute = model_dtype if quant.compute_dtype == "auto" else FLOAT_DTYPES[quant.compute_dtype]

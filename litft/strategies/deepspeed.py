@@ -25,6 +25,7 @@ from typing import Any, Optional
 import torch
 from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy
 
+from litft import versions
 from litft.errors import LitFTError
 from litft.shims.lightning import DeepSpeedStrategyHooks
 from litft.strategies import checkpointing
@@ -87,6 +88,7 @@ class LitFTDeepSpeedStrategy(StartupTimeout, DeepSpeedStrategyHooks):
                  **kwargs: Any) -> None:
         """sequence_parallel_size: ranks that split each sequence (DeepSpeed Ulysses, ZeRO-2/3 only; 1 = none):
         litft.strategies.sequence_parallel."""
+        versions.check("deepspeed")  # older DeepSpeed ignores managed_gradient_accumulation (litft/versions.py)
         if "DS_ACCELERATOR" not in os.environ:
             from litft.accelerators import resolve_accelerator
 
