@@ -35,6 +35,7 @@ def _import_torch_npu() -> bool:
     if importlib.util.find_spec("torch_npu") is None:
         return False
     try:
+        # optional (Ascend hosts only), heavy; may call sys.exit without CANN
         import torch_npu  # noqa: F401
     except (ImportError, OSError, RuntimeError, SystemExit) as err:  # SystemExit: older torch_npu without CANN
         log.warning("torch_npu is installed but cannot be loaded (%s); NPUs are not used.", err)

@@ -17,13 +17,12 @@ logits outlive it:
   model may hand over bf16 hidden states; casting the trained tokens' hidden states (tokens x hidden) costs far less
   than casting the head (vocabulary x hidden).
 
-Sharded heads (ZeRO-3, FSDP): every call of a partitioned head is a collective, so ranks must make the same
-calls whatever their number of trained tokens (zero included). A frozen ``nn.Linear`` head under ZeRO-3 is
-gathered once per call of :func:`lm_loss_from_hidden` and the chunks run on the gathered weight
-(:mod:`litft.model.zero3_head`); any other head under ``symmetric=True`` runs the chunk count agreed
-across ranks (one all-reduce), empty chunks included. Every path runs at least one chunk, so the loss
-always depends on the hidden states and every rank runs the whole backward pass, even with no trained
-token.
+Sharded heads (DeepSpeed ZeRO-3, the only sharding litft offers): every call of a partitioned head is a
+collective, so ranks must make the same calls whatever their number of trained tokens (zero included). A frozen
+``nn.Linear`` head under ZeRO-3 is gathered once per call of :func:`lm_loss_from_hidden` and the chunks run on
+the gathered weight (:mod:`litft.model.zero3_head`); any other head under ``symmetric=True`` runs the chunk count
+agreed across ranks (one all-reduce), empty chunks included. Every path runs at least one chunk, so the loss
+always depends on the hidden states and every rank runs the whole backward pass, even with no trained token.
 """
 
 from __future__ import annotations
@@ -33,9 +32,11 @@ import logging
 from typing import Callable, Optional
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from litft.errors import LitFTError
 from litft.labels import IGNORE_INDEX
 from litft.model import zero3_head
 
@@ -109,8 +110,6 @@ def _chunk_loss(project, hidden, targets):
 
 def _agreed_chunk_count(n_chunks: int, device: torch.device) -> int:
     """The largest chunk count over all ranks (one all-reduce), so every rank makes the same head calls."""
-    import torch.distributed as dist
-
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return n_chunks
     count = torch.tensor([n_chunks], dtype=torch.int64, device=device)
@@ -129,7 +128,7 @@ def _plain_linear(head: torch.nn.Module) -> bool:
 def _liger_loss():
     """Liger's fused linear cross-entropy (summed), or None when liger-kernel is not installed."""
     try:
-        from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
+        from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss  # optional (litft[liger]), CUDA only
     except ImportError:
         return None
     return LigerFusedLinearCrossEntropyLoss(ignore_index=IGNORE_INDEX, reduction="sum")
@@ -153,8 +152,6 @@ def liger_unusable(on_cuda: bool, head: torch.nn.Module, *, sharded: bool) -> Op
 
 def check_liger(on_cuda: bool, head: torch.nn.Module, *, sharded: bool) -> None:
     """One line naming ``model.loss_kernel`` when Liger's kernel cannot run here."""
-    from litft.errors import LitFTError
-
     reason = liger_unusable(on_cuda, head, sharded=sharded)
     if reason is not None:
         raise LitFTError(f"model.loss_kernel=liger: {reason}; use model.loss_kernel: chunked")
@@ -184,7 +181,7 @@ def lm_loss_from_hidden(
     """(summed cross-entropy, number of trained positions) for hidden states ``(B, T, H)``.
 
     chunk_size: trained tokens per head call; None = :func:`default_chunk_size` of the head's vocabulary.
-    symmetric: the head may be sharded (ZeRO-3, FSDP): make every rank run the same head calls.
+    symmetric: the head may be sharded (DeepSpeed ZeRO-3): make every rank run the same head calls.
     kernel: "chunked" (default) or "liger" (Liger's fused kernel; a LitFTError where it cannot run).
     shifted: ``labels[:, t]`` is already the target of position t (sequence parallelism): no shift here.
     """

@@ -14,6 +14,7 @@ from litft.model import loss as lm_loss
 from litft.model.build import AttnImplementation, DtypeName, ModelSpec
 from litft.model.config import LoraConfig, OptimizerConfig, QuantizationConfig, SchedulerConfig
 from litft.model.loading import load_tokenizer
+from litft.model.loss_totals import LossTotals
 from litft.model.optim import build_optimizer, build_scheduler
 from litft.strategies import is_zero3, scale, sequence_parallel
 
@@ -197,8 +198,6 @@ class LitFTModule(L.LightningModule):
                 self.log("train/grad_norm", norm, on_step=True, on_epoch=False, batch_size=1)
 
     def on_validation_epoch_start(self) -> None:
-        from litft.model.loss_totals import LossTotals
-
         self._val_sums = LossTotals()  # exact host-side totals: no float64 tensor on the device (HCCL)
 
     def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from transformers import BitsAndBytesConfig
 
 from litft.model.config import QuantizationConfig
 from litft.model.dtypes import FLOAT_DTYPES, STORAGE_DTYPES
@@ -16,8 +17,6 @@ def bnb_config(quant: QuantizationConfig, *, model_dtype: torch.dtype, sharded: 
     sharded: ZeRO-3 shards the quantized weights, which needs them stored in the compute dtype
         (:func:`litft.strategies.check_quantization` refuses any other storage there).
     """
-    from transformers import BitsAndBytesConfig
-
     check("bitsandbytes")  # litft/versions.py
     if quant.bits == 8:
         return BitsAndBytesConfig(load_in_8bit=True)
