@@ -25,6 +25,7 @@ from litft.data.stats import Stats
 from litft.data.templates import resolve_template
 from litft.errors import LitFTError
 from litft.model.loading import cache_root, load_tokenizer
+from litft.strategies.sequence_parallel import data_rank_world
 
 log = logging.getLogger(__name__)
 
@@ -399,7 +400,6 @@ class LitFTDataModule(pl.LightningDataModule):
         if self.train_rows is None:
             self.setup("fit")
         rank, world = self._rank_world()
-        from litft.strategies.sequence_parallel import data_rank_world
 
         # a sequence-parallel group is one data-parallel rank: its ranks get the same rows
         rank, world = data_rank_world(getattr(self.trainer, "strategy", None), rank, world)

@@ -30,7 +30,7 @@ from litft import versions
 from litft.accelerators import resolve_accelerator
 from litft.errors import LitFTError
 from litft.shims.lightning import DeepSpeedStrategyHooks
-from litft.strategies import checkpointing
+from litft.strategies import checkpointing, sequence_parallel
 from litft.strategies.ddp import backend_for_device
 from litft.strategies.timeout import StartupTimeout
 
@@ -106,7 +106,6 @@ class LitFTDeepSpeedStrategy(StartupTimeout, DeepSpeedStrategyHooks):
             )
         self.config["managed_gradient_accumulation"] = False
         zero = self.config.get("zero_optimization") or {}
-        from litft.strategies import sequence_parallel
 
         sequence_parallel.check_size(int(sequence_parallel_size), int(zero.get("stage", 0)))
         self.sequence_parallel_size = int(sequence_parallel_size)

@@ -85,7 +85,7 @@ def attach(trainer: Any, base_model: torch.nn.Module, attn_implementation: str) 
     if getattr(data, "kind", "sft") != "sft":
         raise LitFTError(f"{key}: only SFT data is supported with sequence parallelism, not {data.kind}")
     micro_batch = int(getattr(data, "batch_size", 1) or 1)
-    from deepspeed.runtime.sequence_parallel.ulysses_sp import UlyssesSPAttentionHF
+    from deepspeed.runtime.sequence_parallel.ulysses_sp import UlyssesSPAttentionHF  # optional: the deepspeed extra
 
     trainer.strategy.sequence_parallel_state = UlyssesSPAttentionHF.register_with_transformers(
         model_name_or_path=base_model, core_attn_implementation=attn_implementation, sequence_parallel_size=n,
