@@ -112,7 +112,9 @@ def load_base(
         else:
             if device is None:
                 device = strategy.root_device if strategy is not None else torch.device("cpu")
-            kwargs["device_map"] = {"": torch.device(device)}
+            device = torch.device(device)
+            # "cpu", not an indexed cpu:<rank> (DeepSpeed ranks' devices): transformers 4.x reads cpu:1 as cuda:1
+            kwargs["device_map"] = {"": "cpu" if device.type == "cpu" else device}
     try:
         with loading:
             model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
