@@ -51,14 +51,19 @@ def _col(columns: Mapping[str, str] | None, key: str, default: str | None) -> st
     return default
 
 
-def _get_list(record: Mapping[str, Any], name: str, *, of: str) -> list:
-    """A required list column (``of`` names its items in the error)."""
+def _required(record: Mapping[str, Any], name: str, kind: type, expected: str) -> Any:
+    """A required column of type ``kind`` (``expected`` says what it should be in the error)."""
     value = record.get(name)
     if value is None:
         raise RecordError("missing required column", name)
-    if not isinstance(value, list):
-        raise RecordError(f"expected a list of {of}, got {type(value).__name__}", name)
+    if not isinstance(value, kind):
+        raise RecordError(f"expected {expected}, got {type(value).__name__}", name)
     return value
+
+
+def _get_list(record: Mapping[str, Any], name: str, *, of: str) -> list:
+    """A required list column (``of`` names its items in the error)."""
+    return _required(record, name, list, f"a list of {of}")
 
 
 def _get_str(record: Mapping[str, Any], name: str | None, *, required: bool) -> str | None:
@@ -96,12 +101,7 @@ def _get_reply(record: Mapping[str, Any], name: str) -> str:
 
 def _get_bool(record: Mapping[str, Any], name: str) -> bool:
     """A label column (feedback): a JSON boolean."""
-    value = record.get(name)
-    if value is None:
-        raise RecordError("missing required column", name)
-    if not isinstance(value, bool):
-        raise RecordError(f"expected true or false, got {type(value).__name__}", name)
-    return value
+    return _required(record, name, bool, "true or false")
 
 
 def _check_nonempty(turns: list[Turn], field: str) -> None:
