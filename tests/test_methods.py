@@ -362,3 +362,33 @@ def test_config_errors_name_the_key(make, key):
 def test_data_kind_of_each_method():
     assert [data_kind(m) for m in ("sft", "dpo", "orpo", "simpo", "kto")] == [
         "sft", "preference", "preference", "preference", "feedback"]
+
+
+# ------------------------------------------------------------------------------------------------ the reference
+@pytest.mark.parametrize("quantized", [False, True], ids=["lora", "qlora"])
+def test_reference_is_the_base_with_adapters_off(tiny_path, quantized):
+    """The reference scorer gives the base model's log-probabilities (no second copy, no gradients), the policy the
+    adapted model's; QLoRA too (4-bit base on CPU)."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    from litft.methods.reference import reference_scorer
+
+    kwargs = {"quantization_config": BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4"),
+              "device_map": "cpu"} if quantized else {}
+    base = AutoModelForCausalLM.from_pretrained(tiny_path, **kwargs)
+    batch = _pair_batch(_token_rows(2, seed=9))
+    args = batch["input_ids"], batch["attention_mask"], batch["labels"]
+    with torch.no_grad():
+        base_logps = _policy(base)(*args)[0]
+    model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)  # a trained-looking adapter: the policy moves away from the base
+    score = _policy(model.get_base_model())
+    ref = reference_scorer(model, score)(*args)[0]
+    policy = score(*args)[0]
+    assert not ref.requires_grad and policy.requires_grad
+    torch.testing.assert_close(ref, base_logps, rtol=0, atol=0)
+    assert (policy.detach() - base_logps).abs().min() > 1e-3

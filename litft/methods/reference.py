@@ -2,7 +2,8 @@
 
 LoRA (and QLoRA) only add to a frozen base, so the base *is* the reference: PEFT's ``disable_adapter()`` context
 computes it with the same weights in memory, under ``torch.no_grad()``, in the same step. A full fine-tune has no
-frozen base left to compare with: it is refused (one line) rather than given a silent second copy.
+frozen base left to compare with: it is refused (one line, :class:`litft.methods.objective.PreferenceObjective`)
+rather than given a silent second copy.
 """
 
 from __future__ import annotations
@@ -11,20 +12,6 @@ import contextlib
 from typing import Callable, Iterator
 
 import torch
-
-from litft.errors import LitFTError
-
-
-def has_adapters(model: torch.nn.Module) -> bool:
-    """Whether ``model`` is a PEFT model whose adapters can be switched off."""
-    return callable(getattr(model, "disable_adapter", None))
-
-
-def check_reference(method: str, model: torch.nn.Module) -> None:
-    """One line when ``method`` needs a reference model that ``model`` cannot give."""
-    if not has_adapters(model):
-        raise LitFTError(f"model.method={method} needs a reference model: the base with the adapters off. Set "
-                         "model.lora (LoRA or QLoRA); full fine-tuning (model.lora: null) has no reference here")
 
 
 @contextlib.contextmanager
