@@ -48,7 +48,7 @@ def test_chunked_loss_equals_full_logits_loss(chunk_size, trainable_head):
     hidden = torch.randn(3, 9, H, requires_grad=True)
     labels = _labels()
     old, n_old = _old_loss(hidden, head, labels)
-    new, n_new = lm_loss.lm_loss_from_hidden(hidden, head, labels, chunk_size=chunk_size, path="chunked")
+    new, n_new = lm_loss.lm_loss_from_hidden(hidden, head, labels, chunk_size=chunk_size, kernel="chunked")
     assert n_new.item() == n_old.item() == 5 + 0 + 5
     torch.testing.assert_close(new, old, rtol=1e-6, atol=1e-6)
     wrt = [hidden] + ([head.weight, head.bias] if trainable_head else [])
@@ -100,19 +100,18 @@ def test_memory_kept_for_backward_does_not_grow_with_vocabulary(trainable_head):
     hidden = torch.randn(1, tokens + 1, H, requires_grad=True)
     labels = torch.randint(0, vocab, (1, tokens + 1))
     old = _saved_bytes(lambda: _old_loss(hidden, head, labels))
-    new = _saved_bytes(lambda: lm_loss.lm_loss_from_hidden(hidden, head, labels, chunk_size=32, path="chunked"))
+    new = _saved_bytes(lambda: lm_loss.lm_loss_from_hidden(hidden, head, labels, chunk_size=32, kernel="chunked"))
     assert old >= tokens * vocab * 4  # the fp32 logits (or their log-softmax) of every trained token
     assert new <= 4 * (tokens + 1) * H * 4  # hidden-sized tensors only, no logits
 
 
-def test_liger_path_is_refused_where_it_cannot_run_and_auto_falls_back(caplog):
+def test_chunked_kernel_is_the_default_and_logs_once(caplog):
+    """(Liger, only when asked: tests/test_liger.py.)"""
     head = torch.nn.Linear(H, V).requires_grad_(False)
     hidden = torch.randn(1, 5, H)
     labels = torch.randint(0, V, (1, 5))
-    with pytest.raises(ValueError, match="needs CUDA"):
-        lm_loss.lm_loss_from_hidden(hidden, head, labels, path="liger")
-    with pytest.raises(ValueError, match="loss path"):
-        lm_loss.lm_loss_from_hidden(hidden, head, labels, path="fused")
+    with pytest.raises(ValueError, match="loss kernel"):
+        lm_loss.lm_loss_from_hidden(hidden, head, labels, kernel="fused")
     lm_loss._logged.clear()
     with caplog.at_level(logging.INFO, logger="litft.model.loss"):
         lm_loss.lm_loss_from_hidden(hidden, head, labels, chunk_size=2)

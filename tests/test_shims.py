@@ -18,6 +18,52 @@ def test_bitsandbytes_linear4bit_has_the_cpu_packing_flag():
     )
 
 
+def test_transformers_flags_the_weights_it_loads_from_the_checkpoint(tiny_llama, tmp_path):
+    """litft.model.partition partitions a weight as it loads only when transformers flags it as loaded."""
+    import transformers
+    from safetensors.torch import load_file, save_file
+    from transformers import AutoModelForCausalLM
+
+    from litft.shims.transformers import LOADED_FLAG, loaded_from_checkpoint
+
+    folder = tmp_path / "model"
+    AutoModelForCausalLM.from_pretrained(tiny_llama).save_pretrained(folder)
+    weights = load_file(folder / "model.safetensors")
+    save_file({k: v for k, v in weights.items() if k != "model.norm.weight"}, folder / "model.safetensors",
+              metadata={"format": "pt"})
+    seen = {}
+    from torch.nn.modules.module import register_module_parameter_registration_hook
+
+    def hook(module, name, param):  # the flag must be set when the weight is assigned, not later
+        if param is not None and param.device.type != "meta":
+            seen[id(param)] = loaded_from_checkpoint(param)
+
+    handle = register_module_parameter_registration_hook(hook)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(folder)
+    finally:
+        handle.remove()
+    flags = {n: seen.get(id(p)) for n, p in model.named_parameters()}
+    where = f"transformers {transformers.__version__}: check `{LOADED_FLAG}` in litft/shims/transformers.py"
+    assert flags.pop("model.norm.weight") is not True, where  # missing from the checkpoint: initialised later
+    assert set(flags.values()) == {True}, (where, flags)
+
+
+def test_deepspeed_partitioned_parameters_carry_their_convert_method():
+    """litft.model.partition partitions later weights like the first (as DeepSpeed's ZeRO-3 engine does)."""
+    import inspect
+
+    pytest.importorskip("deepspeed")
+    from deepspeed.runtime.zero.partition_parameters import Init
+
+    from litft.shims.deepspeed import CONVERT_ATTR
+
+    source = inspect.getsource(Init._convert_to_deepspeed_param)
+    assert f"param.{CONVERT_ATTR} = " in source, (
+        f"deepspeed {__import__('deepspeed').__version__}: zero.Init no longer attaches `{CONVERT_ATTR}` to the "
+        "parameters it partitions; check litft/shims/deepspeed.py")
+
+
 def test_lightning_precision_choices_are_importable_and_include_ours():
     import typing
 

@@ -143,8 +143,10 @@ def test_qlora_zero3_stores_4bit_in_compute_dtype():
     assert check_quantization(_zero3(), "cuda", bits=4, compute_dtype=torch.bfloat16,
                               quant_storage=torch.bfloat16) == torch.bfloat16
     assert check_quantization("deepspeed_stage_3", "cuda", bits=4, compute_dtype=torch.float16) == torch.float16
-    with pytest.raises(LitFTError, match="quant_storage equal to the compute dtype"):
-        check_quantization(_zero3(), "cuda", bits=4, compute_dtype=torch.bfloat16, quant_storage=torch.float16)
+    for storage in (torch.float16, torch.uint8):  # uint8: packed bytes cannot be sharded as the weights they are
+        with pytest.raises(LitFTError, match=r"^model\.quantization\.quant_storage=(float16|uint8): .* compute dtype "
+                                             r"\(bfloat16\) .*set quant_storage: auto$"):
+            check_quantization(_zero3(), "cuda", bits=4, compute_dtype=torch.bfloat16, quant_storage=storage)
     # not sharded: the user's choice (or bitsandbytes' default) stands
     assert check_quantization("ddp", "cuda", bits=4, compute_dtype=torch.bfloat16) is None
     assert check_quantization(LitFTDeepSpeedStrategy(stage=2), "cuda", bits=4, compute_dtype=torch.bfloat16,

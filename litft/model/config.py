@@ -19,7 +19,8 @@ class QuantizationConfig:
     compute_dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     """dtype of the matmuls on dequantized weights; auto = the model's dtype."""
     quant_storage: Literal["auto", "uint8", "float32", "bfloat16", "float16"] = "auto"
-    """Storage dtype of 4-bit weights; auto = uint8, or the compute dtype under ZeRO-3/FSDP (they shard it)."""
+    """Storage dtype of 4-bit weights; auto = uint8, or the compute dtype under ZeRO-3 (which shards it, and refuses
+    any other storage)."""
 
 
 @dataclass

@@ -10,8 +10,14 @@ logits outlive it:
   (``torch.utils.checkpoint``). Memory: one chunk's logits, not trained tokens x vocabulary. The same chunks
   give one cross-entropy per trained token (:func:`token_losses_from_hidden`) for the preference methods'
   per-sequence log-probabilities (``litft/methods/logps.py``).
-* ``liger`` (CUDA, ``liger-kernel`` installed, a plain ``nn.Linear`` head, no sharded strategy): Liger's
-  fused linear cross-entropy kernel.
+* ``liger`` (only when asked: ``model.loss_kernel: liger``): Liger's fused linear cross-entropy kernel
+  (``liger_kernel.transformers.LigerFusedLinearCrossEntropyLoss``). It needs CUDA, ``liger-kernel`` installed and
+  a whole plain ``nn.Linear`` head (not partitioned by ZeRO-3, not wrapped by PEFT); anything else stops with one
+  line naming the key (:func:`liger_unusable`). Its matmuls take the hidden states and the head weight as they come
+  (older releases multiply them outside autocast, newer ones pick a path by dtype), so the hidden states are cast to
+  the head weight's dtype first: under QLoRA the head is fp32 (peft's ``prepare_model_for_kbit_training``) while a
+  model may hand over bf16 hidden states; casting the trained tokens' hidden states (tokens x hidden) costs far less
+  than casting the head (vocabulary x hidden).
 
 Sharded heads (ZeRO-3, FSDP): every call of a partitioned head is a collective, so ranks must make the same
 calls whatever their number of trained tokens (zero included). A frozen ``nn.Linear`` head under ZeRO-3 is
@@ -39,7 +45,8 @@ log = logging.getLogger(__name__)
 
 CHUNK_LOGITS_BYTES = 256 * 2**20
 """Default chunk: as many trained tokens as keep one chunk's fp32 logits near 256 MiB."""
-PATHS = ("auto", "chunked", "liger")
+KERNELS = ("chunked", "liger")
+"""``model.loss_kernel`` values; chunked is the default on every device."""
 
 _logged: set[str] = set()
 
@@ -153,18 +160,40 @@ def _liger_loss():
     return LigerFusedLinearCrossEntropyLoss(ignore_index=IGNORE_INDEX, reduction="sum")
 
 
-def _use_liger(path: str, hidden: torch.Tensor, head: torch.nn.Module, n_targets: int, symmetric: bool) -> bool:
-    usable = (
-        hidden.is_cuda
-        and not symmetric  # a sharded strategy: the weight may be a shard
-        and _plain_linear(head)
-        and not zero3_head.is_partitioned(head)
-        and type(head.weight) is torch.nn.Parameter  # not an FSDP2 DTensor shard
-        and n_targets > 0  # an empty input would leave the loss without a graph
-    )
-    if path == "liger" and not usable:
-        raise ValueError("loss path 'liger' needs CUDA, a plain nn.Linear head that is not sharded, and trained tokens")
-    return usable and path in ("auto", "liger") and _liger_loss() is not None
+def liger_unusable(on_cuda: bool, head: torch.nn.Module, *, sharded: bool) -> Optional[str]:
+    """Why Liger's fused kernel cannot compute this loss (None: it can).
+
+    on_cuda: the hidden states are on a CUDA device. sharded: the strategy may partition the head (ZeRO-3)."""
+    if not on_cuda:
+        return "Liger's kernel runs on CUDA devices only"
+    if _liger_loss() is None:
+        return "liger-kernel is not installed (pip install 'litft[liger]')"
+    if sharded or zero3_head.is_partitioned(head) or type(getattr(head, "weight", None)) is not torch.nn.Parameter:
+        return "the output head is sharded (DeepSpeed ZeRO-3); Liger needs the whole weight"
+    if not _plain_linear(head):
+        return (f"the output head is a {type(head).__name__}, not a plain nn.Linear (adapted or trained through "
+                "model.lora?)")
+    return None
+
+
+def check_liger(on_cuda: bool, head: torch.nn.Module, *, sharded: bool) -> None:
+    """One line naming ``model.loss_kernel`` when Liger's kernel cannot run here."""
+    from litft.errors import LitFTError
+
+    reason = liger_unusable(on_cuda, head, sharded=sharded)
+    if reason is not None:
+        raise LitFTError(f"model.loss_kernel=liger: {reason}; use model.loss_kernel: chunked")
+
+
+def _liger_sum(hidden: torch.Tensor, head: torch.nn.Linear, targets: torch.Tensor) -> torch.Tensor:
+    """Liger's summed cross-entropy, the hidden states in the head weight's dtype (see the module's docstring)."""
+    if hidden.dtype != head.weight.dtype:
+        _log_once("loss: Liger: hidden states cast from %s to the head's %s", str(hidden.dtype).replace("torch.", ""),
+                  str(head.weight.dtype).replace("torch.", ""))
+        hidden = hidden.to(head.weight.dtype)
+    loss = _liger_loss()(head.weight, hidden, targets, head.bias)
+    loss = loss[0] if isinstance(loss, tuple) else getattr(loss, "loss", loss)
+    return loss.float()
 
 
 def lm_loss_from_hidden(
@@ -174,26 +203,26 @@ def lm_loss_from_hidden(
     *,
     chunk_size: Optional[int] = None,
     symmetric: bool = False,
-    path: str = "auto",
+    kernel: str = "chunked",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(summed cross-entropy, number of trained positions) for hidden states ``(B, T, H)``.
 
     chunk_size: trained tokens per head call; None = :func:`default_chunk_size` of the head's vocabulary.
     symmetric: the head may be sharded (ZeRO-3, FSDP): make every rank run the same head calls.
-    path: "auto" (Liger on CUDA when installed and usable, else chunked), "chunked" or "liger".
+    kernel: "chunked" (default) or "liger" (Liger's fused kernel; a LitFTError where it cannot run).
     """
-    if path not in PATHS:
-        raise ValueError(f"loss path must be one of {PATHS}, got {path!r}")
+    if kernel not in KERNELS:
+        raise ValueError(f"loss kernel must be one of {KERNELS}, got {kernel!r}")
     targets = labels[..., 1:]
     mask = targets != IGNORE_INDEX
     selected = hidden[..., :-1, :][mask]
     wanted = targets[mask]
     n = wanted.numel()
-    if _use_liger(path, hidden, head, n, symmetric):
-        _log_once("loss: Liger fused linear cross-entropy (liger-kernel)")
-        loss = _liger_loss()(head.weight, selected, wanted, head.bias)
-        loss = loss[0] if isinstance(loss, tuple) else getattr(loss, "loss", loss)
-        return loss.float(), mask.sum()
+    if kernel == "liger":
+        check_liger(hidden.is_cuda, head, sharded=symmetric)
+        if n > 0:  # no trained token: the chunked path's empty chunk keeps the loss in the graph
+            _log_once("loss: Liger fused linear cross-entropy (liger-kernel)")
+            return _liger_sum(selected, head, wanted), mask.sum()
 
     total = _chunked_ce(selected, wanted, head, chunk_size=chunk_size, symmetric=symmetric)
     return total, mask.sum()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Any, Literal, Optional
 
@@ -36,7 +37,10 @@ class LitFTModule(L.LightningModule):
         trust_remote_code: Run modelling code shipped with the model (off unless you trust the source).
         quantization: Quantize the frozen base with bitsandbytes (QLoRA); null = no quantization.
         lora: LoRA adapters; null = full fine-tuning of every parameter.
-        gradient_checkpointing: Recompute activations in the backward pass (less memory, ~30% slower).
+        gradient_checkpointing: Recompute activations in the backward pass (less memory, ~30% slower); the mode
+            (reentrant or not) follows the strategy: litft.model.grad_checkpointing.
+        loss_kernel: Output head + cross-entropy: chunked (litft's, every device and strategy) or liger (Liger's fused
+            kernel: CUDA, pip install 'litft[liger]', a whole plain nn.Linear head, so not under ZeRO-3).
         optimizer: Optimizer settings.
         scheduler: Learning-rate schedule.
     """
@@ -52,6 +56,7 @@ class LitFTModule(L.LightningModule):
         quantization: Optional[QuantizationConfig] = None,
         lora: Optional[LoraConfig] = LoraConfig(),
         gradient_checkpointing: bool = False,
+        loss_kernel: Literal["chunked", "liger"] = "chunked",
         optimizer: OptimizerConfig = OptimizerConfig(),
         scheduler: SchedulerConfig = SchedulerConfig(),
     ):
@@ -65,6 +70,9 @@ class LitFTModule(L.LightningModule):
         self.quantization = quantization
         self.lora = lora
         self.gradient_checkpointing = gradient_checkpointing
+        if loss_kernel not in lm_loss.KERNELS:
+            raise LitFTError(f"model.loss_kernel={loss_kernel!r}: choose one of {', '.join(lm_loss.KERNELS)}")
+        self.loss_kernel = loss_kernel
         self.optimizer_cfg = optimizer
         self.scheduler_cfg = scheduler
         if quantization is not None and lora is None:
@@ -116,10 +124,11 @@ class LitFTModule(L.LightningModule):
         kwargs: dict[str, Any] = dict(
             dtype=dtype, attn_implementation=self.attn_implementation, trust_remote_code=self.trust_remote_code
         )
+        sharded = self._zero3()
+        loading: contextlib.AbstractContextManager = contextlib.nullcontext()
         if self.quantization is not None:
             from litft.model.quantization import bnb_config
 
-            sharded = self._zero3()
             if self._trainer is not None:  # one-line errors for what cannot work (8-bit + ZeRO-3, QLoRA on NPU, ...)
                 from litft.accelerators import accelerator_name
                 from litft.strategies import check_quantization
@@ -134,45 +143,68 @@ class LitFTModule(L.LightningModule):
                     double_quant=q.double_quant,
                 )
             kwargs["quantization_config"] = bnb_config(self.quantization, model_dtype=dtype, sharded=sharded)
-            if not sharded:
+            if sharded:
+                # transformers loads a quantized model whole on every rank (no zero.Init, no device_map under ZeRO-3:
+                # bitsandbytes picks the current device): partition each weight as it is loaded (litft.model.partition)
+                from litft.model import partition
+
+                loading = partition.loading_into_partitions(self.trainer.strategy.config)
+            else:
                 if device is None:
                     device = self.trainer.strategy.root_device if self._trainer is not None else torch.device("cpu")
                 kwargs["device_map"] = {"": torch.device(device)}
         try:
-            model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+            with loading:
+                model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
         except OSError as err:
             raise LitFTError(f"model.name_or_path: cannot load {self.name_or_path}: {err}") from None
+        if self.quantization is not None and sharded:
+            partition.partition_now(model, self.trainer.strategy.config)  # what transformers initialised itself
         model.config.use_cache = False
         return model
 
     def configure_model(self) -> None:
+        """Build the model to train: the base (:meth:`load_base_model`; partitioned under ZeRO-3), frozen when adapters
+        train, gradient checkpointing in the mode :func:`litft.model.grad_checkpointing.use_reentrant` picks, adapters.
+
+        QLoRA on one device, DDP or ZeRO-1/2: peft's ``prepare_model_for_kbit_training`` (the QLoRA recipe: the
+        unquantized embeddings, norms and head upcast to fp32). QLoRA under ZeRO-3: no upcast — the base stays in its
+        storage dtype, partitioned (TRL and Accelerate skip ``prepare_model_for_kbit_training`` for sharded QLoRA
+        too); only the adapters are fp32.
+        """
         if self.model is not None:
             return
         model = self.load_base_model()
+        sharded = self._zero3()
         if self.quantization is not None:
-            from peft import prepare_model_for_kbit_training
+            if sharded:
+                model.requires_grad_(False)
+            else:
+                from peft import prepare_model_for_kbit_training
 
-            model = prepare_model_for_kbit_training(
-                model,
-                use_gradient_checkpointing=self.gradient_checkpointing,
-                gradient_checkpointing_kwargs={"use_reentrant": False},
-            )
+                model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
             # Validation must not switch the 4-bit weights to bitsandbytes' inference-only CPU layout.
             from litft.shims.bitsandbytes import keep_4bit_weights_trainable
 
             keep_4bit_weights_trainable(model)
-        elif self.gradient_checkpointing:
-            if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x's name
-                model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-            else:
-                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if self.gradient_checkpointing:
+            from litft.model import grad_checkpointing
+
+            strategy = self.trainer.strategy if self._trainer is not None else None
+            reentrant = grad_checkpointing.use_reentrant(strategy, frozen_base=self.lora is not None)
+            grad_checkpointing.enable(model, reentrant=reentrant)
         if self.lora is not None:
-            # ZeRO-3 partitions parameters at init; PEFT's adapter dtype autocast trips its dtype check there.
-            model = apply_lora(model, self.lora, autocast_adapter_dtype=not self._zero3())
+            # fp32 adapters (PEFT casts them up from the base's dtype) on every strategy. Under ZeRO-3 the base is
+            # partitioned before they exist, so DeepSpeed's engine casts nothing: they stay fp32 beside the frozen
+            # base in its storage dtype.
+            model = apply_lora(model, self.lora)
         else:
             model.requires_grad_(True)
         model.train()  # from_pretrained returns eval mode; Lightning keeps modules' modes as found
         self.model = model
+        if self.loss_kernel == "liger" and self._trainer is not None:  # stop before training, not at its first step
+            on_cuda = self.trainer.strategy.root_device.type == "cuda"
+            lm_loss.check_liger(on_cuda, self.base_model().get_output_embeddings(), sharded=sharded)
         total, trainable = count_parameters(model)  # full sizes under ZeRO-3 and 4-bit quantization
         log.info("Trainable parameters: %s of %s (%.3f%%)", f"{trainable:,}", f"{total:,}", 100 * trainable / max(total, 1))
 
@@ -211,8 +243,12 @@ class LitFTModule(L.LightningModule):
             decoder, head = base.get_decoder(), base.get_output_embeddings()
             hidden = decoder(**inputs, use_cache=False).last_hidden_state
             return lm_loss.lm_loss_from_hidden(
-                hidden, head, labels, chunk_size=self.loss_chunk_size, symmetric=self._zero3()
+                hidden, head, labels, chunk_size=self.loss_chunk_size, symmetric=self._zero3(), kernel=self.loss_kernel
             )
+        if self.loss_kernel == "liger":
+            raise LitFTError(f"model.loss_kernel=liger: {type(base).__name__} post-processes its logits beyond the "
+                             "output head (scaling or soft-capping), which Liger's kernel does not; use "
+                             "model.loss_kernel: chunked")
         logits = self.model(**inputs, use_cache=False).logits
         return lm_loss.lm_loss_from_logits(logits, labels)
 

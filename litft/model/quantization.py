@@ -12,7 +12,8 @@ from litft.model.dtypes import FLOAT_DTYPES, STORAGE_DTYPES
 def bnb_config(quant: QuantizationConfig, *, model_dtype: torch.dtype, sharded: bool = False):
     """transformers.BitsAndBytesConfig for ``quant``.
 
-    sharded: ZeRO-3 / FSDP shard the quantized weights, which needs them stored in the compute dtype.
+    sharded: ZeRO-3 shards the quantized weights, which needs them stored in the compute dtype
+        (:func:`litft.strategies.check_quantization` refuses any other storage there).
     """
     from transformers import BitsAndBytesConfig
 

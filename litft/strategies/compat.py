@@ -55,7 +55,9 @@ def check_quantization(
     """Validate bitsandbytes quantization against the run and return the ``bnb_4bit_quant_storage`` to use.
 
     - ZeRO-3 shards parameters, which only works for 4-bit weights stored in the compute dtype
-      (``bnb_4bit_quant_storage == compute dtype``; load with no ``device_map``): litft sets it when unset.
+      (``bnb_4bit_quant_storage == compute dtype``; load with no ``device_map``): litft sets it when unset (``auto``)
+      and refuses any other storage, ``uint8`` included (packed bytes would be partitioned and gathered as a dtype
+      of their own beside every bf16/fp32 tensor of the layer, not as the weights they are).
     - 8-bit weights cannot be sharded by ZeRO-3.
     - FSDP is refused (see :func:`check_strategy`).
     - QLoRA on Ascend NPU is experimental (no released bitsandbytes has an NPU backend): opt in with
@@ -81,9 +83,10 @@ def check_quantization(
     kind = "DeepSpeed ZeRO-3"
     if bits == 8:
         raise LitFTError(f"8-bit quantization cannot be sharded by {kind}; use 4-bit (QLoRA) or ZeRO-2 / DDP")
-    if quant_storage is not None and quant_storage not in (torch.uint8, compute_dtype):
+    if quant_storage is not None and quant_storage != compute_dtype:
+        name = str(quant_storage).replace("torch.", "")
         raise LitFTError(
-            f"QLoRA with {kind} needs bnb_4bit_quant_storage equal to the compute dtype ({compute_dtype}),"
-            f" got {quant_storage}"
+            f"model.quantization.quant_storage={name}: QLoRA with {kind} stores 4-bit weights in the compute dtype "
+            f"({str(compute_dtype).replace('torch.', '')}) to shard them; set quant_storage: auto"
         )
     return compute_dtype
