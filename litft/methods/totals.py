@@ -36,15 +36,17 @@ class StepTotals:
         return bool(self._sums)
 
     def pop(self, reduce_sum: Callable[[torch.Tensor], torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Means over the step and all ranks (every rank must call it, with the same metric names); metrics whose
-        count is 0 (e.g. KTO's rewards/chosen in a step without desirable examples) are left out."""
+        """Means over the step and all ranks (every rank must call it, with the same metric names). A metric whose
+        count is 0 (KTO's rewards/chosen in a step without desirable examples) is NaN: logged as such, not left out
+        (Lightning would show its previous step's value again)."""
         names = sorted(self._sums)
         self._sums, sums = {}, self._sums
         if not names:
             return {}
         stacked = reduce_sum(torch.stack([torch.stack(sums[n]) for n in names]))  # (k, 2): sums, counts
         counts = stacked[:, 1].tolist()  # one device-to-host copy
-        return _with_margins({n: stacked[i, 0] / counts[i] for i, n in enumerate(names) if counts[i] > 0})
+        nan = torch.full_like(stacked[0, 0], float("nan"))
+        return _with_margins({n: stacked[i, 0] / counts[i] if counts[i] > 0 else nan for i, n in enumerate(names)})
 
 
 class EpochTotals:

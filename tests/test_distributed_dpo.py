@@ -1,0 +1,125 @@
+"""The SFT equivalence matrix of tests/test_distributed.py, repeated for DPO (real processes over gloo, through
+``python -m litft fit``).
+
+Each strategy (DDP, DeepSpeed ZeRO-2, ZeRO-3 with every parameter partitioned) trains a tiny Llama with DPO for 4
+optimizer steps on 2 processes with micro-batch 2 pairs, ``accumulate_grad_batches`` 1 (LoRA) and 3 (QLoRA, an epoch
+of 5 micro-batches: groups of 3 + 2, so steps cross the epoch end); one process with micro-batch 4 pairs and the same
+accumulation sees the same global batches. Per-step loss, gradient norm and rewards/chosen and the final adapter must
+match within 1e-4. Scale-sensitive as for SFT: plain SGD (the update is lr x gradient), clipping active (the
+reference checks that it clips), pairs whose replies run from 1 to 11 words (ranks hold pairs of different lengths),
+and with A=3 the epoch's last group has 2 micro-batches, not 3: a loss divided by anything but the pairs of the
+whole optimizer step on all ranks gives other gradients. The reference model is the base with the adapters off,
+QLoRA included.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from tests.test_distributed import LOSS_RTOL, _adapter, _assert_same_adapter, _fit, _metric, _report
+
+pytestmark = [pytest.mark.distributed, pytest.mark.slow]
+
+STEPS = 4
+PAIRS = 20
+LR = 1.0
+CLIP = 0.05
+"""gradient_clip_val: below the gradient norms of some steps (the reference checks that it clips)."""
+BETA = 0.5
+
+
+def _write_pairs(path: Path) -> str:
+    """TRL-format pairs whose replies range from 1 to 11 words: ranks get pairs of unequal lengths."""
+    records = [{"prompt": f"What is {i} plus {i}?", "chosen": " ".join([str(2 * i)] * (1 + (7 * i) % 11)),
+                "rejected": " ".join([str(2 * i + 1)] * (1 + (5 * i + 3) % 11))} for i in range(PAIRS)]
+    path.write_text(json.dumps(records))
+    return str(path)
+
+
+def _strategy(name: str):
+    """ZeRO-3 partitions every parameter (``stage3_param_persistence_threshold`` 0: DeepSpeed's default of 1e5
+    elements would keep all of the tiny model's parameters whole); else the strategy's name."""
+    if name != "deepspeed_stage_3":
+        return name
+    zero = {"stage": 3, "contiguous_gradients": True, "overlap_comm": True, "allgather_partitions": True,
+            "reduce_scatter": True, "stage3_param_persistence_threshold": 0}
+    return {"class_path": "litft.strategies.LitFTDeepSpeedStrategy",
+            "init_args": {"config": {"zero_optimization": zero, "zero_allow_untested_optimizer": True}}}
+
+
+def _write_config(out: Path, model: str, data: str, *, strategy: str, devices: int, batch: int, accumulate: int = 1,
+                  qlora: bool = False) -> Path:
+    config = {
+        "output_dir": str(out),
+        "seed_everything": 0,
+        "model": {"name_or_path": model, "method": "dpo", "dpo": {"beta": BETA},
+                  "lora": {"r": 4, "alpha": 8, "dropout": 0.0},
+                  "optimizer": {"name": "sgd", "lr": LR}, "scheduler": {"name": "constant"},
+                  **({"quantization": {"bits": 4}} if qlora else {})},
+        "data": {"dataset": data, "cutoff_len": 48, "batch_size": batch},
+        "trainer": {
+            "accelerator": "cpu", "devices": devices, "strategy": _strategy(strategy), "max_steps": STEPS,
+            "accumulate_grad_batches": accumulate, "gradient_clip_val": CLIP, "log_every_n_steps": 1,
+            "enable_progress_bar": False, "enable_model_summary": False, "enable_checkpointing": False,
+            "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger",
+                       "init_args": {"save_dir": str(out), "name": "", "version": "logs"}},
+        },
+    }
+    path = out.parent / f"{out.name}.yaml"
+    out.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+KEYS = ("train/loss", "train/grad_norm", "train/rewards/chosen", "train/rewards/rejected")
+
+
+def _result(out: Path) -> tuple[dict[str, list[float]], dict[str, torch.Tensor]]:
+    return {k: _metric(out, k) for k in KEYS}, _adapter(out)
+
+
+@pytest.fixture(scope="module")
+def setup_dirs(tmp_path_factory, tiny_llama):
+    root = tmp_path_factory.mktemp("dist-dpo")
+    return root, tiny_llama, _write_pairs(root / "pairs.json")
+
+
+@pytest.fixture(scope="module")
+def references(setup_dirs):
+    """One process, micro-batch 4 pairs: the runs the distributed ones must reproduce (lazy, one per cell kind)."""
+    root, model, data = setup_dirs
+    cache: dict[tuple[int, bool], tuple] = {}
+
+    def get(accumulate: int, qlora: bool):
+        if (accumulate, qlora) not in cache:
+            out = root / f"single-a{accumulate}{'-qlora' if qlora else ''}"
+            _fit(_write_config(out, model, data, strategy="auto", devices=1, batch=4, accumulate=accumulate,
+                               qlora=qlora))
+            metrics, adapter = cache[accumulate, qlora] = _result(out)
+            assert all(len(v) == STEPS for v in metrics.values()), metrics
+            norms = metrics["train/grad_norm"]
+            assert max(norms) > CLIP, f"gradient norms {norms} never reach gradient_clip_val={CLIP}: nothing clips"
+            assert metrics["train/loss"][0] != metrics["train/loss"][-1]
+        return cache[accumulate, qlora]
+
+    return get
+
+
+@pytest.mark.parametrize("accumulate,qlora", [(1, False), (3, True)], ids=["lora-a1", "qlora-a3"])
+@pytest.mark.parametrize("strategy", ["ddp", "deepspeed_stage_2", "deepspeed_stage_3"])
+def test_dpo_two_processes_match_one(setup_dirs, references, strategy, accumulate, qlora):
+    root, model, data = setup_dirs
+    out = root / f"{strategy}-a{accumulate}{'-qlora' if qlora else ''}"
+    _fit(_write_config(out, model, data, strategy=strategy, devices=2, batch=2, accumulate=accumulate, qlora=qlora))
+    metrics, adapter = _result(out)
+    ref_metrics, ref_adapter = references(accumulate, qlora)
+    _report(f"DPO {strategy} A={accumulate}", metrics["train/loss"], ref_metrics["train/loss"], adapter, ref_adapter)
+    for key in KEYS:
+        torch.testing.assert_close(torch.tensor(metrics[key]), torch.tensor(ref_metrics[key]), rtol=LOSS_RTOL,
+                                   atol=1e-7, msg=key)
+    _assert_same_adapter(adapter, ref_adapter)
