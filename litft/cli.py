@@ -76,8 +76,8 @@ class LitFTCLI(LightningCLI):
             return super().instantiate_classes()
         # Commands that run no Trainer (export, generate, slurm, ...) must work on a login node without GPUs.
         self.config_init = self.parser.instantiate_classes(self.config)
-        self.datamodule = self._get(self.config_init, "data")
-        self.model = self._get(self.config_init, "model")
+        self.datamodule = self.config_init.get("data")  # no subcommands here: the keys are at the top level
+        self.model = self.config_init.get("model")
         self.trainer = None
 
 

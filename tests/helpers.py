@@ -32,3 +32,17 @@ def llamafactory_dir() -> Path | None:
     if not (path / "dataset_info.json").is_file():
         raise FileNotFoundError(f"{LLAMAFACTORY_ENV}={value}: no dataset_info.json there")
     return path
+
+
+def attach_trainer(module, *, strategy=None, precision: str = "32-true", device: str = "cpu"):
+    """Give ``module`` what ``LitFTModule.configure_model`` reads from its trainer (strategy, accelerator, precision):
+    a one-process run on ``device`` unless ``strategy`` is given; through Lightning's public ``trainer`` setter."""
+    from types import SimpleNamespace
+
+    import torch
+    from lightning.pytorch.accelerators import CPUAccelerator
+    from lightning.pytorch.strategies import SingleDeviceStrategy
+
+    strategy = strategy or SingleDeviceStrategy(device=torch.device(device))
+    module.trainer = SimpleNamespace(strategy=strategy, accelerator=CPUAccelerator(), precision=precision)
+    return module

@@ -3,7 +3,6 @@ modes train the adapters as checkpointing off does."""
 
 from __future__ import annotations
 
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -12,6 +11,7 @@ from litft.model import grad_checkpointing
 from litft.model.config import LoraConfig, QuantizationConfig
 from litft.model.module import LitFTModule
 from litft.strategies import LitFTDDPStrategy, LitFTDeepSpeedStrategy
+from tests.helpers import attach_trainer
 
 
 @pytest.mark.parametrize("strategy,frozen_base,deepspeed,reentrant", [
@@ -46,7 +46,7 @@ def _adapter_grads(module, batch) -> dict[str, torch.Tensor]:
 def _module(path, **kw):
     torch.manual_seed(0)
     module = LitFTModule(path, lora=LoraConfig(r=4, alpha=8, dropout=0.0), **kw)
-    module.configure_model()
+    attach_trainer(module).configure_model()
     with torch.no_grad():  # B = 0 would give A no gradient: make both adapter matrices matter
         for name, p in module.model.named_parameters():
             if "lora_B" in name:
@@ -80,13 +80,12 @@ def test_lora_and_qlora_paths_ask_the_one_function(tiny_llama, monkeypatch, quan
     monkeypatch.setattr(grad_checkpointing, "enable", lambda model, reentrant: seen.append(reentrant))
     module = LitFTModule(tiny_llama, lora=LoraConfig(r=4, alpha=8), gradient_checkpointing=True,
                          quantization=QuantizationConfig() if quantized else None)
-    module.configure_model()
+    attach_trainer(module).configure_model()
     assert seen == [False]
     assert not getattr(module.base_model(), "is_gradient_checkpointing", False)  # nothing else turned it on
     # Under ZeRO-3 with a DeepSpeed that needs reentrant checkpointing, the same call says so.
     seen.clear()
     monkeypatch.setattr(grad_checkpointing, "_release", lambda version: (0, 19, 2))
     module = LitFTModule(tiny_llama, lora=LoraConfig(r=4, alpha=8), gradient_checkpointing=True)
-    module._trainer = SimpleNamespace(strategy=LitFTDeepSpeedStrategy(stage=3), precision="32-true")
-    module.configure_model()
+    attach_trainer(module, strategy=LitFTDeepSpeedStrategy(stage=3)).configure_model()
     assert seen == [True]

@@ -93,7 +93,7 @@ def test_example_trains_with_a_tiny_model_of_its_architecture(name, tmp_path):
         import bitsandbytes as bnb
 
         assert any(isinstance(m, bnb.nn.Linear4bit) for m in cli.model.model.modules())
-    expected_dtype = torch.bfloat16 if cli.model.dtype_name == "bfloat16" else torch.float32
+    expected_dtype = torch.bfloat16 if cli.model.spec.dtype == "bfloat16" else torch.float32
     assert cli.model.base_model().model.embed_tokens.weight.dtype == expected_dtype
     # The adapter's tokenizer renders prompts exactly as training did (its chat_template is the training template).
     from transformers import AutoTokenizer

@@ -34,7 +34,7 @@ def test_export_logits_match_base_plus_adapter(tiny_llama, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     adapter = _make_adapter(tiny_llama, tmp_path / "adapter")
-    out = merge_adapter(LitFTModule(tiny_llama, dtype="float32"), adapter, tmp_path / "merged")
+    out = merge_adapter(LitFTModule(tiny_llama, dtype="float32").spec, adapter, tmp_path / "merged")
     assert (out / "model.safetensors").is_file() and (out / "tokenizer.json").is_file()
     assert (out / "generation_config.json").is_file()
     assert not list(out.glob("adapter_*")), "merged export must not need peft"
@@ -55,7 +55,7 @@ def test_export_qlora_config_warns_and_saves_bf16(tiny_qwen2, tmp_path, caplog):
 
     adapter = _make_adapter(tiny_qwen2, tmp_path / "adapter")
     with caplog.at_level(logging.WARNING):
-        out = merge_adapter(LitFTModule(tiny_qwen2, quantization=QuantizationConfig(bits=4)), adapter, tmp_path / "m",
+        out = merge_adapter(LitFTModule(tiny_qwen2, quantization=QuantizationConfig(bits=4)).spec, adapter, tmp_path / "m",
                             dtype="bfloat16")
     assert "quantized (QLoRA)" in caplog.text
     merged = AutoModelForCausalLM.from_pretrained(out)
@@ -67,5 +67,5 @@ def test_export_rejects_missing_adapter(tiny_llama, tmp_path):
     from litft.errors import LitFTError
 
     with pytest.raises(LitFTError, match="not a PEFT adapter folder"):
-        merge_adapter(LitFTModule(tiny_llama), tmp_path / "nope", tmp_path / "out")
+        merge_adapter(LitFTModule(tiny_llama).spec, tmp_path / "nope", tmp_path / "out")
     assert not (tmp_path / "out").exists()

@@ -13,6 +13,7 @@ from litft.model.adapters import apply_lora
 from litft.model.config import LoraConfig, OptimizerConfig
 from litft.model.module import LitFTModule
 from litft.model.optim import build_optimizer
+from tests.helpers import attach_trainer
 
 
 @pytest.mark.skipif(importlib.util.find_spec("flash_attn") is not None, reason="flash-attn is installed here")
@@ -20,7 +21,7 @@ def test_flash_attention_without_the_package_is_one_line(tiny_qwen2, tmp_path, c
     module = LitFTModule(tiny_qwen2, attn_implementation="flash_attention_2")
     with pytest.raises(LitFTError, match=r"needs the flash_attn package.*pip install flash-attn --no-build-isolation"
                                          r".*or set model.attn_implementation: sdpa"):
-        module.configure_model()
+        attach_trainer(module).configure_model()
     with pytest.raises(SystemExit) as exit_:
         from litft.cli import main
 

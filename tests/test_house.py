@@ -24,3 +24,11 @@ def test_scripts_and_the_package_do_not_import_the_tests():
     offenders = {str(p.relative_to(REPO)): sorted(m for m in _imported_modules(p) if m.split(".")[0] == "tests")
                  for p in files}
     assert {p: m for p, m in offenders.items() if m} == {}, "move what they need into litft/ (e.g. litft/testing.py)"
+
+
+def test_commands_do_not_import_each_other():
+    """Shared flags and helpers live in non-command modules (litft/inference.py): a command is one recipe."""
+    files = sorted((REPO / "litft" / "commands").glob("*.py"))
+    assert len(files) >= 7
+    offenders = {p.name: sorted(m for m in _imported_modules(p) if m.startswith("litft.commands")) for p in files}
+    assert {p: m for p, m in offenders.items() if m} == {}

@@ -19,6 +19,7 @@ from litft.errors import LitFTError
 from litft.model import loss as lm_loss
 from litft.model.config import LoraConfig
 from litft.model.module import LitFTModule
+from tests.helpers import attach_trainer
 
 H, V = 16, 40
 
@@ -73,7 +74,7 @@ def test_default_never_uses_liger_even_when_installed_on_cuda(liger, cuda, tiny_
     lm_loss.lm_loss_from_hidden(hidden, head, labels)
     assert liger.calls == []
     module = LitFTModule(tiny_llama, lora=LoraConfig(r=4, alpha=8, dropout=0.0))
-    module.configure_model()
+    attach_trainer(module).configure_model()
     ids = torch.randint(10, 400, (1, 12))
     module.loss_sum({"input_ids": ids, "labels": ids.clone(), "attention_mask": torch.ones_like(ids)})
     assert liger.calls == []
@@ -107,7 +108,7 @@ def test_liger_key_selects_the_kernel_through_the_module(liger, cuda, tiny_llama
     for kernel in ("chunked", "liger"):
         torch.manual_seed(0)
         module = LitFTModule(tiny_llama, lora=LoraConfig(r=4, alpha=8, dropout=0.0), loss_kernel=kernel)
-        module.configure_model()
+        attach_trainer(module, device="cuda").configure_model()
         losses[kernel] = module.loss_sum(batch)[0]
     assert len(liger.calls) == 1
     torch.testing.assert_close(losses["liger"], losses["chunked"], rtol=1e-5, atol=1e-5)
@@ -135,9 +136,7 @@ def test_liger_where_it_cannot_run_is_one_line_naming_the_key(liger, monkeypatch
 
 
 def test_liger_is_refused_before_training_on_a_cpu_run(liger, tiny_llama):
-    from types import SimpleNamespace
-
     module = LitFTModule(tiny_llama, lora=LoraConfig(r=4, alpha=8, dropout=0.0), loss_kernel="liger")
-    module._trainer = SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device("cpu")), precision="32-true")
+    attach_trainer(module)
     with pytest.raises(LitFTError, match=r"^model\.loss_kernel=liger: Liger's kernel runs on CUDA devices only"):
         module.configure_model()

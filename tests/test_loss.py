@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from litft.model import loss as lm_loss
 from litft.model.config import LoraConfig
 from litft.model.module import LitFTModule
-from tests.helpers import build_tiny_model
+from tests.helpers import attach_trainer, build_tiny_model
 
 V, H = 97, 12
 
@@ -140,7 +140,7 @@ def _batch(vocab: int, seed: int = 0) -> dict:
 
 def _module(path, **kw) -> LitFTModule:
     module = LitFTModule(path, lora=LoraConfig(r=4, alpha=8, dropout=0.0), **kw)
-    module.configure_model()
+    attach_trainer(module).configure_model()
     return module
 
 

@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader
 from litft.model.config import LoraConfig
 from litft.model.loss_totals import LossTotals, split_float32
 from litft.model.module import LitFTModule
+from tests.helpers import attach_trainer
 
 
 class RecordingStrategy(SingleDeviceStrategy):
@@ -53,7 +54,7 @@ def _batches(tokenizer, n: int = 5) -> list[dict]:
 @pytest.mark.parametrize("ranks", [1, 2])
 def test_validation_loss_is_exact_and_sends_no_float64(tiny_llama, ranks):
     module = LitFTModule(tiny_llama, lora=LoraConfig(r=4, alpha=8, dropout=0.0))
-    module.configure_model()
+    attach_trainer(module).configure_model()
     batches = _batches(module.tokenizer)
     module.model.eval()
     with torch.no_grad():

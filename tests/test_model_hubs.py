@@ -47,13 +47,14 @@ def test_model_and_tokenizer_load_from_the_selected_hub(fake_hub, monkeypatch, t
     from transformers import AutoTokenizer
 
     from litft.data.datamodule import LitFTDataModule
+    from litft.model.build import load_base
     from litft.model.module import LitFTModule
 
     calls = fake_hub(module)
     monkeypatch.setenv(env, "1")
     monkeypatch.setenv("LITFT_CACHE", str(tmp_path / "cache"))
     lit = LitFTModule(MODEL_ID)
-    model = lit.load_base_model()
+    model = load_base(lit.spec)
     tokenizer = lit.tokenizer
     data_tokenizer = LitFTDataModule(dataset="unused", tokenizer=MODEL_ID).tokenizer  # the CLI links it to the model
     expected = AutoTokenizer.from_pretrained(tiny_llama)

@@ -10,6 +10,7 @@ from torch.utils.data import DataLoader
 from litft.errors import LitFTError
 from litft.model.config import LoraConfig, OptimizerConfig, QuantizationConfig, SchedulerConfig
 from litft.model.module import LitFTModule
+from tests.helpers import attach_trainer
 
 
 def _batch(tokenizer, n_prompt: int, n_answer: int, seed: int, length: int | None = None) -> dict:
@@ -30,7 +31,7 @@ def _module(path, **kw) -> LitFTModule:
     kw.setdefault("optimizer", OptimizerConfig(lr=5e-3))
     kw.setdefault("scheduler", SchedulerConfig(name="constant"))
     module = LitFTModule(path, **kw)
-    module.configure_model()
+    attach_trainer(module).configure_model()
     return module
 
 
@@ -91,14 +92,14 @@ def test_accumulated_loss_is_token_weighted(tiny_qwen2):
     long = _batch(module.tokenizer, 4, 13, seed=2, length=20)
     joint = {k: torch.cat([short[k], long[k]]) for k in short}
 
-    module._trainer = _FakeTrainer(accumulate=2)  # noqa: SLF001
+    module.trainer = _FakeTrainer(accumulate=2)
     n_step = sum(int((b["labels"][:, 1:] != -100).sum()) for b in (short, long))
     for b in (short, long):
         # Lightning divides the returned loss by accumulate_grad_batches before backward.
         (module.training_step({**b, "num_target_tokens": torch.tensor(n_step)}, 0) / 2).backward()
     accumulated = _grads(module)
     module.model.zero_grad()
-    module._trainer = _FakeTrainer(accumulate=1)  # noqa: SLF001
+    module.trainer = _FakeTrainer(accumulate=1)
     module.training_step({**joint, "num_target_tokens": torch.tensor(n_step)}, 0).backward()
     for name, grad in _grads(module).items():
         torch.testing.assert_close(accumulated[name], grad, rtol=1e-5, atol=1e-7)
@@ -161,7 +162,7 @@ def test_qlora_gradients_unchanged_by_validation(tiny_llama):
         tiny_llama, quantization=QuantizationConfig(bits=4, quant_type="nf4", double_quant=True),
         lora=LoraConfig(r=8, alpha=16, dropout=0.0, target_modules="all"),
     )
-    module.configure_model()
+    attach_trainer(module).configure_model()
     batch = _batch(module.tokenizer, 2, 12, seed=5)
     inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
 

@@ -252,6 +252,28 @@ def test_several_npus_use_litft_ddp_over_hccl(fake_npu, devices, num_nodes, worl
     assert type(Trainer(**kw, logger=False).strategy) is LitFTDDPStrategy
 
 
+def test_ddp_on_npus_makes_an_unbound_hccl_group_and_wraps_the_model_in_an_npu_stream(fake_npu, monkeypatch):
+    from lightning.pytorch.demos.boring_classes import BoringModel
+    from lightning.pytorch.strategies import ddp as lightning_ddp
+
+    from litft.shims import lightning as shim
+
+    groups = []
+    for module in (shim, lightning_ddp):  # litft's path and Lightning's own (bound to the device): recorded, not run
+        monkeypatch.setattr(module, "_init_dist_connection", lambda env, backend, **kw: groups.append((backend, kw)))
+    monkeypatch.setattr(shim, "DistributedDataParallel",
+                        lambda **kw: fake_npu.calls.append(("ddp", kw["device_ids"], kw["module"])) or "wrapped")
+    trainer = Trainer(**trainer_kwargs(accelerator="npu", devices=2, strategy="ddp", precision="32-true"), logger=False)
+    strategy = trainer.strategy
+    strategy.setup_distributed()
+    # hccl binds the device through set_device: the group is not bound to one (device_id=None)
+    assert groups == [("hccl", {"timeout": strategy._phase_timeouts[0], "device_id": None})]
+    strategy.model = model = BoringModel()
+    strategy.configure_ddp()
+    assert strategy.model == "wrapped"
+    assert fake_npu.calls == [("stream", "npu-side-stream"), ("ddp", [0], model)]
+
+
 def test_litft_trainer_resolves_npu_flags(fake_npu):
     """The CLI's trainer applies all of the above: `accelerator: npu, devices: 1` really runs on npu:0."""
     from litft.trainer import LitFTTrainer

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import litft.accelerators as acc
+from litft.model import build
 from litft.model.module import LitFTModule
 from litft.strategies import trainer_kwargs
 
@@ -50,22 +51,22 @@ def test_precision_auto_follows_native_bf16(fake_cuda, card):
 
 @pytest.mark.parametrize("card", CARDS)
 def test_inference_dtype_auto_follows_the_same_rule(fake_cuda, monkeypatch, card):
-    """for_inference(dtype auto, precision auto) loads the base in what training would compute in."""
+    """inference_model(dtype auto, precision auto) loads the base in what training would compute in."""
     name, capability, expected = CARDS[card]
     fake_cuda(name, capability)
 
     class Built(Exception):
         pass
 
-    def fake_load(self, device=None):  # stop before any weight is read: only the chosen dtype matters
-        raise Built(self.dtype_name, str(device))
+    def fake_load(spec, **kw):  # stop before any weight is read: only the chosen dtype matters
+        raise Built(spec.dtype, str(kw.get("device")))
 
-    monkeypatch.setattr(LitFTModule, "load_base_model", fake_load)
+    monkeypatch.setattr(build, "load_base", fake_load)
     with pytest.raises(Built) as built:
-        LitFTModule("unused-model-path").for_inference()
+        build.inference_model(LitFTModule("unused-model-path").spec)
     assert built.value.args == ({"16-mixed": "float16", "bf16-mixed": "bfloat16"}[expected], "cuda")
     with pytest.raises(Built) as built:
-        LitFTModule("unused-model-path").for_inference(device="cpu")
+        build.inference_model(LitFTModule("unused-model-path").spec, device="cpu")
     assert built.value.args == ("float32", "cpu")
 
 
@@ -102,16 +103,26 @@ def test_bf16_decided_in_one_place():
     assert callers == ["accelerators/__init__.py", "accelerators/npu.py"]
 
 
-def test_fp16_mixed_keeps_trained_weights_fp32():
+def test_fp16_mixed_keeps_trained_weights_fp32(monkeypatch):
     """16-mixed (what V100/T4 now get): LoRA's frozen base loads in fp16, a full fine-tune keeps fp32 weights (the
     grad scaler raises "Attempting to unscale FP16 gradients" on fp16 ones)."""
-    import types
-
     from litft.model.config import LoraConfig
+    from tests.helpers import attach_trainer
+
+    class Built(Exception):
+        pass
+
+    def fake_load(spec, **kw):  # the dtype the builder would load the base in, from what training passes it
+        raise Built(build.weights_dtype(spec.dtype, precision=kw["precision"], trains_base=kw["trains_base"]))
+
+    monkeypatch.setattr(build, "load_base", fake_load)
+
+    def weights_dtype(module, precision):
+        with pytest.raises(Built) as built:
+            attach_trainer(module, precision=precision).configure_model()
+        return built.value.args[0]
 
     for lora, expected in ((LoraConfig(), torch.float16), (None, torch.float32)):
         module = LitFTModule("unused-model-path", lora=lora)
-        module._trainer = types.SimpleNamespace(precision="16-mixed")
-        assert module.weights_dtype() is expected
-        module._trainer = types.SimpleNamespace(precision="bf16-mixed")
-        assert module.weights_dtype() is torch.bfloat16
+        assert weights_dtype(module, "16-mixed") is expected
+        assert weights_dtype(module, "bf16-mixed") is torch.bfloat16

@@ -14,7 +14,6 @@ import math
 import subprocess
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -152,13 +151,13 @@ def test_loading_into_partitions_gives_the_model_loaded_whole(tmp_path):
 def test_quant_storage_uint8_is_refused_under_zero3(tiny_llama):
     from lightning.pytorch.accelerators import CPUAccelerator
 
+    from litft.model.build import load_base
     from litft.model.config import LoraConfig, QuantizationConfig
     from litft.model.module import LitFTModule
     from litft.strategies import LitFTDeepSpeedStrategy
 
     module = LitFTModule(tiny_llama, quantization=QuantizationConfig(quant_storage="uint8"), lora=LoraConfig())
-    module._trainer = SimpleNamespace(strategy=LitFTDeepSpeedStrategy(stage=3), accelerator=CPUAccelerator(),
-                                      precision="bf16-mixed")
     with pytest.raises(LitFTError, match=r"^model\.quantization\.quant_storage=uint8: QLoRA with DeepSpeed ZeRO-3 "
                                          r"stores 4-bit weights in the compute dtype \(bfloat16\)"):
-        module.load_base_model()
+        load_base(module.spec, strategy=LitFTDeepSpeedStrategy(stage=3), accelerator=CPUAccelerator(),
+                  precision="bf16-mixed")

@@ -236,27 +236,151 @@ def test_lightning_model_checkpoint_members_the_hooks_rely_on(tmp_path):
     assert cb._find_last_checkpoints(trainer) == {str(tmp_path / "last.ckpt")} and calls[-1] == "find", hint
 
 
+def _check_members(cls, hooks: dict, hint: str) -> None:
+    import inspect
+
+    for name, params in hooks.items():
+        member = getattr(cls, name, None)
+        assert callable(member), f"{hint}: {cls.__name__}.{name} is gone"
+        assert tuple(inspect.signature(member).parameters) == params, f"{hint}: {cls.__name__}.{name}{params} changed"
+
+
+class _Recorder:
+    """Stands for a callable of Lightning's: records its arguments, returns ``result``."""
+
+    def __init__(self, result=None):
+        self.calls, self.result = [], result
+
+    def __call__(self, *args, **kwargs):
+        self.calls.append((args, kwargs))
+        return self.result
+
+
+def test_lightning_ddp_strategy_members_the_hooks_rely_on(monkeypatch):
+    from contextlib import contextmanager
+    from datetime import timedelta
+
+    import lightning
+    import torch
+    from lightning.fabric.plugins.environments import LightningEnvironment
+    from lightning.pytorch.demos.boring_classes import BoringModel
+    from lightning.pytorch.strategies import DDPStrategy
+    from lightning.pytorch.strategies import ddp as lightning_ddp
+
+    from litft.shims import lightning as shim
+    from litft.shims.lightning import DDP_STRATEGY_HOOKS, DDPStrategyHooks
+
+    hint = f"lightning {lightning.__version__}: update litft/shims/lightning.py (DDPStrategyHooks)"
+    _check_members(DDPStrategy, DDP_STRATEGY_HOOKS, hint)
+    for name in ("_init_dist_connection", "DistributedDataParallel"):  # what the stock code below is driven through
+        assert hasattr(lightning_ddp, name), f"{hint}: lightning.pytorch.strategies.ddp no longer uses {name}"
+    added = {n for n in vars(DDPStrategyHooks) if not n.startswith("_")}  # the public names the shim adds
+    assert added == {"ddp_wrap_context", "setup_distributed_unbound"}
+    assert not {n for n in added | {"default_process_group_backend"} if hasattr(DDPStrategy, n)}, hint
+
+    events = []
+
+    class Hooked(DDPStrategyHooks):
+        def default_process_group_backend(self):
+            return "my-backend"
+
+        @contextmanager
+        def ddp_wrap_context(self):
+            events.append("enter")
+            yield
+            events.append("exit")
+
+    def strategy(**kwargs):
+        return Hooked(parallel_devices=[torch.device("cpu")], cluster_environment=LightningEnvironment(),
+                      timeout=timedelta(seconds=77), **kwargs)
+
+    # The backend: Lightning's setup_distributed asks _get_process_group_backend, which asks the hook unless a
+    # backend was given; setup_distributed_unbound initializes the process group exactly as Lightning does on CPU.
+    stock, mine = _Recorder(), _Recorder()
+    monkeypatch.setattr(lightning_ddp, "_init_dist_connection", stock)
+    monkeypatch.setattr(shim, "_init_dist_connection", mine)
+    for given, backend in ((None, "my-backend"), ("given-backend", "given-backend")):
+        lightnings, ours = strategy(process_group_backend=given), strategy(process_group_backend=given)
+        lightnings.setup_distributed()
+        ours.setup_distributed_unbound()
+        assert lightnings.process_group_backend == ours.process_group_backend == backend, hint
+        assert len(stock.calls) == len(mine.calls) == 1, hint
+        (args, kwargs), (our_args, our_kwargs) = stock.calls.pop(), mine.calls.pop()
+        assert args[1:] == our_args[1:] == (backend,) and kwargs == our_kwargs, hint
+        assert kwargs == {"timeout": timedelta(seconds=77), "device_id": None}, hint
+    # Wrapping the model: Lightning's configure_ddp calls _setup_model, which wraps it inside the hook's context with
+    # the constructor's DDP arguments, as Lightning's own _setup_model does.
+    wrapped = object()
+    for module in (lightning_ddp, shim):
+        monkeypatch.setattr(module, "DistributedDataParallel",
+                            _Recorder(wrapped) if module is lightning_ddp else lambda **kw: events.append(kw) or wrapped)
+    ours = strategy(find_unused_parameters=True, gradient_as_bucket_view=True)
+    ours.model = model = BoringModel()
+    ours.configure_ddp()
+    assert ours.model is wrapped, hint
+    assert events == ["enter", {"module": model, "device_ids": None, "find_unused_parameters": True,
+                                "gradient_as_bucket_view": True}, "exit"], hint
+    DDPStrategy._setup_model(ours, model)
+    assert lightning_ddp.DistributedDataParallel.calls == [((), events[1])], hint
+
+
+def test_lightning_deepspeed_strategy_members_the_hooks_rely_on(monkeypatch):
+    import inspect
+    from datetime import timedelta
+
+    pytest.importorskip("deepspeed")
+    import deepspeed
+    import lightning
+    import torch
+    from lightning.fabric.plugins.environments import LightningEnvironment
+    from lightning.pytorch import Trainer
+    from lightning.pytorch.strategies import DeepSpeedStrategy
+
+    from litft.shims.lightning import DEEPSPEED_STRATEGY_HOOKS, DeepSpeedStrategyHooks
+
+    hint = f"lightning {lightning.__version__}: update litft/shims/lightning.py (DeepSpeedStrategyHooks)"
+    _check_members(DeepSpeedStrategy, DEEPSPEED_STRATEGY_HOOKS, hint)
+    added = {n for n in vars(DeepSpeedStrategyHooks) if not n.startswith("_")}
+    assert added == {"complete_config"} and not hasattr(DeepSpeedStrategy, "complete_config"), hint
+    monkeypatch.setenv("DS_ACCELERATOR", "cpu")
+    for name, value in (("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", "29555"), ("RANK", "0"), ("WORLD_SIZE", "1"),
+                        ("LOCAL_RANK", "0")):
+        monkeypatch.setenv(name, value)  # Lightning sets them before deepspeed.init_distributed: restored afterwards
+
+    class Hooked(DeepSpeedStrategyHooks):
+        def default_process_group_backend(self):
+            return "my-backend"
+
+    # The backend: Lightning's setup_distributed gives deepspeed.init_distributed what the hook says.
+    init = _Recorder()
+    monkeypatch.setattr(deepspeed, "init_distributed", init)
+    for given, backend in ((None, "my-backend"), ("given-backend", "given-backend")):
+        strategy = Hooked(stage=2, parallel_devices=[torch.device("cpu", 0)], process_group_backend=given,
+                          cluster_environment=LightningEnvironment(), timeout=timedelta(seconds=77))
+        strategy.setup_distributed()
+        assert strategy.process_group_backend == backend, hint
+        assert init.calls == [((backend,), {"distributed_port": 29555, "timeout": timedelta(seconds=77)})], hint
+        init.calls.clear()
+    # complete_config: what Lightning runs first in setup and model_sharded_context, filling the config from the trainer.
+    for caller in (DeepSpeedStrategy.setup, DeepSpeedStrategy.model_sharded_context):
+        assert "self._init_config_if_needed()" in inspect.getsource(caller), f"{hint}: {caller.__qualname__}"
+    strategy = DeepSpeedStrategyHooks(stage=2)
+    Trainer(accelerator="cpu", devices=2, strategy=strategy, logger=False, precision="bf16-mixed")
+    assert "bf16" not in strategy.config
+    strategy.complete_config()
+    assert strategy.config.get("bf16") == {"enabled": True}, hint
+    strategy.config["bf16"] = "as set after the first call"
+    strategy.complete_config()  # once only: Lightning's setup runs it again after model_sharded_context
+    assert strategy.config["bf16"] == "as set after the first call", hint
+
+
 # -- every library-private name litft uses lives in litft/shims ----------------------------------------------------
 # A scan of litft/**/*.py outside litft/shims for: imports of private names or modules of other packages
 # (``from lightning.x import _y``, ``import torch._dynamo``); ``obj._x`` / ``getattr(obj, "_x")`` on objects that are
 # not litft's own (a name litft does not define); and ``self._x`` / ``super()._x`` / ``def _x`` inside a litft class
 # when a library base class of it defines ``_x`` (a protected method or attribute of Lightning, torch, ...).
 
-KNOWN_PRIVATE_USES = {
-    # issue 21: moved in phase 2
-    ("litft/cli.py", "_get"),  # LightningCLI._get
-    ("litft/model/module.py", "_trainer"),  # LightningModule._trainer
-    ("litft/strategies/ddp.py", "_ddp_kwargs"),  # DDPStrategy
-    ("litft/strategies/ddp.py", "_get_process_group_backend"),
-    ("litft/strategies/ddp.py", "_init_dist_connection"),  # lightning.fabric.utilities.distributed
-    ("litft/strategies/ddp.py", "_process_group_backend"),
-    ("litft/strategies/ddp.py", "_setup_model"),
-    ("litft/strategies/ddp.py", "_timeout"),
-    ("litft/strategies/deepspeed.py", "_get_process_group_backend"),  # DeepSpeedStrategy
-    ("litft/strategies/deepspeed.py", "_init_config_if_needed"),
-    ("litft/strategies/deepspeed.py", "_parallel_devices"),
-    ("litft/strategies/deepspeed.py", "_process_group_backend"),
-}
+KNOWN_PRIVATE_USES: set[tuple[str, str]] = set()  # issue 21: every known use moved into litft/shims
 """(file, name) pairs still to move into litft/shims; remove an entry when its use is gone (the test says so)."""
 
 PUBLIC_UNDERSCORE_NAMES = {"_replace", "_asdict", "_fields", "_make", "_field_defaults"}  # namedtuple's public API

@@ -7,6 +7,7 @@ import torch
 from litft.model.config import LoraConfig, OptimizerConfig, SchedulerConfig
 from litft.model.loading import resolve_model_path
 from litft.model.module import LitFTModule
+from tests.helpers import attach_trainer
 
 
 def test_smollm2_converts_answers_and_trains(smollm2):
@@ -18,7 +19,7 @@ def test_smollm2_converts_answers_and_trains(smollm2):
         folder, gguf_file=gguf, lora=LoraConfig(r=8, alpha=16, dropout=0.0),
         optimizer=OptimizerConfig(lr=2e-3), scheduler=SchedulerConfig(name="constant"),
     )
-    module.configure_model()
+    attach_trainer(module).configure_model()
     tok = module.tokenizer
     assert type(module.base_model()).__name__ == "LlamaForCausalLM"
     assert tok.eos_token == "<|im_end|>"

@@ -67,9 +67,12 @@ def test_deepspeed_by_name_on_cpu(monkeypatch, name, stage, offload):
     assert strategy.exclude_frozen_parameters is True  # adapter-only checkpoints
     assert strategy.config["zero_optimization"]["stage"] == stage
     assert ("offload_optimizer" in strategy.config["zero_optimization"]) is offload
-    assert is_zero3(strategy) is (stage == 3)
+    assert is_zero3(strategy) is is_zero3(name) is (stage == 3)  # the one answer, for a strategy or its name
     assert os.environ["DS_ACCELERATOR"] == "cpu"
     assert strategy._get_process_group_backend() == "gloo"
+    # an indexed device per rank on CPU too (Lightning's device-index check, deepspeed.initialize(device_rank=...))
+    assert strategy.parallel_devices == [torch.device("cpu", 0), torch.device("cpu", 1)]
+    assert strategy.root_device == torch.device("cpu", 0)
 
 
 @pytest.mark.parametrize("file,stage,offload", [("zero2.json", 2, False), ("zero3.json", 3, False),
@@ -182,14 +185,13 @@ def test_trainable_state_dict_without_zero3():
 
 def test_module_refuses_8bit_under_zero3(tiny_llama):
     """The model side asks check_quantization before loading anything."""
-    from types import SimpleNamespace
 
     from lightning.pytorch.accelerators import CPUAccelerator
 
     from litft.model.config import QuantizationConfig
+    from litft.model.build import load_base
     from litft.model.module import LitFTModule
 
     module = LitFTModule(tiny_llama, quantization=QuantizationConfig(bits=8))
-    module._trainer = SimpleNamespace(strategy=_zero3(), accelerator=CPUAccelerator(), precision="32-true")
     with pytest.raises(LitFTError, match="8-bit quantization cannot be sharded by DeepSpeed ZeRO-3"):
-        module.load_base_model()
+        load_base(module.spec, strategy=_zero3(), accelerator=CPUAccelerator(), precision="32-true")

@@ -40,10 +40,11 @@ def flops_per_token(n_params: int, *, full: bool, recompute: bool) -> int:
 
 
 def compute_dtype(trainer: "pl.Trainer", model: torch.nn.Module) -> torch.dtype:
-    """The dtype the matmuls run in: the autocast dtype of mixed precision, else the weights' most common dtype."""
-    precision = str(trainer.precision)
-    if "bf16" in precision or precision.startswith("16"):
-        return precision_dtype(precision)
+    """The dtype the matmuls run in: that of a bf16 / 16 precision (litft.accelerators.precision_dtype), else the
+    weights' most common dtype."""
+    autocast = precision_dtype(trainer.precision)
+    if autocast is not torch.float32:
+        return autocast
     dtypes = [p.dtype for p in model.parameters() if p.is_floating_point()]
     return max(set(dtypes), key=dtypes.count) if dtypes else torch.float32
 

@@ -13,16 +13,19 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from litft.commands.predict import add_prediction_arguments, default_path, eval_data, load_examples, predict, write_jsonl
 from litft.errors import DataError, LitFTError
 from litft.generation import cut_at_stop
+from litft.inference import (
+    GenerationSettings, add_eval_data_arguments, add_inference_arguments, eval_source, load_examples, load_model,
+    predict, predictions_path, write_jsonl,
+)
 from litft.io import atomic_write_text
 from litft.metrics import METRICS, score
 
 
-
 def add_arguments(parser) -> None:
-    add_prediction_arguments(parser, adapter_help="PEFT adapter of the fine-tuned model (default: <output_dir>/adapter).")
+    add_inference_arguments(parser, adapter_help="PEFT adapter of the fine-tuned model (default: <output_dir>/adapter).")
+    add_eval_data_arguments(parser)
     parser.add_argument("--predictions", type=str, nargs="+", default=None,
                         help="JSONL files with prediction and reference fields to score (skips generation).")
     parser.add_argument("--labels", type=str, nargs="+", default=None, help="Column names for --predictions files.")
@@ -71,31 +74,41 @@ def format_table(results: dict[str, dict[str, float]], n: int) -> str:
     return "\n".join(lines)
 
 
+def score_files(files: list[str], labels: list[str] | None, stop=None) -> tuple[dict[str, dict[str, float]], int]:
+    """(scores per label, most rows in a file) for existing predictions files."""
+    labels = labels or [Path(f).stem for f in files]
+    if len(labels) != len(files):
+        raise LitFTError("--labels: give one label per --predictions file")
+    results, counts = {}, set()
+    for label, f in zip(labels, files):
+        rows = read_predictions(f)
+        counts.add(len(rows))
+        results[label] = score_rows(rows, stop)
+    return results, max(counts)
+
+
 def run(cli) -> int:
-    cfg = cli.config
+    cfg, model_spec, dm = cli.config, cli.model.spec, cli.datamodule
     output_dir = Path(cfg.output_dir)
     results: dict[str, dict[str, float]] = {}
     if cfg.predictions:
-        files = cfg.predictions
-        labels = cfg.labels or [Path(f).stem for f in files]
-        if len(labels) != len(files):
-            raise LitFTError("--labels: give one label per --predictions file")
-        counts = set()
-        for label, f in zip(labels, files):
-            rows = read_predictions(f)
-            counts.add(len(rows))
-            results[label] = score_rows(rows, cfg.stop)
-        n, source = max(counts), "predictions files: " + ", ".join(map(str, files))
+        results, n = score_files(cfg.predictions, cfg.labels, cfg.stop)
+        source = "predictions files: " + ", ".join(map(str, cfg.predictions))
     else:
         adapter = cfg.adapter or str(output_dir / "adapter")
         if not (Path(adapter) / "adapter_config.json").is_file():
             raise LitFTError(f"evaluate: no adapter at {adapter} (train first, or give --adapter or --predictions)")
-        dataset, where = eval_data(cli)
+        dataset, where = eval_source(cfg.eval_dataset, configured=dm.eval_dataset, training=dm.dataset,
+                                     on_training_data=cfg.on_training_data)
         source = f"{dataset} ({where})"
-        examples = load_examples(cli.datamodule, dataset, cfg.max_samples)
+        examples = load_examples(dataset, dataset_dir=dm.dataset_dir, on_bad_record=dm.on_bad_record,
+                                 max_samples=cfg.max_samples)  # once: base and fine-tuned predict the same list
+        settings, precision = GenerationSettings.from_config(cfg), cfg.get("trainer.precision")
         for label, which in (("base", None), ("fine-tuned", adapter)):
-            rows = predict(cli, which, examples)
-            write_jsonl(rows, default_path(str(output_dir), which))
+            model, tokenizer = load_model(model_spec, adapter=which, dtype=cfg.dtype, precision=precision)
+            rows = predict(model, tokenizer, examples, settings=settings, template=dm.template, system=cfg.system)
+            del model  # the base is freed before the fine-tuned model loads: one model in memory at a time
+            write_jsonl(rows, predictions_path(output_dir, which))
             results[label] = score_rows(rows)
         n = len(examples)
     print(format_table(results, n))

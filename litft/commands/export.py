@@ -13,7 +13,9 @@ from typing import Optional
 
 from litft.data.templates import chat_template_for
 from litft.errors import LitFTError
+from litft.inference import load_model
 from litft.io import atomic_dir
+from litft.model.build import ModelSpec
 
 log = logging.getLogger(__name__)
 
@@ -25,19 +27,18 @@ def add_arguments(parser) -> None:
                         help="dtype of the merged weights: float32, bfloat16, float16 (default: model.dtype, else float32).")
 
 
-def merge_adapter(module, adapter: str | Path, out_dir: str | Path, *, dtype: Optional[str] = None,
+def merge_adapter(spec: ModelSpec, adapter: str | Path, out_dir: str | Path, *, dtype: Optional[str] = None,
                   template: Optional[str] = None) -> Path:
-    """Merge ``adapter`` into the base that ``module`` (a LitFTModule) builds and save it to ``out_dir`` atomically,
+    """Merge ``adapter`` into the base that ``spec`` (the ``model:`` section) builds and save it to ``out_dir`` atomically,
     with the tokenizer whose ``chat_template`` is the training template ``template`` (data.template)."""
-    name = dtype or (module.dtype_name if module.dtype_name != "auto" else "float32")
-    if module.quantization is not None:
+    name = dtype or (spec.dtype if spec.dtype != "auto" else "float32")
+    if spec.quantization is not None:
         log.warning(
             "The adapter was trained on a quantized (QLoRA) base: merging it into the base reloaded unquantized in %s. "
             "The merged model's outputs differ slightly from the 4-bit base + adapter.", name,
         )
-    model = module.for_inference(str(adapter), dtype=name, quantized=False, device="cpu")
+    model, tokenizer = load_model(spec, adapter=str(adapter), dtype=name, quantized=False, device="cpu")
     merged = model.merge_and_unload()
-    tokenizer = module.tokenizer
     tokenizer.chat_template = chat_template_for(tokenizer, template)
     out_dir = Path(out_dir)
     with atomic_dir(out_dir) as tmp:
@@ -58,11 +59,11 @@ def _target(output_dir: str) -> Path:
 
 
 def run(cli) -> int:
-    cfg = cli.config
+    cfg, model_spec, template = cli.config, cli.model.spec, cli.datamodule.template
     if not cfg.output_dir:
         raise LitFTError("export: give --output_dir (where the merged model goes)")
     adapter = cfg.adapter or str(Path(cfg.output_dir) / "adapter")
     target = _target(cfg.output_dir)
-    merge_adapter(cli.model, adapter, target, dtype=cfg.export_dtype, template=cli.datamodule.template)
+    merge_adapter(model_spec, adapter, target, dtype=cfg.export_dtype, template=template)
     print(f"Merged model saved to {target} (load it with AutoModelForCausalLM.from_pretrained)")
     return 0

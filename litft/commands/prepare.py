@@ -50,8 +50,9 @@ def _samples(row):
     return [(ids[a:b], labels[a:b]) for a, b in zip(starts, starts[1:])]
 
 
-def run(cli) -> int:
-    dm = cli.datamodule
+def report(dm, preview: int = 0) -> None:
+    """Run the data module's pipeline (``setup("fit")``: tokenize or reuse the cache) and print its figures and
+    ``preview`` rendered samples."""
     t0 = time.perf_counter()
     dm.setup("fit")
     s, path = dm.stats, dm.cache_dir
@@ -81,10 +82,14 @@ def run(cli) -> int:
     if s.packing_efficiency is not None:
         print(f"packing efficiency: {s.packing_efficiency:.1%} (real tokens / rows x cutoff_len {dm.cutoff_len})")
     if s.kind == "sft":
-        _preview_samples(dm.tokenizer, dm.train_rows, cli.config.preview)
+        _preview_samples(dm.tokenizer, dm.train_rows, preview)
     else:
-        for k in range(min(cli.config.preview, len(dm.train_rows))):
+        for k in range(min(preview, len(dm.train_rows))):
             _preview_row(dm.tokenizer, k, dm.train_rows[k])
+
+
+def run(cli) -> int:
+    report(cli.datamodule, cli.config.preview)
     return 0
 
 

@@ -92,11 +92,11 @@ def build_spec(cfg) -> SbatchSpec:
     )
 
 
-def resolved_config(cli, spec: SbatchSpec) -> str:
-    """The config the job trains with, as YAML: the file, the command-line overrides, and the topology of the
-    sbatch script (trainer.num_nodes = --nodes, trainer.devices = --devices); without this command's own flags."""
-    text = cli.parser.dump(cli.config, skip_none=False)
-    data = yaml.safe_load(text)
+def resolved_config(dumped: str, spec: SbatchSpec) -> str:
+    """The config the job trains with, as YAML: ``dumped`` (the parsed config as the CLI's parser dumps it: the file
+    and the command-line overrides) with the topology of the sbatch script (trainer.num_nodes = --nodes,
+    trainer.devices = --devices) and without this command's own flags."""
+    data = yaml.safe_load(dumped)
     for key in COMMAND_KEYS:
         data.pop(key, None)
     data.setdefault("trainer", {})
@@ -108,13 +108,13 @@ def resolved_config(cli, spec: SbatchSpec) -> str:
 
 
 def run(cli) -> int:
-    cfg = cli.config
+    cfg, dumped = cli.config, cli.parser.dump(cli.config, skip_none=False)
     spec = build_spec(cfg)
     script = Path(cfg.script) if cfg.script else Path(spec.log_dir) / f"{spec.job_name}.sbatch"
     spec.config = str(script.with_suffix(".yaml").absolute())  # next to the script
     text = render_sbatch(spec)
     Path(spec.log_dir).mkdir(parents=True, exist_ok=True)  # SLURM does not create the log folder
-    _write_atomic(Path(spec.config), resolved_config(cli, spec), mode=0o644)
+    _write_atomic(Path(spec.config), resolved_config(dumped, spec), mode=0o644)
     _write_atomic(script, text)
     if cfg.dry_run:
         sys.stdout.write(text)

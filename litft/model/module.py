@@ -2,22 +2,20 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
-from typing import Any, Literal, Optional
+from typing import Literal, Optional
 
 import lightning.pytorch as L
 import torch
 
 from litft.errors import LitFTError
+from litft.model import build
 from litft.model import loss as lm_loss
-from litft.model.adapters import apply_lora
+from litft.model.build import AttnImplementation, DtypeName, ModelSpec
 from litft.model.config import LoraConfig, OptimizerConfig, QuantizationConfig, SchedulerConfig
-from litft.model.dtypes import FLOAT_DTYPES, STORAGE_DTYPES
-from litft.model.loading import check_attn_implementation, load_tokenizer, resolve_model_path
+from litft.model.loading import load_tokenizer
 from litft.model.optim import build_optimizer, build_scheduler
-from litft.model.params import count_parameters
-from litft.strategies import scale
+from litft.strategies import is_zero3, scale
 
 log = logging.getLogger(__name__)
 
@@ -49,11 +47,11 @@ class LitFTModule(L.LightningModule):
         self,
         name_or_path: str,
         *,
-        gguf_file: Optional[str] = None,
-        dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto",
-        attn_implementation: Literal["sdpa", "eager", "flash_attention_2", "flash_attention_3"] = "sdpa",
-        trust_remote_code: bool = False,
-        quantization: Optional[QuantizationConfig] = None,
+        gguf_file: Optional[str] = ModelSpec.gguf_file,
+        dtype: DtypeName = ModelSpec.dtype,
+        attn_implementation: AttnImplementation = ModelSpec.attn_implementation,
+        trust_remote_code: bool = ModelSpec.trust_remote_code,
+        quantization: Optional[QuantizationConfig] = ModelSpec.quantization,
         lora: Optional[LoraConfig] = LoraConfig(),
         gradient_checkpointing: bool = False,
         loss_kernel: Literal["chunked", "liger"] = "chunked",
@@ -62,12 +60,10 @@ class LitFTModule(L.LightningModule):
     ):
         super().__init__()
         self.save_hyperparameters()
-        self.name_or_path = name_or_path
-        self.gguf_file = gguf_file
-        self.dtype_name = dtype
-        self.attn_implementation = attn_implementation
-        self.trust_remote_code = trust_remote_code
-        self.quantization = quantization
+        self.spec = ModelSpec(name_or_path=name_or_path, gguf_file=gguf_file, dtype=dtype,
+                              attn_implementation=attn_implementation, trust_remote_code=trust_remote_code,
+                              quantization=quantization)
+        """The base model (litft.model.build: the one builder of training and inference)."""
         self.lora = lora
         self.gradient_checkpointing = gradient_checkpointing
         if loss_kernel not in lm_loss.KERNELS:
@@ -78,6 +74,7 @@ class LitFTModule(L.LightningModule):
         if quantization is not None and lora is None:
             raise LitFTError("model.quantization needs model.lora: a quantized base can only be trained through adapters")
         self.model = None
+        self._sharded = False  # parameters partitioned across ranks (ZeRO-3): set when configure_model builds
         self._tokenizer = None
         self._step_loss = None
         self._grad_norm_pending = False
@@ -87,126 +84,25 @@ class LitFTModule(L.LightningModule):
     @property
     def tokenizer(self):
         if self._tokenizer is None:
-            self._tokenizer = load_tokenizer(
-                self.name_or_path, gguf_file=self.gguf_file, trust_remote_code=self.trust_remote_code
-            )
+            spec = self.spec
+            self._tokenizer = load_tokenizer(spec.name_or_path, gguf_file=spec.gguf_file,
+                                             trust_remote_code=spec.trust_remote_code)
         return self._tokenizer
 
-    def weights_dtype(self) -> torch.dtype:
-        """dtype of the frozen base weights."""
-        if self.dtype_name != "auto":
-            return FLOAT_DTYPES[self.dtype_name]
-        precision = str(self.trainer.precision) if self._trainer is not None else "32-true"
-        if precision.startswith("bf16"):
-            return torch.bfloat16
-        if precision.startswith("16"):
-            # fp16 autocast: a frozen LoRA base may be fp16, trained weights stay fp32 (the grad scaler refuses fp16
-            # gradients: "Attempting to unscale FP16 gradients")
-            return torch.float16 if self.lora is not None else torch.float32
-        return torch.float32
-
-    def _zero3(self) -> bool:
-        """Parameters partitioned across ranks (DeepSpeed ZeRO-3; litft refuses FSDP)."""
-        if self._trainer is None:
-            return False
-        from litft.strategies import is_zero3
-
-        return is_zero3(self.trainer.strategy)
-
-    def load_base_model(self, device: Optional[torch.device | str] = None):
-        """The frozen transformers model, quantized when asked (a quantized model is loaded onto ``device``,
-        default: the trainer's device, else the CPU)."""
-        from transformers import AutoModelForCausalLM
-
-        check_attn_implementation(self.attn_implementation)
-        path = resolve_model_path(self.name_or_path, gguf_file=self.gguf_file, trust_remote_code=self.trust_remote_code)
-        dtype = self.weights_dtype()
-        kwargs: dict[str, Any] = dict(
-            dtype=dtype, attn_implementation=self.attn_implementation, trust_remote_code=self.trust_remote_code
-        )
-        sharded = self._zero3()
-        loading: contextlib.AbstractContextManager = contextlib.nullcontext()
-        if self.quantization is not None:
-            from litft.model.quantization import bnb_config
-
-            if self._trainer is not None:  # one-line errors for what cannot work (8-bit + ZeRO-3, QLoRA on NPU, ...)
-                from litft.accelerators import accelerator_name
-                from litft.strategies import check_quantization
-
-                q = self.quantization
-                check_quantization(
-                    self.trainer.strategy,
-                    accelerator_name(self.trainer.accelerator),
-                    bits=q.bits,
-                    compute_dtype=dtype if q.compute_dtype == "auto" else FLOAT_DTYPES[q.compute_dtype],
-                    quant_storage=None if q.quant_storage == "auto" else STORAGE_DTYPES[q.quant_storage],
-                    double_quant=q.double_quant,
-                )
-            kwargs["quantization_config"] = bnb_config(self.quantization, model_dtype=dtype, sharded=sharded)
-            if sharded:
-                # transformers loads a quantized model whole on every rank (no zero.Init, no device_map under ZeRO-3:
-                # bitsandbytes picks the current device): partition each weight as it is loaded (litft.model.partition)
-                from litft.model import partition
-
-                loading = partition.loading_into_partitions(self.trainer.strategy.config)
-            else:
-                if device is None:
-                    device = self.trainer.strategy.root_device if self._trainer is not None else torch.device("cpu")
-                kwargs["device_map"] = {"": torch.device(device)}
-        try:
-            with loading:
-                model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
-        except OSError as err:
-            raise LitFTError(f"model.name_or_path: cannot load {self.name_or_path}: {err}") from None
-        if self.quantization is not None and sharded:
-            partition.partition_now(model, self.trainer.strategy.config)  # what transformers initialised itself
-        model.config.use_cache = False
-        return model
-
     def configure_model(self) -> None:
-        """Build the model to train: the base (:meth:`load_base_model`; partitioned under ZeRO-3), frozen when adapters
-        train, gradient checkpointing in the mode :func:`litft.model.grad_checkpointing.use_reentrant` picks, adapters.
-
-        QLoRA on one device, DDP or ZeRO-1/2: peft's ``prepare_model_for_kbit_training`` (the QLoRA recipe: the
-        unquantized embeddings, norms and head upcast to fp32). QLoRA under ZeRO-3: no upcast — the base stays in its
-        storage dtype, partitioned (TRL and Accelerate skip ``prepare_model_for_kbit_training`` for sharded QLoRA
-        too); only the adapters are fp32.
-        """
+        """Build the model to train with the trainer's strategy, accelerator and precision
+        (:func:`litft.model.build.training_model`)."""
         if self.model is not None:
             return
-        model = self.load_base_model()
-        sharded = self._zero3()
-        if self.quantization is not None:
-            if sharded:
-                model.requires_grad_(False)
-            else:
-                from peft import prepare_model_for_kbit_training
-
-                model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
-            # Validation must not switch the 4-bit weights to bitsandbytes' inference-only CPU layout.
-            from litft.shims.bitsandbytes import keep_4bit_weights_trainable
-
-            keep_4bit_weights_trainable(model)
-        if self.gradient_checkpointing:
-            from litft.model import grad_checkpointing
-
-            strategy = self.trainer.strategy if self._trainer is not None else None
-            reentrant = grad_checkpointing.use_reentrant(strategy, frozen_base=self.lora is not None)
-            grad_checkpointing.enable(model, reentrant=reentrant)
-        if self.lora is not None:
-            # fp32 adapters (PEFT casts them up from the base's dtype) on every strategy. Under ZeRO-3 the base is
-            # partitioned before they exist, so DeepSpeed's engine casts nothing: they stay fp32 beside the frozen
-            # base in its storage dtype.
-            model = apply_lora(model, self.lora)
-        else:
-            model.requires_grad_(True)
-        model.train()  # from_pretrained returns eval mode; Lightning keeps modules' modes as found
-        self.model = model
-        if self.loss_kernel == "liger" and self._trainer is not None:  # stop before training, not at its first step
-            on_cuda = self.trainer.strategy.root_device.type == "cuda"
-            lm_loss.check_liger(on_cuda, self.base_model().get_output_embeddings(), sharded=sharded)
-        total, trainable = count_parameters(model)  # full sizes under ZeRO-3 and 4-bit quantization
-        log.info("Trainable parameters: %s of %s (%.3f%%)", f"{trainable:,}", f"{total:,}", 100 * trainable / max(total, 1))
+        strategy = self.trainer.strategy
+        self.model = build.training_model(
+            self.spec, lora=self.lora, gradient_checkpointing=self.gradient_checkpointing, strategy=strategy,
+            accelerator=self.trainer.accelerator, precision=self.trainer.precision,
+        )
+        self._sharded = is_zero3(strategy)
+        if self.loss_kernel == "liger":  # stop before training, not at its first step
+            on_cuda = strategy.root_device.type == "cuda"
+            lm_loss.check_liger(on_cuda, self.base_model().get_output_embeddings(), sharded=self._sharded)
 
     # ------------------------------------------------------------------ forward and loss
     def base_model(self):
@@ -243,7 +139,7 @@ class LitFTModule(L.LightningModule):
             decoder, head = base.get_decoder(), base.get_output_embeddings()
             hidden = decoder(**inputs, use_cache=False).last_hidden_state
             return lm_loss.lm_loss_from_hidden(
-                hidden, head, labels, chunk_size=self.loss_chunk_size, symmetric=self._zero3(), kernel=self.loss_kernel
+                hidden, head, labels, chunk_size=self.loss_chunk_size, symmetric=self._sharded, kernel=self.loss_kernel
             )
         if self.loss_kernel == "liger":
             raise LitFTError(f"model.loss_kernel=liger: {type(base).__name__} post-processes its logits beyond the "
@@ -336,55 +232,3 @@ class LitFTModule(L.LightningModule):
         if strict and missing:
             raise LitFTError(f"checkpoint lacks {len(missing)} trainable weights, e.g. {missing[0]} (different lora config?)")
         return super().load_state_dict(state_dict, strict=False, assign=assign)
-
-    # ------------------------------------------------------------------ inference (generate, chat, predict, evaluate, export)
-    def for_inference(
-        self,
-        adapter: Optional[str] = None,
-        *,
-        dtype: Optional[str] = None,
-        precision: Any = None,
-        quantized: bool = True,
-        device: Optional[str] = None,
-    ):
-        """The model to generate with (or merge): the base built by :meth:`load_base_model`, the one builder training
-        uses (same ``dtype``, same 4/8-bit ``quantization``), plus the PEFT adapter folder ``adapter``; eval mode, KV
-        cache on. The tokenizer is :attr:`tokenizer`.
-
-        dtype: override of ``model.dtype`` (float32, bfloat16, float16). ``auto`` follows ``precision`` (the
-            trainer's: bf16-* → bfloat16, 16-* → float16, auto → what ``trainer.precision: auto`` picks on that
-            device: bfloat16 where it has bf16 in hardware, float16 on older CUDA GPUs (V100, T4), else float32).
-        quantized: False loads the base unquantized even when training quantized it (export merges into it).
-        device: where the model runs (default: cuda when available, else cpu).
-        """
-        from pathlib import Path
-
-        name = dtype or self.dtype_name
-        if name == "auto":
-            from litft.accelerators import default_precision, precision_dtype
-
-            p = str(precision if precision is not None else "auto")
-            if p == "auto":  # the training default of the device the model will run on
-                kind = torch.device(device).type if device else "cuda" if torch.cuda.is_available() else "cpu"
-                p = default_precision(kind)
-            name = str(precision_dtype(p)).replace("torch.", "")
-        if name not in FLOAT_DTYPES:
-            raise LitFTError(f"dtype: unknown '{name}' (float32, bfloat16 or float16)")
-        if adapter is not None and not (Path(adapter).expanduser() / "adapter_config.json").is_file():
-            raise LitFTError(f"--adapter: {adapter} is not a PEFT adapter folder (no adapter_config.json)")
-        overrides = {"dtype": name, "quantization": self.quantization if quantized else None}
-        import inspect
-
-        params = inspect.signature(type(self).__init__).parameters  # hparams also hold LightningCLI's _instantiator
-        builder = type(self)(**{**{k: v for k, v in self.hparams.items() if k in params}, **overrides})
-        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        model = builder.load_base_model(device)  # a quantized base is loaded onto the device (8-bit cannot move)
-        if next(model.parameters()).device.type != torch.device(device).type:
-            model.to(device)
-        if adapter is not None:
-            from peft import PeftModel
-
-            model = PeftModel.from_pretrained(model, str(Path(adapter).expanduser()))
-        model.config.use_cache = True
-        model.eval()
-        return model

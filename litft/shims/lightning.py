@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, nullcontext
 from typing import Literal, Union
 
 import lightning.pytorch as pl
+import torch
 from lightning.fabric.plugins.precision.precision import _PRECISION_INPUT
 from lightning.fabric.utilities.device_parser import _select_auto_accelerator
+from lightning.fabric.utilities.distributed import _init_dist_connection
+from lightning.fabric.utilities.seed import reset_seed
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy
+from torch.nn.parallel import DistributedDataParallel
 
 PRECISION_INPUT = Union[Literal["auto"], _PRECISION_INPUT]
 """Lightning's own precision choices (kept private by Lightning) plus litft's "auto", so the CLI accepts
@@ -96,3 +102,80 @@ class ModelCheckpointHooks(ModelCheckpoint):
     def _remove_checkpoint(self, trainer: "pl.Trainer", filepath: str) -> None:
         super()._remove_checkpoint(trainer, filepath)
         self.after_file_removed(trainer, filepath)
+
+
+# -- DDP and DeepSpeed strategies --------------------------------------------------------------------------------
+
+DDP_STRATEGY_HOOKS = {
+    "_get_process_group_backend": ("self",),
+    "_setup_model": ("self", "model"),
+}
+"""The protected ``DDPStrategy`` methods :class:`DDPStrategyHooks` overrides, with their parameters (lightning 2.6.6;
+``DeepSpeedStrategy`` inherits the first). The state they read is the constructor's: ``_process_group_backend``,
+``_ddp_kwargs`` (DDP's keyword arguments), ``_timeout``; and ``lightning.fabric.utilities.distributed.
+_init_dist_connection`` creates the process group."""
+
+
+class ProcessGroupBackendHook:
+    """Mixin (before a Lightning ``DDPStrategy`` or subclass): the process-group backend as a public hook.
+
+    Lightning picks the backend in the protected ``_get_process_group_backend`` (its constructor's
+    ``process_group_backend``, else one for the root device), which ``DDPStrategy.setup_distributed`` and
+    ``DeepSpeedStrategy`` (before ``deepspeed.init_distributed``) call; this mixin routes it to
+    :meth:`default_process_group_backend` when no backend was given.
+    """
+
+    def default_process_group_backend(self) -> str:
+        """The backend when the strategy was given none (``process_group_backend`` is None); Lightning's choice here."""
+        return super()._get_process_group_backend()  # type: ignore[misc]
+
+    def _get_process_group_backend(self) -> str:
+        return self.process_group_backend or self.default_process_group_backend()  # type: ignore[attr-defined]
+
+
+class DDPStrategyHooks(ProcessGroupBackendHook, DDPStrategy):
+    """``DDPStrategy`` with the protected members litft needs turned into public hooks and helpers.
+
+    tests/test_shims.py checks that each member in :data:`DDP_STRATEGY_HOOKS` exists with its parameters, that
+    Lightning still calls it where these hooks expect, and that the helpers do what Lightning's own code does.
+    """
+
+    # -- hooks for subclasses ------------------------------------------------------------------------------------
+    def ddp_wrap_context(self) -> AbstractContextManager:
+        """The context the model is wrapped in ``DistributedDataParallel`` in. Lightning's: a new CUDA stream on any
+        device but the CPU."""
+        return torch.cuda.stream(torch.cuda.Stream()) if self.determine_ddp_device_ids() is not None else nullcontext()
+
+    # -- helpers for subclasses ----------------------------------------------------------------------------------
+    def setup_distributed_unbound(self) -> None:
+        """``DDPStrategy.setup_distributed`` without binding the default process group to the root device
+        (``device_id=None``), for backends that bind through ``set_device`` (hccl)."""
+        reset_seed()
+        self.set_world_ranks()
+        self._process_group_backend = self._get_process_group_backend()
+        assert self.cluster_environment is not None
+        _init_dist_connection(self.cluster_environment, self._process_group_backend, timeout=self._timeout,
+                              device_id=None)
+
+    # -- the protected member ------------------------------------------------------------------------------------
+    def _setup_model(self, model: torch.nn.Module) -> DistributedDataParallel:
+        device_ids = self.determine_ddp_device_ids()
+        with self.ddp_wrap_context():
+            return DistributedDataParallel(module=model, device_ids=device_ids, **self._ddp_kwargs)
+
+
+DEEPSPEED_STRATEGY_HOOKS = {
+    "_get_process_group_backend": ("self",),
+    "_init_config_if_needed": ("self",),
+}
+"""The protected ``DeepSpeedStrategy`` methods :class:`DeepSpeedStrategyHooks` overrides or calls (lightning 2.6.6)."""
+
+
+class DeepSpeedStrategyHooks(ProcessGroupBackendHook, DeepSpeedStrategy):
+    """``DeepSpeedStrategy`` with the process-group backend as a public hook (:class:`ProcessGroupBackendHook`) and
+    a public name for the protected ``_init_config_if_needed``; tests/test_shims.py checks both."""
+
+    def complete_config(self) -> None:
+        """Fill ``self.config`` from the trainer (batch size, precision, gradient clipping, ...) once, as Lightning
+        does first thing in ``setup`` and ``model_sharded_context``."""
+        self._init_config_if_needed()

@@ -77,8 +77,7 @@ def check_quantization(
             raise LitFTError("QLoRA on NPU: double quantization is not supported by the NPU backend; turn it off")
     if is_fsdp(strategy):
         raise LitFTError(FSDP_REFUSED.format(name=strategy_name(strategy)))
-    sharded = is_zero3(strategy) or strategy_name(strategy) in ("deepspeed_stage_3", "deepspeed_stage_3_offload")
-    if not sharded:
+    if not is_zero3(strategy):
         return quant_storage
     kind = "DeepSpeed ZeRO-3"
     if bits == 8:

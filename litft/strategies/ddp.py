@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from datetime import timedelta
 from typing import Any, Optional
 
 import torch
-from lightning.fabric.utilities.distributed import _init_dist_connection
-from lightning.fabric.utilities.seed import reset_seed
-from lightning.pytorch.strategies import DDPStrategy
-from torch.nn.parallel import DistributedDataParallel
 
 from litft.accelerators.npu import npu_module
+from litft.shims.lightning import DDPStrategyHooks
 from litft.strategies.timeout import StartupTimeout
 
 BACKENDS = {"cuda": "nccl", "npu": "hccl", "cpu": "gloo"}
@@ -34,7 +31,7 @@ def device_stream_context(device: torch.device):
     return nullcontext()
 
 
-class LitFTDDPStrategy(StartupTimeout, DDPStrategy):
+class LitFTDDPStrategy(StartupTimeout, DDPStrategyHooks):
     """Lightning's DDP, with the backend picked per device (nccl/hccl/gloo) and NPU-safe model wrapping.
 
     Stock DDP wraps the model in ``torch.cuda.stream(...)`` whenever the device is not a CPU, which raises on
@@ -45,23 +42,16 @@ class LitFTDDPStrategy(StartupTimeout, DDPStrategy):
         # long until the first optimizer step, bounded after it: litft.strategies.timeout
         super().__init__(*args, timeout=self._startup_timeout_for(timeout), **kwargs)
 
-    def _get_process_group_backend(self) -> str:
-        return self._process_group_backend or backend_for_device(self.root_device)
+    def default_process_group_backend(self) -> str:
+        return backend_for_device(self.root_device)
 
     def setup_distributed(self) -> None:
         if self.root_device.type != "npu":
             return super().setup_distributed()
-        # Same as DDPStrategy.setup_distributed, without binding device_id (hccl binds through set_device).
-        reset_seed()
-        self.set_world_ranks()
-        self._process_group_backend = self._get_process_group_backend()
-        assert self.cluster_environment is not None
-        _init_dist_connection(self.cluster_environment, self._process_group_backend, timeout=self._timeout)
+        self.setup_distributed_unbound()  # hccl binds the device through set_device, not init_process_group
 
-    def _setup_model(self, model: torch.nn.Module) -> DistributedDataParallel:
-        device_ids = self.determine_ddp_device_ids()
-        with device_stream_context(self.root_device):
-            return DistributedDataParallel(module=model, device_ids=device_ids, **self._ddp_kwargs)
+    def ddp_wrap_context(self) -> AbstractContextManager:
+        return device_stream_context(self.root_device)
 
     @classmethod
     def register_strategies(cls, strategy_registry: Any) -> None:

@@ -26,6 +26,7 @@ import torch
 from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy
 
 from litft.errors import LitFTError
+from litft.shims.lightning import DeepSpeedStrategyHooks
 from litft.strategies import checkpointing
 from litft.strategies.ddp import backend_for_device
 from litft.strategies.timeout import StartupTimeout
@@ -75,7 +76,7 @@ def _ds_accelerator(name: str):
     return CUDA_Accelerator()
 
 
-class LitFTDeepSpeedStrategy(StartupTimeout, DeepSpeedStrategy):
+class LitFTDeepSpeedStrategy(StartupTimeout, DeepSpeedStrategyHooks):
     """DeepSpeed (ZeRO 1/2/3, offload, or a JSON config) on CUDA, NPU or CPU.
 
     Differences from Lightning's: runs on npu and cpu as well; ``exclude_frozen_parameters`` defaults to
@@ -136,20 +137,20 @@ class LitFTDeepSpeedStrategy(StartupTimeout, DeepSpeedStrategy):
             return super().setup_environment()
         DDPStrategy.setup_environment(self)  # DeepSpeedStrategy's raises for anything but CUDA
 
-    def _get_process_group_backend(self) -> str:
-        return self._process_group_backend or backend_for_device(self.root_device)
+    def default_process_group_backend(self) -> str:
+        return backend_for_device(self.root_device)
 
     @property
     def parallel_devices(self) -> Optional[list[torch.device]]:
-        return self._parallel_devices
+        return DeepSpeedStrategy.parallel_devices.fget(self)
 
     @parallel_devices.setter
     def parallel_devices(self, devices: Optional[list[torch.device]]) -> None:
         # Every rank gets an indexed device, CPU included (cpu:<local rank>): Lightning's device-index check and
         # its deepspeed.initialize(device_rank=root_device.index) then hold on CPU as they do on GPUs.
-        self._parallel_devices = None if devices is None else [
+        DeepSpeedStrategy.parallel_devices.fset(self, None if devices is None else [
             torch.device("cpu", i) if d.type == "cpu" and d.index is None else d for i, d in enumerate(devices)
-        ]
+        ])
 
     @contextmanager
     def model_sharded_context(self) -> Generator[None, None, None]:
@@ -161,12 +162,12 @@ class LitFTDeepSpeedStrategy(StartupTimeout, DeepSpeedStrategy):
         (HfDeepSpeedConfig) makes ``from_pretrained`` load into ZeRO-3 partitions itself; adapters created
         afterwards are ordinary tensors that ``deepspeed.initialize`` partitions.
         """
-        if not self.zero_stage_3:
+        if not is_zero3(self):
             yield
             return
         from transformers.integrations import HfDeepSpeedConfig
 
-        self._init_config_if_needed()
+        self.complete_config()
         self._hf_deepspeed_config = HfDeepSpeedConfig(self.config)  # transformers holds only a weak reference
         yield
 
@@ -211,8 +212,16 @@ def is_deepspeed(strategy: Any) -> bool:
     return isinstance(strategy, DeepSpeedStrategy)
 
 
+ZERO3_NAMES = ("deepspeed_stage_3", "deepspeed_stage_3_offload")
+"""Registry names of the strategies that partition parameters."""
+
+
 def is_zero3(strategy: Any) -> bool:
-    """True when the strategy is DeepSpeed with ZeRO stage 3 (parameters partitioned across ranks)."""
+    """Whether the run's parameters are partitioned across ranks: DeepSpeed ZeRO stage 3, given as a strategy or its
+    registry name (the only sharding litft offers: FSDP is refused, litft/strategies/compat.py). The one place litft
+    answers it."""
+    if isinstance(strategy, str):
+        return strategy in ZERO3_NAMES
     if not isinstance(strategy, DeepSpeedStrategy):
         return False
     return bool((strategy.config or {}).get("zero_optimization", {}).get("stage") == 3)
