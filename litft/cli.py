@@ -16,6 +16,7 @@ from types import ModuleType
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
 from litft.errors import LitFTError
+from litft.methods import data_kind
 
 # Lightning's own "predict" is replaced by litft's predict command (batched generation to JSONL).
 LIGHTNING_COMMANDS = ("fit", "validate", "test")
@@ -68,6 +69,8 @@ class LitFTCLI(LightningCLI):
         parser.link_arguments("model.trust_remote_code", "data.trust_remote_code")
         # Packed batches: varlen position_ids for flash attention, a 4-D block mask otherwise.
         parser.link_arguments("model.attn_implementation", "data.attn_implementation")
+        # The data a method consumes: sft -> conversations, dpo/orpo/simpo -> pairs, kto -> judged replies.
+        parser.link_arguments("model.method", "data.kind", compute_fn=data_kind)
         if self.command is not None:
             self.command.add_arguments(parser)
 

@@ -177,9 +177,9 @@ def test_kto_steps_match_trl(tmp_path, tiny_llama):
     records = _in_litft_order(_records("feedback"), batch)
     mine, initial, _ = _litft(tmp_path, tiny_llama, _records("feedback"), "feedback", batch, steps, method="kto",
                               kto=config)
-    trainer = trl.KTOTrainer(model=initial, args=_args(trl.KTOConfig, tmp_path, batch, steps, beta=beta,
-                                                       desirable_weight=1.0, undesirable_weight=1.4),
-                             train_dataset=_dataset(records), processing_class=AutoTokenizer.from_pretrained(tiny_llama))
+    args = _args(trl.KTOConfig, tmp_path, batch, steps, beta=beta, desirable_weight=1.0, undesirable_weight=1.4)
+    trainer = trl.KTOTrainer(model=initial, args=args, train_dataset=_dataset(records),
+                             processing_class=AutoTokenizer.from_pretrained(tiny_llama))
     _assert_same_steps(mine, _trl_steps(trainer), steps)
 
 
