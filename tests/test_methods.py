@@ -122,7 +122,7 @@ def test_sequence_logps_equal_full_log_softmax(tiny_path, chunk_size, trainable_
 
 # ------------------------------------------------------------------------------------------------- DPO vs TRL
 def _trl_dpo(path, tmp_path, **kwargs):
-    trl = pytest.importorskip("trl")
+    trl = pytest.importorskip("trl", reason="TRL is not installed (pip install 'litft[dev]')")
     from datasets import Dataset
     from transformers import AutoTokenizer
 
@@ -204,7 +204,7 @@ def test_dpo_sft_term_is_the_chosen_mean_token_nll(tiny_path):
 
 # ------------------------------------------------------------------------------------------------- KTO vs TRL
 def test_kto_matches_trl(tiny_path, tmp_path):
-    trl = pytest.importorskip("trl")
+    trl = pytest.importorskip("trl", reason="TRL is not installed (pip install 'litft[dev]')")
     from datasets import Dataset
     from transformers import AutoTokenizer
 
@@ -272,7 +272,7 @@ def _legacy_batch(rows: list[dict]) -> dict:
 
 
 def _legacy_trainer(kind: str, path, tmp_path, **kwargs):
-    pytest.importorskip("trl")
+    pytest.importorskip("trl", reason="TRL is not installed (pip install 'litft[dev]')")
     from datasets import Dataset
     from transformers import AutoTokenizer
 
