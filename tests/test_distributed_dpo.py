@@ -9,7 +9,9 @@ match within 1e-4. Scale-sensitive as for SFT: plain SGD (the update is lr x gra
 reference checks that it clips), pairs whose replies run from 1 to 11 words (ranks hold pairs of different lengths),
 and with A=3 the epoch's last group has 2 micro-batches, not 3: a loss divided by anything but the pairs of the
 whole optimizer step on all ranks gives other gradients. The reference model is the base with the adapters off,
-QLoRA included.
+QLoRA included. Also: accumulation against one big batch (the ground truth of per-step normalisation), and KTO
+under ZeRO-3 against DDP (its KL all-reduce inside the step; a smoke of symmetry, blind to a KL computed per rank,
+which both strategies would share).
 """
 
 from __future__ import annotations
@@ -143,3 +145,32 @@ def test_dpo_accumulation_matches_one_big_batch(setup_dirs, references):
     out = root / "single-b12-qlora"
     _fit(_write_config(out, model, data, strategy="auto", devices=1, batch=12, qlora=True))
     _assert_matches("DPO micro-batch 12 vs 4 x A=3", _result(out), references(3, True))
+
+
+def test_kto_zero3_matches_ddp(setup_dirs):
+    """KTO on 2 processes: its KL baseline is all-reduced inside the step (a collective between ZeRO-3's parameter
+    gathers) and ranks hold different numbers of desirable examples. ZeRO-3 (every parameter partitioned) must
+    reproduce DDP with the same micro-batches per rank (one process cannot: the KL rows pair replies within each
+    rank's micro-batch)."""
+    root, model, _ = setup_dirs
+    records = [{"prompt": f"What is {i} plus {i}?", "completion": " ".join([str(2 * i + i % 3)] * (1 + (7 * i) % 11)),
+                "label": i % 3 != 0} for i in range(PAIRS)]
+    data = root / "feedback.json"
+    data.write_text(json.dumps(records))
+    results = []
+    for strategy in ("ddp", "deepspeed_stage_3"):
+        out = root / f"kto-{strategy}"
+        config = _write_config(out, model, str(data), strategy=strategy, devices=2, batch=2, accumulate=3)
+        raw = yaml.safe_load(config.read_text())
+        raw["model"].update(method="kto", kto={"beta": BETA})
+        config.write_text(yaml.safe_dump(raw))
+        _fit(config)
+        results.append(({k: _metric(out, k) for k in KEYS[:3] + ("train/kl",)}, _adapter(out)))
+    (kto_ddp, adapter_ddp), (kto_zero3, adapter_zero3) = results
+    assert len(kto_ddp["train/loss"]) == STEPS and max(kto_ddp["train/kl"]) > 0, kto_ddp
+    _report("KTO ZeRO-3 vs DDP", kto_zero3["train/loss"], kto_ddp["train/loss"], adapter_zero3, adapter_ddp)
+    for key, values in kto_ddp.items():
+        atol = REWARD_ATOL if "rewards" in key or "kl" in key else 0.0
+        torch.testing.assert_close(torch.tensor(kto_zero3[key]), torch.tensor(values), rtol=LOSS_RTOL, atol=atol,
+                                   msg=key)
+    _assert_same_adapter(adapter_zero3, adapter_ddp)
