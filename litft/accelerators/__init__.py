@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from lightning.pytorch.accelerators import AcceleratorRegistry
+from lightning.pytorch.accelerators import AcceleratorRegistry, MPSAccelerator
 
 from litft.accelerators.npu import NPUAccelerator, npu_bf16_supported, npu_device_count
 from litft.shims.lightning import select_auto_accelerator
@@ -54,8 +54,6 @@ def resolve_accelerator(accelerator: Any = "auto") -> str:
         return "cuda"
     if npu_device_count() > 0:
         return "npu"
-    from lightning.pytorch.accelerators import MPSAccelerator
-
     return "mps" if MPSAccelerator.is_available() else "cuda"  # Lightning then says no GPU is available
 
 

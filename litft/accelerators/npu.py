@@ -20,6 +20,7 @@ import torch
 from lightning.pytorch.accelerators import Accelerator
 
 from litft.errors import LitFTError
+from litft.versions import check
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,7 @@ def _import_torch_npu() -> bool:
     if importlib.util.find_spec("torch_npu") is None:
         return False
     try:
+        # optional (Ascend hosts only), heavy; may call sys.exit without CANN
         import torch_npu  # noqa: F401
     except (ImportError, OSError, RuntimeError, SystemExit) as err:  # SystemExit: older torch_npu without CANN
         log.warning("torch_npu is installed but cannot be loaded (%s); NPUs are not used.", err)
@@ -149,6 +151,7 @@ class NPUAccelerator(Accelerator):
         npu = npu_module()
         if npu is None:
             raise LitFTError("trainer.accelerator=npu but torch_npu is not installed or cannot load (pip install litft[npu])")
+        check("torch-npu", missing_ok=True)  # litft/versions.py; torch.npu loaded: a source build has no version record
         npu.set_compile_mode(jit_compile=jit_compile_requested())
         npu.set_device(device)
 

@@ -8,7 +8,8 @@ Alpaca records with these extra keys work too (the prompt is then ``instruction`
 when the input is not empty), so one file can be both an evaluation dataset and the probe's prompts.
 ``expected`` (a string or a list of strings) are the words a correct answer must contain, all of them,
 case-insensitively; ``group`` (optional, default ``"all"``) gets a score of its own; ``system``
-(optional) is a system message for that prompt.
+(optional) is a system message for that prompt (added as the generate / predict commands add theirs:
+:func:`litft.inference.prompt_ids`; an empty one adds none).
 
 :class:`GenerationProbe` answers every prompt when fit starts (the base model with its adapters still at
 their no-op initial values; when resuming, the checkpoint's weights) and again when training ends (before
@@ -29,7 +30,7 @@ from typing import Any
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_warn
 
-from litft.data.templates import encode_prompt
+from litft import inference
 from litft.errors import DataError
 from litft.generation import generate
 from litft.io import atomic_write_text
@@ -49,7 +50,7 @@ class Probe:
     group: str = DEFAULT_GROUP
     """Prompts of one group are scored together (e.g. 'identity', 'general')."""
     system: str | None = None
-    """Optional system message sent before the prompt."""
+    """Optional system message sent before the prompt (empty: none)."""
 
 
 def load_probes(path: str | os.PathLike) -> list[Probe]:
@@ -115,10 +116,10 @@ def score_answers(probes: list[Probe], answers: list[str]) -> dict[str, Any]:
 
 
 def prompt_ids(tokenizer, probe: Probe, template: str | None = None) -> list[int]:
-    """Token ids of the prompt up to the start of the assistant's answer, built the way training builds them."""
-    messages = ([{"role": "system", "content": probe.system}] if probe.system is not None else [])
-    messages.append({"role": "user", "content": probe.prompt})
-    return list(encode_prompt(tokenizer, messages, template=template))
+    """Token ids of the prompt up to the start of the assistant's answer, built the way training builds them
+    (:func:`litft.inference.prompt_ids`, as the generate and predict commands build theirs)."""
+    messages = [{"role": "user", "content": probe.prompt}]
+    return list(inference.prompt_ids(tokenizer, messages, template=template, system=probe.system))
 
 
 def _shorten(text: str, width: int) -> str:
@@ -152,7 +153,7 @@ class GenerationProbe(Callback):
         prompts_file: JSON list of ``{"prompt", "expected", "group"?, "system"?}`` records.
         max_new_tokens: longest answer generated per prompt.
         batch_size: prompts generated together (left-padded).
-        template: chat template name passed to ``litft.data.templates.encode_prompt``; None takes the
+        template: chat template name passed to ``litft.inference.prompt_ids``; None takes the
             data module's ``template`` attribute when it has one, else the tokenizer's own template.
         filename: result file, written inside the trainer's ``default_root_dir``.
     """

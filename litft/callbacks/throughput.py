@@ -103,7 +103,9 @@ class Throughput(pl.Callback):
         return found.flops
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self._tokens += count_tokens(batch)
+        # Under sequence parallelism every rank of a group holds the group's whole batch (each trains its shard):
+        # count it once per group, so tokens_per_sec and mfu are not N times too high.
+        self._tokens += count_tokens(batch) / getattr(trainer.strategy, "sequence_parallel_size", 1)
         every = self.log_every_n_steps or max(1, trainer.log_every_n_steps)
         step = trainer.global_step
         if step == self._last_step or step % every != 0:

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from litft.errors import LitFTError
-from litft.io import atomic_dir
+from litft.io import atomic_dir, atomic_write_text
 
 log = logging.getLogger(__name__)
 CACHE_VERSION = 2  # 2: rows carry a length column
@@ -96,7 +96,7 @@ def is_ready(path: Path) -> bool:
 
 
 def _rows_dataset(rows: list[dict[str, Any]]):
-    import datasets
+    import datasets  # heavy (pandas and more: ~1 s): litft slurm, export, generate must not pay it
 
     columns = sorted(rows[0])
     data = {c: [r[c] for r in rows] for c in columns}
@@ -135,8 +135,6 @@ def write(path: Path, splits: dict[str, Any], stats: dict[str, Any], *, overwrit
 
 def mark_failed(path: Path, message: str, *, token: str | None = None) -> None:
     """Tell waiting ranks of run ``token`` that preparation failed (they raise the same message)."""
-    from litft.io import atomic_write_text
-
     atomic_write_text(path.with_name(path.name + _FAILED), json.dumps({"token": token, "message": message}))
 
 
@@ -158,8 +156,6 @@ def _failure(path: Path, token: str | None) -> str | None:
 @contextlib.contextmanager
 def heartbeat(path: Path, *, every_s: float = 5.0):
     """While the block runs, rewrite ``<key>.alive`` with a growing counter every ``every_s`` seconds."""
-    from litft.io import atomic_write_text
-
     alive = path.with_name(path.name + _ALIVE)
     path.parent.mkdir(parents=True, exist_ok=True)
     stop = threading.Event()
@@ -188,7 +184,7 @@ def heartbeat(path: Path, *, every_s: float = 5.0):
 
 def load(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """(splits as Arrow datasets, stats)."""
-    import datasets
+    import datasets  # heavy (pandas and more: ~1 s): litft slurm, export, generate must not pay it
 
     splits = {p.name: datasets.load_from_disk(str(p)) for p in sorted(path.iterdir()) if p.is_dir()}
     stats = json.loads((path / "stats.json").read_text(encoding="utf-8"))

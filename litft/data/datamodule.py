@@ -13,7 +13,7 @@ from typing import Any, Literal
 import lightning.pytorch as pl
 from torch.utils.data import DataLoader
 
-from litft.data import cache
+from litft.data import cache, pipeline
 from litft.data.collate import FeedbackCollator, PadCollator, PairCollator
 from litft.data.conversation import KINDS
 from litft.data.loader import ResumableBatchSampler, ResumableLoader, epoch_generator
@@ -24,6 +24,8 @@ from litft.data.registry import check_kinds, resolve
 from litft.data.stats import Stats
 from litft.data.templates import resolve_template
 from litft.errors import LitFTError
+from litft.model.loading import cache_root, load_tokenizer
+from litft.strategies.sequence_parallel import data_rank_world
 
 log = logging.getLogger(__name__)
 
@@ -161,8 +163,6 @@ class LitFTDataModule(pl.LightningDataModule):
         if self._tokenizer is None:
             if not self.tokenizer_name:
                 raise LitFTError("data.tokenizer is not set (the CLI links it from model.name_or_path)")
-            from litft.model.loading import load_tokenizer
-
             self._tokenizer = load_tokenizer(
                 self.tokenizer_name, gguf_file=self.gguf_file, trust_remote_code=self.trust_remote_code
             )
@@ -176,9 +176,7 @@ class LitFTDataModule(pl.LightningDataModule):
     def build(self, workdir: Path) -> tuple[dict[str, Any], Stats]:
         """Read, format, split, tokenize (and pack) into Arrow files under ``workdir``:
         ({"train": rows, "val": rows or None}, statistics); rows are ``datasets.Dataset`` objects."""
-        import datasets
-
-        from litft.data import pipeline
+        import datasets  # heavy (pandas and more: ~1 s): litft slurm, export, generate must not pay it
 
         workdir.mkdir(parents=True, exist_ok=True)
         resolve_template(self.tokenizer, self.template) if self.template or self.tokenizer.chat_template else None
@@ -270,8 +268,6 @@ class LitFTDataModule(pl.LightningDataModule):
         return self.cache_dir
 
     def _set_cache_key(self, key: str) -> None:
-        from litft.model.loading import cache_root
-
         self.cache_dir = cache_root() / "data" / key
 
     def _token(self) -> str:
@@ -371,9 +367,7 @@ class LitFTDataModule(pl.LightningDataModule):
         """An integer column of the training rows (read alone from Arrow; no token ids are loaded)."""
         rows = self.train_rows
         if hasattr(rows, "column_names") and name in rows.column_names:
-            from litft.data.pipeline import column
-
-            return column(rows, name).tolist()
+            return pipeline.column(rows, name).tolist()
         return [of_row(r) for r in rows]
 
     def _rank_world(self) -> tuple[int, int]:
@@ -406,6 +400,9 @@ class LitFTDataModule(pl.LightningDataModule):
         if self.train_rows is None:
             self.setup("fit")
         rank, world = self._rank_world()
+
+        # a sequence-parallel group is one data-parallel rank: its ranks get the same rows
+        rank, world = data_rank_world(getattr(self.trainer, "strategy", None), rank, world)
         lengths = None
         if self.group_by_length and not self.packing:
             lengths = self._column("length", lambda r: len(r["input_ids"]))

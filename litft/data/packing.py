@@ -29,6 +29,11 @@ from typing import Any
 
 import torch
 
+try:
+    from transformers.utils.generic import is_flash_attention_requested
+except ImportError:  # a transformers without it: is_varlen applies the same rule itself
+    is_flash_attention_requested = None
+
 from litft.labels import IGNORE_INDEX
 
 
@@ -37,9 +42,7 @@ def is_varlen(attn_implementation: str | None) -> bool:
     boundaries from ``position_ids`` / ``cu_seq_lens`` only (it cannot use a 4-D mask): transformers' own rule
     (``is_flash_attention_requested``: "flash" in the name), which covers ``flash_attention_2/3/4`` and hub
     kernels such as ``kernels-community/flash-attn2`` or ``kernels-community/vllm-flash-attn3``."""
-    try:
-        from transformers.utils.generic import is_flash_attention_requested
-    except ImportError:  # a transformers without it: the same rule
+    if is_flash_attention_requested is None:
         return attn_implementation is not None and "flash" in attn_implementation
     return is_flash_attention_requested(requested_attention_implementation=attn_implementation)
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
 from litft.labels import count_targets
 from litft.data.conversation import Conversation, Feedback, Preference, Turn
@@ -39,8 +40,6 @@ _CARRIER = {"length": 0, "num_targets": 0, "label": False, "prompt_length": 0}  
 def _conv_schema(kind: str = "sft"):
     """Arrow schema of formatted records: a conversation (a preference / feedback record's prompt) plus the
     replies (``chosen``, ``rejected``; ``completion`` and ``label``)."""
-    import pyarrow as pa
-
     fields = [("system", pa.string()), ("tools", pa.string()), ("text", pa.string()),
               ("roles", pa.list_(pa.string())), ("contents", pa.list_(pa.string())),
               ("inputs", pa.list_(pa.string())), ("instructions", pa.list_(pa.string()))]
@@ -54,8 +53,6 @@ def _conv_schema(kind: str = "sft"):
 def write_conversations(convs: Iterable[Any], path: Path, kind: str = "sft") -> int:
     """Stream conversations (or preference / feedback records: ``kind``) into an Arrow file
     (``Dataset.from_file`` reads it memory-mapped); returns the count."""
-    import pyarrow as pa
-
     schema = _conv_schema(kind)
     n = 0
     cols: dict[str, list] = {k: [] for k in schema.names}
@@ -133,7 +130,7 @@ class _Encode:
 
 
 def _features(packed: bool = False, carrier: bool = False, kind: str = "sft"):
-    import datasets
+    import datasets  # heavy (pandas and more: ~1 s): litft slurm, export, generate must not pay it
 
     seq = datasets.Sequence(datasets.Value("int32"))
     if kind == "preference":
@@ -214,7 +211,7 @@ class _Pack:
 
 def pack(rows, capacity: int, workdir: Path, name: str, num_proc: int | None) -> tuple[Any, float]:
     """Packed rows (best-fit decreasing on the ``length`` column) and the packing efficiency."""
-    import datasets
+    import datasets  # heavy (pandas and more: ~1 s): litft slurm, export, generate must not pay it
 
     lengths = column(rows, "length")
     bins = best_fit_decreasing(lengths.tolist(), capacity)

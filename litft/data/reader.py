@@ -19,6 +19,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pyarrow
+
 from litft.errors import DataError
 
 FILE_TYPES = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet", ".txt": "text", ".arrow": "arrow"}
@@ -395,9 +397,7 @@ def iter_dataset(ds, batch_size: int = 1000) -> Iterator[dict]:
 
 
 def _read_with_datasets(path: Path, kind: str) -> Iterator[dict]:
-    import datasets  # heavy (pyarrow, pandas): imported only when an Arrow or Parquet file is read
-
-    import pyarrow  # comes with datasets
+    import datasets  # heavy (pandas and more: ~1 s): imported only when an Arrow or Parquet file is read
 
     if kind == "arrow":
         try:

@@ -40,7 +40,7 @@ def read_hub(entry: DatasetEntry) -> Iterable[dict]:
         return list(ds)
     if not entry.hf_hub_url:
         raise LitFTError(f"dataset '{entry.name}': only ms_hub_url is given; set USE_MODELSCOPE_HUB=1")
-    import datasets  # heavy (pyarrow, pandas): imported only when a hub dataset is read
+    import datasets  # heavy (pandas and more: ~1 s): imported only when a hub dataset is read
 
     try:
         ds = datasets.load_dataset(entry.hf_hub_url, name=entry.subset, data_dir=entry.folder, split=entry.split)

@@ -35,6 +35,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Mapping
 
+import yaml
+
 from litft.errors import LitFTError
 
 
@@ -185,8 +187,6 @@ def _from_file(path: Path) -> Template:
     text = path.read_text(encoding="utf-8")
     if path.suffix == ".jinja":
         return Template(str(path), text, None)
-    import yaml
-
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as err:

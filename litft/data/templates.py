@@ -16,6 +16,7 @@ when it overlaps a trained span.
 
 from __future__ import annotations
 
+import json
 from bisect import bisect_left, bisect_right
 from collections.abc import Sequence
 
@@ -75,8 +76,6 @@ def _special_strings(tokenizer) -> list[str]:
 def _parse_tools(tools: str | None):
     if not tools:
         return None
-    import json
-
     try:
         parsed = json.loads(tools)
     except ValueError:

@@ -12,7 +12,7 @@ def all_linear_names(model: torch.nn.Module) -> list[str]:
     """Leaf names of every linear layer (plain, 4-bit or 8-bit) except the output head."""
     linear_types: tuple[type, ...] = (torch.nn.Linear,)
     try:
-        import bitsandbytes as bnb
+        import bitsandbytes as bnb  # heavy (~4 s): only to recognise quantized linears
 
         linear_types += (bnb.nn.Linear4bit, bnb.nn.Linear8bitLt)
     except Exception:  # bitsandbytes missing or without a backend: plain linears only
@@ -30,8 +30,8 @@ def all_linear_names(model: torch.nn.Module) -> list[str]:
 
 def apply_lora(model, lora: LoraConfig, *, autocast_adapter_dtype: bool = True):
     """Wrap ``model`` in a PeftModel with LoRA adapters; only the adapters (and modules_to_save) train."""
-    from peft import LoraConfig as PeftLoraConfig
-    from peft import get_peft_model
+    # heavy (peft: ~6 s): imported when adapters are applied, so that litft slurm does not pay it
+    from peft import LoraConfig as PeftLoraConfig, get_peft_model
 
     targets = all_linear_names(model) if lora.target_modules == "all" else lora.target_modules
     config = PeftLoraConfig(

@@ -11,13 +11,19 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 import torch
+from transformers import AutoModelForCausalLM
 
 from litft.accelerators import accelerator_name, default_precision, precision_dtype
 from litft.errors import LitFTError
+from litft.model import grad_checkpointing, partition
+from litft.model.adapters import apply_lora
 from litft.model.config import LoraConfig, QuantizationConfig
 from litft.model.dtypes import FLOAT_DTYPES, STORAGE_DTYPES
 from litft.model.loading import check_attn_implementation, resolve_model_path
-from litft.strategies import is_zero3
+from litft.model.params import count_parameters
+from litft.model.quantization import bnb_config
+from litft.shims.bitsandbytes import keep_4bit_weights_trainable
+from litft.strategies import check_quantization, is_zero3
 
 log = logging.getLogger(__name__)
 
@@ -79,8 +85,6 @@ def load_base(
     device: where a quantized base is loaded (default: the strategy's root device, else the CPU); a plain base is
         loaded on the CPU and moved by the caller (or the strategy).
     """
-    from transformers import AutoModelForCausalLM
-
     check_attn_implementation(spec.attn_implementation)
     path = resolve_model_path(spec.name_or_path, gguf_file=spec.gguf_file, trust_remote_code=spec.trust_remote_code)
     dtype = weights_dtype(spec.dtype, precision=precision, trains_base=trains_base)
@@ -91,11 +95,7 @@ def load_base(
     loading: contextlib.AbstractContextManager = contextlib.nullcontext()
     q = spec.quantization
     if q is not None:
-        from litft.model.quantization import bnb_config
-
         if strategy is not None:
-            from litft.strategies import check_quantization
-
             check_quantization(
                 strategy,
                 accelerator_name(accelerator),
@@ -108,13 +108,13 @@ def load_base(
         if sharded:
             # transformers loads a quantized model whole on every rank (no zero.Init, no device_map under ZeRO-3:
             # bitsandbytes picks the current device): partition each weight as it is loaded (litft.model.partition)
-            from litft.model import partition
-
             loading = partition.loading_into_partitions(strategy.config)
         else:
             if device is None:
                 device = strategy.root_device if strategy is not None else torch.device("cpu")
-            kwargs["device_map"] = {"": torch.device(device)}
+            device = torch.device(device)
+            # "cpu", not an indexed cpu:<rank> (DeepSpeed ranks' devices): transformers 4.x reads cpu:1 as cuda:1
+            kwargs["device_map"] = {"": "cpu" if device.type == "cpu" else device}
     try:
         with loading:
             model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
@@ -144,24 +144,17 @@ def training_model(
     storage dtype, partitioned (TRL and Accelerate skip ``prepare_model_for_kbit_training`` for sharded QLoRA too);
     only the adapters are fp32.
     """
-    from litft.model.adapters import apply_lora
-    from litft.model.params import count_parameters
-
     model = load_base(spec, precision=precision, trains_base=lora is None, strategy=strategy, accelerator=accelerator)
     if spec.quantization is not None:
         if is_zero3(strategy):
             model.requires_grad_(False)
         else:
-            from peft import prepare_model_for_kbit_training
+            from peft import prepare_model_for_kbit_training  # heavy (peft: ~6 s); litft slurm must not pay it
 
             model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
         # Validation must not switch the 4-bit weights to bitsandbytes' inference-only CPU layout.
-        from litft.shims.bitsandbytes import keep_4bit_weights_trainable
-
         keep_4bit_weights_trainable(model)
     if gradient_checkpointing:
-        from litft.model import grad_checkpointing
-
         reentrant = grad_checkpointing.use_reentrant(strategy, frozen_base=lora is not None)
         grad_checkpointing.enable(model, reentrant=reentrant)
     if lora is not None:
@@ -220,7 +213,7 @@ def inference_model(
     if next(model.parameters()).device.type != torch.device(device).type:
         model.to(device)
     if adapter is not None:
-        from peft import PeftModel
+        from peft import PeftModel  # heavy (peft: ~6 s); litft slurm must not pay it
 
         model = PeftModel.from_pretrained(model, str(Path(adapter).expanduser()))
     model.config.use_cache = True

@@ -35,6 +35,9 @@ from __future__ import annotations
 from typing import Any, Optional
 
 import torch
+from packaging.version import Version
+
+from litft.strategies import is_zero3
 
 ZERO3_FROZEN_NON_REENTRANT = (0, 19, 3)
 """First DeepSpeed release whose ZeRO-3 keeps frozen parameters whole during a checkpoint's recomputation."""
@@ -42,8 +45,6 @@ ZERO3_FROZEN_NON_REENTRANT = (0, 19, 3)
 
 def _release(version: str) -> tuple[int, ...]:
     """(major, minor, patch) of a version string; local and pre-release tags ignored (0.19.3+cpu -> (0, 19, 3))."""
-    from packaging.version import Version
-
     return Version(version).release[:3]
 
 
@@ -54,12 +55,10 @@ def use_reentrant(strategy: Any, *, frozen_base: bool, deepspeed_version: Option
     frozen_base: the base model is frozen (LoRA / QLoRA); False for full fine-tuning.
     deepspeed_version: the installed DeepSpeed's version (default: read it when the strategy is ZeRO-3).
     """
-    from litft.strategies import is_zero3
-
     if strategy is None or not frozen_base or not is_zero3(strategy):
         return False
     if deepspeed_version is None:
-        import deepspeed
+        import deepspeed  # optional, heavy: read only under ZeRO-3
 
         deepspeed_version = deepspeed.__version__
     return _release(deepspeed_version) < ZERO3_FROZEN_NON_REENTRANT

@@ -19,6 +19,8 @@ import os
 import re
 from dataclasses import dataclass
 
+from filelock import FileLock
+
 from litft.errors import LitFTError
 
 log = logging.getLogger(__name__)
@@ -64,9 +66,7 @@ def download(hub: Hub, model_id: str) -> str:
             f"model.name_or_path: {hub.env}=1 needs the {hub.package} package to download {model_id!r}: "
             f"pip install {hub.package}"
         ) from None
-    from filelock import FileLock
-
-    from litft.model.loading import cache_root
+    from litft.model.loading import cache_root  # import cycle: litft.model.loading imports this module
 
     lock = cache_root() / "hub" / f"{hub.module}-{re.sub(r'[^A-Za-z0-9._-]', '_', model_id)}.lock"
     lock.parent.mkdir(parents=True, exist_ok=True)

@@ -11,12 +11,17 @@ makes them refuse to train or save, so every later step works on the plain copy.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import logging
 import os
 from pathlib import Path
 
-from litft.io import atomic_dir
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
 from litft.errors import LitFTError
+from litft.io import atomic_dir
+from litft.model.hubs import download, selected_hub
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +40,6 @@ def expand_path(name_or_path: str) -> str:
     """``pkg:<module>`` names the folder of an installed Python package (models shipped on PyPI)."""
     if not name_or_path.startswith("pkg:"):
         return name_or_path
-    import importlib.util
-
     module = name_or_path[4:]
     spec = importlib.util.find_spec(module)
     if spec is None or not spec.submodule_search_locations:
@@ -64,8 +67,6 @@ def check_source(name_or_path: str, gguf_file: str | None = None) -> None:
 def from_other_hub(name_or_path: str) -> str:
     """A hub id's local folder when ``USE_MODELSCOPE_HUB`` / ``USE_OPENMIND_HUB`` selects that hub; anything else
     (a Hugging Face id, a local path, ``pkg:``) unchanged."""
-    from litft.model.hubs import download, selected_hub
-
     hub = selected_hub()
     if hub is None or name_or_path.startswith("pkg:") or Path(name_or_path).expanduser().exists():
         return name_or_path
@@ -94,9 +95,6 @@ def resolve_model_path(name_or_path: str, *, gguf_file: str | None = None, trust
 
 def _convert_gguf(gguf: Path, target: Path, *, trust_remote_code: bool) -> None:
     """Dequantize a GGUF file into a plain fp32 safetensors checkpoint, written atomically."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     log.info("Converting %s to a plain checkpoint in %s (once)", gguf, target)
     tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name, trust_remote_code=trust_remote_code)
     loaded = AutoModelForCausalLM.from_pretrained(
@@ -120,8 +118,6 @@ _FLASH_PACKAGES = {"flash_attention_2": "flash_attn", "flash_attention_3": "flas
 
 def check_attn_implementation(name: str | None) -> None:
     """One line instead of transformers' ImportError traceback when a flash-attention kernel is not installed."""
-    import importlib.util
-
     package = _FLASH_PACKAGES.get(name or "")
     if package is not None and importlib.util.find_spec(package) is None:
         install = "pip install flash-attn --no-build-isolation" if name == "flash_attention_2" else "build flash-attn 3 (hopper/)"
@@ -133,8 +129,6 @@ def check_attn_implementation(name: str | None) -> None:
 
 def load_tokenizer(name_or_path: str, *, gguf_file: str | None = None, trust_remote_code: bool = False):
     """The model's own tokenizer, with a pad token (the EOS token when the tokenizer has none)."""
-    from transformers import AutoTokenizer
-
     path = resolve_model_path(name_or_path, gguf_file=gguf_file, trust_remote_code=trust_remote_code)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)

@@ -19,13 +19,12 @@ logits outlive it:
   model may hand over bf16 hidden states; casting the trained tokens' hidden states (tokens x hidden) costs far less
   than casting the head (vocabulary x hidden).
 
-Sharded heads (ZeRO-3, FSDP): every call of a partitioned head is a collective, so ranks must make the same
-calls whatever their number of trained tokens (zero included). A frozen ``nn.Linear`` head under ZeRO-3 is
-gathered once per call of :func:`lm_loss_from_hidden` and the chunks run on the gathered weight
-(:mod:`litft.model.zero3_head`); any other head under ``symmetric=True`` runs the chunk count agreed
-across ranks (one all-reduce), empty chunks included. Every path runs at least one chunk, so the loss
-always depends on the hidden states and every rank runs the whole backward pass, even with no trained
-token.
+Sharded heads (DeepSpeed ZeRO-3, the only sharding litft offers): every call of a partitioned head is a
+collective, so ranks must make the same calls whatever their number of trained tokens (zero included). A frozen
+``nn.Linear`` head under ZeRO-3 is gathered once per call of :func:`lm_loss_from_hidden` and the chunks run on
+the gathered weight (:mod:`litft.model.zero3_head`); any other head under ``symmetric=True`` runs the chunk count
+agreed across ranks (one all-reduce), empty chunks included. Every path runs at least one chunk, so the loss
+always depends on the hidden states and every rank runs the whole backward pass, even with no trained token.
 """
 
 from __future__ import annotations
@@ -35,9 +34,11 @@ import logging
 from typing import Callable, Optional
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from litft.errors import LitFTError
 from litft.labels import IGNORE_INDEX
 from litft.model import zero3_head
 
@@ -134,8 +135,6 @@ def _chunk_tokens(project, hidden, targets):
 
 def _agreed_chunk_count(n_chunks: int, device: torch.device) -> int:
     """The largest chunk count over all ranks (one all-reduce), so every rank makes the same head calls."""
-    import torch.distributed as dist
-
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return n_chunks
     count = torch.tensor([n_chunks], dtype=torch.int64, device=device)
@@ -154,7 +153,7 @@ def _plain_linear(head: torch.nn.Module) -> bool:
 def _liger_loss():
     """Liger's fused linear cross-entropy (summed), or None when liger-kernel is not installed."""
     try:
-        from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
+        from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss  # optional (litft[liger]), CUDA only
     except ImportError:
         return None
     return LigerFusedLinearCrossEntropyLoss(ignore_index=IGNORE_INDEX, reduction="sum")
@@ -178,8 +177,6 @@ def liger_unusable(on_cuda: bool, head: torch.nn.Module, *, sharded: bool) -> Op
 
 def check_liger(on_cuda: bool, head: torch.nn.Module, *, sharded: bool) -> None:
     """One line naming ``model.loss_kernel`` when Liger's kernel cannot run here."""
-    from litft.errors import LitFTError
-
     reason = liger_unusable(on_cuda, head, sharded=sharded)
     if reason is not None:
         raise LitFTError(f"model.loss_kernel=liger: {reason}; use model.loss_kernel: chunked")
@@ -204,18 +201,20 @@ def lm_loss_from_hidden(
     chunk_size: Optional[int] = None,
     symmetric: bool = False,
     kernel: str = "chunked",
+    shifted: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(summed cross-entropy, number of trained positions) for hidden states ``(B, T, H)``.
 
     chunk_size: trained tokens per head call; None = :func:`default_chunk_size` of the head's vocabulary.
-    symmetric: the head may be sharded (ZeRO-3, FSDP): make every rank run the same head calls.
+    symmetric: the head may be sharded (DeepSpeed ZeRO-3): make every rank run the same head calls.
     kernel: "chunked" (default) or "liger" (Liger's fused kernel; a LitFTError where it cannot run).
+    shifted: ``labels[:, t]`` is already the target of position t (sequence parallelism): no shift here.
     """
     if kernel not in KERNELS:
         raise ValueError(f"loss kernel must be one of {KERNELS}, got {kernel!r}")
-    targets = labels[..., 1:]
+    targets = labels if shifted else labels[..., 1:]
     mask = targets != IGNORE_INDEX
-    selected = hidden[..., :-1, :][mask]
+    selected = (hidden if shifted else hidden[..., :-1, :])[mask]
     wanted = targets[mask]
     n = wanted.numel()
     if kernel == "liger":
@@ -297,11 +296,13 @@ def _linear_of(head: torch.nn.Linear) -> Callable[[torch.Tensor], torch.Tensor]:
     return lambda h: F.linear(h, head.weight, head.bias)
 
 
-def lm_loss_from_logits(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(summed cross-entropy, number of trained positions) for logits ``(B, T, V)``."""
-    targets = labels[..., 1:]
+def lm_loss_from_logits(logits: torch.Tensor, labels: torch.Tensor, *, shifted: bool = False
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(summed cross-entropy, number of trained positions) for logits ``(B, T, V)``; ``shifted``: as in
+    :func:`lm_loss_from_hidden`."""
+    targets = labels if shifted else labels[..., 1:]
     mask = targets != IGNORE_INDEX
-    loss = F.cross_entropy(logits[..., :-1, :][mask].float(), targets[mask], reduction="sum")
+    loss = F.cross_entropy((logits if shifted else logits[..., :-1, :])[mask].float(), targets[mask], reduction="sum")
     return loss, mask.sum()
 
 

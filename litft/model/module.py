@@ -18,8 +18,9 @@ from litft.model import loss as lm_loss
 from litft.model.build import AttnImplementation, DtypeName, ModelSpec
 from litft.model.config import LoraConfig, OptimizerConfig, QuantizationConfig, SchedulerConfig
 from litft.model.loading import load_tokenizer
+from litft.model.loss_totals import LossTotals
 from litft.model.optim import build_optimizer, build_scheduler
-from litft.strategies import is_zero3, scale
+from litft.strategies import is_zero3, scale, sequence_parallel
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +123,7 @@ class LitFTModule(L.LightningModule):
             accelerator=self.trainer.accelerator, precision=self.trainer.precision,
         )
         self._sharded = is_zero3(strategy)
+        sequence_parallel.attach(self.trainer, self.base_model(), self.spec.attn_implementation)
         if self.loss_kernel == "liger":  # stop before training, not at its first step
             on_cuda = strategy.root_device.type == "cuda"
             lm_loss.check_liger(on_cuda, self.base_model().get_output_embeddings(), sharded=self._sharded)
@@ -154,21 +156,23 @@ class LitFTModule(L.LightningModule):
 
     def loss_sum(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """(summed token cross-entropy, number of trained tokens) for one micro-batch."""
-        labels = batch["labels"]
+        shifted = sequence_parallel.SHIFTED_LABELS in batch  # a sequence-parallel shard: labels shifted globally
+        labels = batch[sequence_parallel.SHIFTED_LABELS] if shifted else batch["labels"]
         inputs = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "position_ids")}
         base = self.base_model()
         if self._hidden_path_ok(base, inputs):
             decoder, head = base.get_decoder(), base.get_output_embeddings()
             hidden = decoder(**inputs, use_cache=False).last_hidden_state
             return lm_loss.lm_loss_from_hidden(
-                hidden, head, labels, chunk_size=self.loss_chunk_size, symmetric=self._sharded, kernel=self.loss_kernel
+                hidden, head, labels, chunk_size=self.loss_chunk_size, symmetric=self._sharded, kernel=self.loss_kernel,
+                shifted=shifted,
             )
         if self.loss_kernel == "liger":
             raise LitFTError(f"model.loss_kernel=liger: {type(base).__name__} post-processes its logits beyond the "
                              "output head (scaling or soft-capping), which Liger's kernel does not; use "
                              "model.loss_kernel: chunked")
         logits = self.model(**inputs, use_cache=False).logits
-        return lm_loss.lm_loss_from_logits(logits, labels)
+        return lm_loss.lm_loss_from_logits(logits, labels, shifted=shifted)
 
     def score(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
               labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -198,6 +202,7 @@ class LitFTModule(L.LightningModule):
         return self.model(**inputs)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        batch = sequence_parallel.shard(self.trainer.strategy, batch)  # this rank's slice (sequence parallelism)
         step_tokens = batch.get("num_target_tokens")
         loss_sum, n_tokens = self.step_loss_sum(batch)
         if step_tokens is None:  # a loader without the count: weight by this micro-batch alone
@@ -244,8 +249,6 @@ class LitFTModule(L.LightningModule):
                 self.log("train/grad_norm", norm, on_step=True, on_epoch=False, batch_size=1)
 
     def on_validation_epoch_start(self) -> None:
-        from litft.model.loss_totals import LossTotals
-
         self._val_sums = LossTotals()  # exact host-side totals: no float64 tensor on the device (HCCL)
         if self.objective is not None:
             self.objective.val_totals = EpochTotals()

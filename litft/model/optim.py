@@ -42,7 +42,7 @@ def build_optimizer(model: torch.nn.Module, cfg: OptimizerConfig) -> torch.optim
     if name == "adamw":
         fused = cfg.name == "adamw_torch_fused" and any(p.is_cuda for g in groups for p in g["params"])
         return torch.optim.AdamW(groups, **kwargs, **({"fused": True} if fused else {}))
-    import bitsandbytes as bnb
+    import bitsandbytes as bnb  # heavy (~4 s): only for its 8-bit / paged optimizers
 
     cls = {
         "adamw_8bit": bnb.optim.AdamW8bit,

@@ -27,6 +27,10 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
+from torch.nn.modules.module import register_module_parameter_registration_hook
+
+from litft.shims.deepspeed import partition_like
+from litft.shims.transformers import loaded_from_checkpoint
 
 
 def _partition(params: list[torch.nn.Parameter], ds_config: dict[str, Any], owner: torch.nn.Module,
@@ -34,11 +38,9 @@ def _partition(params: list[torch.nn.Parameter], ds_config: dict[str, Any], owne
     """Partition ``params`` (all of ``owner``'s not partitioned yet): as the ZeRO-3 engine does, like a parameter
     already partitioned when there is one (same groups and devices), else with ``deepspeed.zero.Init(module=owner)``."""
     if partitioned is not None:
-        from litft.shims.deepspeed import partition_like
-
         partition_like(partitioned, params)
     else:
-        import deepspeed
+        import deepspeed  # optional, heavy: only under ZeRO-3
 
         deepspeed.zero.Init(module=owner, config_dict_or_path=ds_config)
 
@@ -47,10 +49,7 @@ def _partition(params: list[torch.nn.Parameter], ds_config: dict[str, Any], owne
 def loading_into_partitions(ds_config: dict[str, Any]) -> Iterator[None]:
     """While active, a parameter filled from the checkpoint is partitioned as it is assigned to its module
     (a collective: every rank must load the same weights in the same order, as ``from_pretrained`` does)."""
-    from deepspeed.runtime.zero.utils import is_zero_param
-    from torch.nn.modules.module import register_module_parameter_registration_hook
-
-    from litft.shims.transformers import loaded_from_checkpoint
+    from deepspeed.runtime.zero.utils import is_zero_param  # optional, heavy: only under ZeRO-3
 
     busy = False
     first: list[torch.nn.Parameter] = []
@@ -87,7 +86,7 @@ def loading_into_partitions(ds_config: dict[str, Any]) -> Iterator[None]:
 
 def partition_now(model: torch.nn.Module, ds_config: dict[str, Any]) -> None:
     """Partition every parameter of ``model`` not partitioned yet (collective: all ranks call it)."""
-    from deepspeed.runtime.zero.utils import is_zero_param
+    from deepspeed.runtime.zero.utils import is_zero_param  # optional, heavy: only under ZeRO-3
 
     params = list(model.parameters())
     rest = [p for p in params if not is_zero_param(p)]

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import torch
+from transformers import BitsAndBytesConfig
 
 from litft.model.config import QuantizationConfig
 from litft.model.dtypes import FLOAT_DTYPES, STORAGE_DTYPES
+from litft.versions import check
 
 
 
@@ -15,8 +17,7 @@ def bnb_config(quant: QuantizationConfig, *, model_dtype: torch.dtype, sharded: 
     sharded: ZeRO-3 shards the quantized weights, which needs them stored in the compute dtype
         (:func:`litft.strategies.check_quantization` refuses any other storage there).
     """
-    from transformers import BitsAndBytesConfig
-
+    check("bitsandbytes")  # litft/versions.py
     if quant.bits == 8:
         return BitsAndBytesConfig(load_in_8bit=True)
     compute = model_dtype if quant.compute_dtype == "auto" else FLOAT_DTYPES[quant.compute_dtype]

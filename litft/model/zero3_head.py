@@ -34,6 +34,6 @@ def gather_once(module: torch.nn.Module) -> Optional[contextlib.AbstractContextM
         return None
     if any(getattr(p.ds_status, "name", None) != "NOT_AVAILABLE" for p in params):
         return None
-    import deepspeed
+    import deepspeed  # optional, heavy: only for ZeRO-3 partitioned parameters
 
     return deepspeed.zero.GatheredParameters(params, modifier_rank=None)

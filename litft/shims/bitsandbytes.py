@@ -13,7 +13,7 @@ below it get none) and layers with a bias fail with "a view of a leaf Variable .
 
 def keep_4bit_weights_trainable(model: torch.nn.Module) -> int:
     """Turn off the eval-time CPU repacking on every 4-bit layer of ``model``; returns how many layers."""
-    from bitsandbytes.nn import Linear4bit
+    from bitsandbytes.nn import Linear4bit  # heavy (bitsandbytes: ~4 s): only for a quantized model
 
     n = 0
     for module in model.modules():

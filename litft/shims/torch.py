@@ -13,6 +13,7 @@ from datetime import timedelta
 
 import torch
 import torch.distributed as dist
+from torch.distributed import distributed_c10d as c10d
 
 
 def process_groups() -> list:
@@ -20,8 +21,6 @@ def process_groups() -> list:
     data-parallel groups, for one). ``distributed_c10d._world.pg_map`` is private (torch 2.0 to 2.13 at least)."""
     if not (dist.is_available() and dist.is_initialized()):
         return []
-    from torch.distributed import distributed_c10d as c10d
-
     return [group for group in list(c10d._world.pg_map) if not c10d._rank_not_in_group(group)]
 
 
@@ -33,8 +32,6 @@ def set_group_timeout(group, timeout: timedelta) -> bool:
         if setter is not None:
             setter(timeout)
         else:
-            from torch.distributed import distributed_c10d as c10d
-
             with warnings.catch_warnings():
                 # torch 2.6-2.8 warn ("only supported for either nccl or gloo") and do nothing for other backends.
                 warnings.simplefilter("error")

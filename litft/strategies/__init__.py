@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from lightning.pytorch.strategies import StrategyRegistry
 
-from litft.strategies.compat import check_quantization, check_strategy, is_fsdp
+from litft.strategies.compat import check_quantization, check_strategy
 from litft.strategies.ddp import LitFTDDPStrategy, backend_for_device
 from litft.strategies.deepspeed import LitFTDeepSpeedStrategy, is_deepspeed, is_zero3
 from litft.strategies.resolve import trainer_kwargs
@@ -18,7 +18,7 @@ from litft.strategies.state import gathered_trainable_state_dict
 
 __all__ = [
     "LitFTDDPStrategy", "LitFTDeepSpeedStrategy", "backend_for_device", "check_quantization", "check_strategy",
-    "gathered_trainable_state_dict", "is_deepspeed", "is_fsdp", "is_zero3", "register", "trainer_kwargs",
+    "gathered_trainable_state_dict", "is_deepspeed", "is_zero3", "register", "trainer_kwargs",
 ]
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from collections.abc import Generator
 from contextlib import contextmanager
 from typing import Any, Optional
@@ -25,9 +26,11 @@ from typing import Any, Optional
 import torch
 from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy
 
+from litft import versions
+from litft.accelerators import resolve_accelerator
 from litft.errors import LitFTError
 from litft.shims.lightning import DeepSpeedStrategyHooks
-from litft.strategies import checkpointing
+from litft.strategies import checkpointing, sequence_parallel
 from litft.strategies.ddp import backend_for_device
 from litft.strategies.timeout import StartupTimeout
 
@@ -51,11 +54,9 @@ def pin_deepspeed_accelerator(accelerator: str) -> None:
         )
     os.environ["DS_ACCELERATOR"] = wanted
     os.environ["_LITFT_DS_ACCELERATOR"] = wanted  # marks the value as ours, so a later choice may replace it
-    import sys
-
     if "deepspeed.accelerator" in sys.modules:
         # DeepSpeed was imported (and may have guessed) before the accelerator was known: tell it, publicly.
-        from deepspeed.accelerator import get_accelerator, set_accelerator
+        from deepspeed.accelerator import get_accelerator, set_accelerator  # optional (litft[deepspeed]): imported already
 
         if get_accelerator().device_name() != wanted:
             set_accelerator(_ds_accelerator(wanted))
@@ -64,14 +65,14 @@ def pin_deepspeed_accelerator(accelerator: str) -> None:
 def _ds_accelerator(name: str):
     """DeepSpeed's accelerator object for ``cuda``, ``npu`` or ``cpu``."""
     if name == "cpu":
-        from deepspeed.accelerator.cpu_accelerator import CPU_Accelerator
+        from deepspeed.accelerator.cpu_accelerator import CPU_Accelerator  # optional, heavy: only with DeepSpeed
 
         return CPU_Accelerator()
     if name == "npu":
-        from deepspeed.accelerator.npu_accelerator import NPU_Accelerator
+        from deepspeed.accelerator.npu_accelerator import NPU_Accelerator  # optional, heavy: only with DeepSpeed
 
         return NPU_Accelerator()
-    from deepspeed.accelerator.cuda_accelerator import CUDA_Accelerator
+    from deepspeed.accelerator.cuda_accelerator import CUDA_Accelerator  # optional, heavy: only with DeepSpeed
 
     return CUDA_Accelerator()
 
@@ -83,10 +84,12 @@ class LitFTDeepSpeedStrategy(StartupTimeout, DeepSpeedStrategyHooks):
     True so checkpoints hold the adapter only (resume then loads them non-strictly).
     """
 
-    def __init__(self, *args: Any, exclude_frozen_parameters: bool = True, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, exclude_frozen_parameters: bool = True, sequence_parallel_size: int = 1,
+                 **kwargs: Any) -> None:
+        """sequence_parallel_size: ranks that split each sequence (DeepSpeed Ulysses, ZeRO-2/3 only; 1 = none):
+        litft.strategies.sequence_parallel."""
+        versions.check("deepspeed")  # older DeepSpeed ignores managed_gradient_accumulation (litft/versions.py)
         if "DS_ACCELERATOR" not in os.environ:
-            from litft.accelerators import resolve_accelerator
-
             pin_deepspeed_accelerator(resolve_accelerator("auto"))
         # long until the first optimizer step, bounded after it (DeepSpeed's groups too): litft.strategies.timeout
         kwargs["timeout"] = self._startup_timeout_for(kwargs.get("timeout"))
@@ -103,6 +106,9 @@ class LitFTDeepSpeedStrategy(StartupTimeout, DeepSpeedStrategyHooks):
             )
         self.config["managed_gradient_accumulation"] = False
         zero = self.config.get("zero_optimization") or {}
+
+        sequence_parallel.check_size(int(sequence_parallel_size), int(zero.get("stage", 0)))
+        self.sequence_parallel_size = int(sequence_parallel_size)
         if zero.get("stage", 0) < 2 and zero.get("overlap_comm"):
             zero["overlap_comm"] = False  # DeepSpeed allows overlap_comm without managed accumulation only from stage 2
 
@@ -165,6 +171,7 @@ class LitFTDeepSpeedStrategy(StartupTimeout, DeepSpeedStrategyHooks):
         if not is_zero3(self):
             yield
             return
+        # heavy (transformers.integrations pulls in accelerate: ~200 modules, ~0.3 s); only ZeRO-3 runs need it
         from transformers.integrations import HfDeepSpeedConfig
 
         self.complete_config()
@@ -173,6 +180,7 @@ class LitFTDeepSpeedStrategy(StartupTimeout, DeepSpeedStrategyHooks):
 
     def teardown(self) -> None:
         if getattr(self, "_hf_deepspeed_config", None) is not None:
+            # heavy (pulls in accelerate); imported by model_sharded_context already when this runs
             from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
             unset_hf_deepspeed_config()

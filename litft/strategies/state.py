@@ -16,7 +16,7 @@ def gathered_trainable_state_dict(model: torch.nn.Module) -> dict[str, torch.Ten
     partitioned = [p for _, p in named if hasattr(p, "ds_id")]
     if not partitioned:
         return {n: p.detach().cpu().clone() for n, p in named}
-    import deepspeed
+    import deepspeed  # optional, heavy: only for ZeRO-3 partitioned parameters
 
     with deepspeed.zero.GatheredParameters(partitioned, modifier_rank=None):
         return {n: p.detach().cpu().clone() for n, p in named}

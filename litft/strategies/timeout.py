@@ -23,6 +23,7 @@ from datetime import timedelta
 from typing import Any
 
 from litft.errors import LitFTError
+from litft.shims.torch import process_groups, set_group_timeout
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +58,6 @@ def startup_timeout() -> timedelta:
 
 def apply_timeout(timeout: timedelta) -> list[str]:
     """Set ``timeout`` on every process group of this process; returns the backends that could not take it."""
-    from litft.shims.torch import process_groups, set_group_timeout
-
     refused = []
     for group in process_groups():
         if not set_group_timeout(group, timeout):

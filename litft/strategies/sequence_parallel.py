@@ -1,0 +1,132 @@
+"""Sequence parallelism (DeepSpeed Ulysses): each micro-batch's sequence split over the N ranks of a group.
+
+Key: ``LitFTDeepSpeedStrategy(sequence_parallel_size=N)`` (ZeRO-2/3). The glue around DeepSpeed's
+``deepspeed.runtime.sequence_parallel.ulysses_sp``:
+
+- groups: ``UlyssesSPAttentionHF.register_with_transformers`` makes the sequence-parallel groups (consecutive
+  global ranks ``[g*N, (g+1)*N)``) and replaces the model's attention function (sdpa or flash attention) with
+  Ulysses' all-to-all wrapper (heads scattered, sequence gathered) in training; evaluation runs plain attention
+  (``disable_in_eval``), so validation stays ordinary data parallelism over all ranks.
+- data: the training loader runs with rank ``rank // N`` of ``world // N`` data-parallel ranks
+  (:func:`data_rank_world`), so every rank of a group gets the same rows; :func:`shard` then pads the micro-batch
+  (sequence to a multiple of N, rows to the micro-batch size Ulysses was built for: ignored rows), shifts the labels
+  over the WHOLE sequence (a shard's last token predicts the next shard's first) and keeps this rank's slice, with
+  global ``position_ids``. The loss is told the labels are already shifted (``shift_labels``).
+- scale: DeepSpeed is not given the groups: it averages gradients over all ``world`` ranks as for plain data
+  parallelism, and :func:`litft.strategies.scale.loss_multiplier` undoes that as usual. The gradient of the
+  all-to-all sends each token's gradient back to the rank that owns it, so the sum over ranks is the gradient of
+  the whole sequences. The step's trained-token count (``num_target_tokens``, whole rows) is contributed by the
+  first rank of each group only, so the all-reduced count is the number of trained tokens in the global batch.
+
+Not supported (one-line errors): packing (sdpa under Ulysses masks causally only: samples would see each other),
+preference/feedback data, DDP and ZeRO-0/1, eager attention.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+
+from litft.errors import LitFTError
+from litft.labels import IGNORE_INDEX
+
+log = logging.getLogger(__name__)
+
+ATTENTION = ("sdpa", "flash_attention_2", "flash_attention_3")
+"""Attention implementations Ulysses can wrap (eager builds an O(T^2) mask that it discards)."""
+
+SHIFTED_LABELS = "shift_labels"
+"""Batch key of labels already shifted by one position (position t holds the token t+1): the loss does not shift."""
+
+
+def size(strategy: Any) -> int:
+    """The strategy's sequence-parallel size (1: none)."""
+    return int(getattr(strategy, "sequence_parallel_size", 1) or 1)
+
+
+def check_size(n: int, stage: int) -> None:
+    """At strategy construction: N >= 1, and only ZeRO stage 2 or 3."""
+    if n < 1:
+        raise LitFTError(f"strategy sequence_parallel_size={n}: must be >= 1")
+    if n > 1 and stage not in (2, 3):
+        raise LitFTError(f"strategy sequence_parallel_size={n} needs DeepSpeed ZeRO stage 2 or 3, not stage {stage}")
+
+
+def data_rank_world(strategy: Any, rank: int, world: int) -> tuple[int, int]:
+    """(data-parallel rank, data-parallel world size) for the training sampler: a sequence-parallel group is one
+    data-parallel rank, so its ranks get the same rows."""
+    n = size(strategy)
+    return (rank // n, world // n) if n > 1 else (rank, world)
+
+
+def attach(trainer: Any, base_model: torch.nn.Module, attn_implementation: str) -> None:
+    """Check the run and register Ulysses attention with transformers (no-op without sequence parallelism)."""
+    n = size(trainer.strategy)
+    if n == 1:
+        return
+    key = f"strategy sequence_parallel_size={n}"
+    world = int(trainer.world_size)
+    if world % n:
+        raise LitFTError(f"{key} does not divide the {world} ranks (trainer.devices x trainer.num_nodes)")
+    if attn_implementation not in ATTENTION:
+        raise LitFTError(f"{key}: model.attn_implementation={attn_implementation} cannot be split by Ulysses; use "
+                         f"one of {', '.join(ATTENTION)}")
+    cfg = base_model.config.get_text_config()
+    heads, kv_heads = int(cfg.num_attention_heads), int(getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads)
+    if heads % n:
+        raise LitFTError(f"{key} does not divide the model's {heads} attention heads")
+    if kv_heads % n and n % kv_heads:
+        raise LitFTError(f"{key}: the model's {kv_heads} key/value heads are neither divisible by {n} nor divide it")
+    data = getattr(trainer, "datamodule", None)
+    if getattr(data, "packing", False):
+        raise LitFTError(f"{key}: data.packing is not supported with sequence parallelism yet; set data.packing: false")
+    if getattr(data, "kind", "sft") != "sft":
+        raise LitFTError(f"{key}: only SFT data is supported with sequence parallelism, not {data.kind}")
+    micro_batch = int(getattr(data, "batch_size", 1) or 1)
+    from deepspeed.runtime.sequence_parallel.ulysses_sp import UlyssesSPAttentionHF  # optional: the deepspeed extra
+
+    trainer.strategy.sequence_parallel_state = UlyssesSPAttentionHF.register_with_transformers(
+        model_name_or_path=base_model, core_attn_implementation=attn_implementation, sequence_parallel_size=n,
+        micro_batch_size=micro_batch, seq_length_is_variable=True, disable_in_eval=True,
+    )
+    trainer.strategy.sequence_parallel_micro_batch = micro_batch
+    log.info("sequence parallelism: %d ranks per sequence (Ulysses, %s), %d data-parallel groups", n,
+             attn_implementation, world // n)
+
+
+def shard(strategy: Any, batch: dict) -> dict:
+    """This rank's slice of a training micro-batch (the batch itself without sequence parallelism)."""
+    n = size(strategy)
+    if n == 1:
+        return batch
+    mpu = getattr(strategy, "sequence_parallel_state", None)
+    if mpu is None:
+        raise LitFTError("sequence parallelism: the model was not set up for it (LitFTModule.configure_model)")
+    if "position_ids" in batch or batch["input_ids"].dim() != 2:
+        raise LitFTError("sequence parallelism: packed batches are not supported; set data.packing: false")
+    rank = mpu.get_sequence_parallel_rank()
+    input_ids, labels = batch["input_ids"], batch["labels"]
+    rows, length = input_ids.shape
+    micro_batch = int(strategy.sequence_parallel_micro_batch)
+    if rows > micro_batch:
+        raise LitFTError(f"sequence parallelism: a micro-batch of {rows} rows exceeds data.batch_size={micro_batch}")
+    width = -(-length // n) * n
+    pad_rows, pad_cols = micro_batch - rows, width - length
+    # Ignored padding (rows to the micro-batch Ulysses was built for, tokens to a multiple of N) on the right:
+    # Ulysses attends causally without a mask, which right padding never changes for the trained tokens.
+    input_ids = torch.nn.functional.pad(input_ids, (0, pad_cols, 0, pad_rows), value=0)
+    labels = torch.nn.functional.pad(labels, (0, pad_cols + 1, 0, pad_rows), value=IGNORE_INDEX)
+    shifted = labels[:, 1:]  # shifted over the whole sequence, before the split
+    positions = torch.arange(width, device=input_ids.device).expand(micro_batch, width)
+    part = slice(rank * (width // n), (rank + 1) * (width // n))
+    out = {"input_ids": input_ids[:, part].contiguous(), "position_ids": positions[:, part].contiguous(),
+           SHIFTED_LABELS: shifted[:, part].contiguous()}
+    if "num_target_tokens" in batch:
+        # whole rows' count: contributed once per group, so the all-reduced step count is the global batch's
+        out["num_target_tokens"] = batch["num_target_tokens"] * (1 if rank == 0 else 0)
+    return out
+
+
+__all__ = ["ATTENTION", "SHIFTED_LABELS", "attach", "check_size", "data_rank_world", "shard", "size"]

@@ -1,0 +1,160 @@
+"""Sequence parallelism (DeepSpeed Ulysses over gloo): 2 processes splitting every sequence vs 1 process.
+
+The distributed cells reuse tests/test_distributed.py's launch helpers and its scale-sensitive set-up (plain SGD,
+gradient clipping that bites, rows whose replies differ in length so a sequence's two halves hold different numbers
+of trained tokens). With ``sequence_parallel_size: 2`` both processes form ONE data-parallel rank: they get the same
+4 rows per micro-batch and each computes half of every sequence, so the run must reproduce one process with
+micro-batch 4: per-step loss and gradient norm within 1e-4 relative and the same adapter.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from litft.errors import LitFTError
+from litft.labels import IGNORE_INDEX
+from litft.strategies import sequence_parallel
+
+
+class _Groups:
+    def __init__(self, rank: int):
+        self.rank = rank
+
+    def get_sequence_parallel_rank(self) -> int:
+        return self.rank
+
+
+def _strategy(rank: int, n: int = 2, micro_batch: int = 3):
+    return SimpleNamespace(sequence_parallel_size=n, sequence_parallel_state=_Groups(rank),
+                           sequence_parallel_micro_batch=micro_batch)
+
+
+def test_shard_shifts_labels_globally_and_splits_positions():
+    """The halves together hold exactly the globally shifted labels: the first half's last position predicts the
+    second half's first token; padding (columns to a multiple of N, rows to the micro-batch) is ignored."""
+    ids = torch.arange(1, 15).reshape(2, 7)
+    labels = torch.tensor([[IGNORE_INDEX] * 3 + [4, 5, 6, 7], [IGNORE_INDEX] * 2 + [10, 11, 12, IGNORE_INDEX, 14]])
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels,
+             "num_target_tokens": torch.tensor(9)}
+    parts = [sequence_parallel.shard(_strategy(r), batch) for r in (0, 1)]
+    shifted = torch.cat([p[sequence_parallel.SHIFTED_LABELS] for p in parts], dim=1)
+    expected = torch.full((3, 8), IGNORE_INDEX)
+    expected[:2, :6] = labels[:, 1:]
+    assert torch.equal(shifted, expected)
+    assert parts[0][sequence_parallel.SHIFTED_LABELS][0, 3].item() == 5  # position 3 (rank 0) predicts token 4's label
+    assert torch.equal(torch.cat([p["input_ids"] for p in parts], dim=1)[:2, :7], ids)
+    assert torch.equal(torch.cat([p["position_ids"] for p in parts], dim=1), torch.arange(8).expand(3, 8))
+    assert [p["num_target_tokens"].item() for p in parts] == [9, 0]  # the group's count, contributed once
+    # unequal trained tokens in the two halves (what the distributed cells rely on)
+    assert [(p[sequence_parallel.SHIFTED_LABELS] != IGNORE_INDEX).sum().item() for p in parts] == [5, 3]
+    assert sequence_parallel.shard(SimpleNamespace(), batch) is batch
+
+
+def test_data_rank_world():
+    assert sequence_parallel.data_rank_world(_strategy(0, n=2), 3, 4) == (1, 2)
+    assert sequence_parallel.data_rank_world(SimpleNamespace(), 3, 4) == (3, 4)
+
+
+def _trainer(world=2, n=2, packing=False, kind="sft"):
+    return SimpleNamespace(strategy=SimpleNamespace(sequence_parallel_size=n), world_size=world,
+                           datamodule=SimpleNamespace(packing=packing, kind=kind, batch_size=2))
+
+
+def _model(heads=4, kv=2):
+    config = SimpleNamespace(num_attention_heads=heads, num_key_value_heads=kv)
+    config.get_text_config = lambda: config
+    return SimpleNamespace(config=config)
+
+
+@pytest.mark.parametrize("trainer,model,attn,message", [
+    (_trainer(world=3), _model(), "sdpa", "does not divide the 3 ranks"),
+    (_trainer(), _model(), "eager", "model.attn_implementation=eager cannot be split"),
+    (_trainer(world=4, n=4), _model(heads=6, kv=6), "sdpa", "does not divide the model's 6 attention heads"),
+    (_trainer(world=4, n=4), _model(heads=12, kv=3), "sdpa", "3 key/value heads"),
+    (_trainer(packing=True), _model(), "sdpa", "data.packing is not supported"),
+    (_trainer(kind="preference"), _model(), "sdpa", "only SFT data"),
+])
+def test_attach_refuses(trainer, model, attn, message):
+    with pytest.raises(LitFTError, match=message):
+        sequence_parallel.attach(trainer, model, attn)
+
+
+def test_strategy_refuses_stage_1_and_ddp_has_no_key():
+    from litft.strategies import LitFTDeepSpeedStrategy
+
+    with pytest.raises(LitFTError, match="needs DeepSpeed ZeRO stage 2 or 3, not stage 1"):
+        LitFTDeepSpeedStrategy(stage=1, sequence_parallel_size=2)
+    assert LitFTDeepSpeedStrategy(stage=3, sequence_parallel_size=2).sequence_parallel_size == 2
+    with pytest.raises(LitFTError, match="packed batches"):
+        sequence_parallel.shard(_strategy(0), {"input_ids": torch.ones(1, 4, dtype=torch.long),
+                                               "position_ids": torch.arange(4)[None], "labels": torch.ones(1, 4)})
+
+
+# ---------------------------------------------------------------------------------------------- real processes
+import json  # noqa: E402
+
+from tests.test_distributed import (  # noqa: E402  (launch helpers and the reference runs of the DDP/ZeRO matrix)
+    LOSS_RTOL, ROWS, _adapter, _assert_matches, _assert_same_adapter, _assert_tokenized_once, _checkpoint, _fit,
+    _losses, _write_config, references,  # noqa: F401
+)
+
+
+@pytest.fixture(scope="module")
+def setup_dirs(tmp_path_factory, tiny_llama):
+    """test_distributed's set-up with rows whose short prompt (~18 tokens with the template) and long replies
+    (12-22 numbers, cut at cutoff_len 48) put the middle of every padded micro-batch inside the replies: a
+    sequence's two halves hold unequal trained tokens, and the target across the split is a trained one."""
+    root = tmp_path_factory.mktemp("sp")
+    records = [{"instruction": f"Double {i}.", "input": "", "output": " ".join([str(2 * i)] * (12 + (7 * i) % 11))}
+               for i in range(ROWS)]
+    (root / "rows.json").write_text(json.dumps(records))
+    return root, tiny_llama, str(root / "rows.json")
+
+
+@pytest.mark.distributed
+@pytest.mark.slow
+@pytest.mark.parametrize("stage,accumulate,qlora", [(2, 1, False), (2, 3, True), (3, 1, False)],
+                         ids=["zero2-lora-a1", "zero2-qlora-a3", "zero3-lora-a1-gradckpt"])
+def test_two_ranks_splitting_sequences_match_one(setup_dirs, references, stage, accumulate, qlora):
+    root, model, data = setup_dirs
+    out = root / f"sp2-zero{stage}-a{accumulate}{'-qlora' if qlora else ''}"
+    strategy = {"class_path": "litft.strategies.LitFTDeepSpeedStrategy",
+                "init_args": {"stage": stage, "sequence_parallel_size": 2}}
+    config = _write_config(out, model, data, strategy=strategy, devices=2, batch=4, accumulate=accumulate, qlora=qlora)
+    # ZeRO-3 also recomputes activations (non-reentrant checkpointing: the all-to-all runs again in backward); the
+    # reference runs without: checkpointing does not change the numbers (tests/test_distributed.py's note)
+    log = _fit(config, *(["--model.gradient_checkpointing=true"] if stage == 3 else []))
+    assert "sequence parallelism: 2 ranks per sequence" in log, log[-3000:]
+    _assert_tokenized_once(out, log, world_size=2)
+    _assert_matches(f"sequence parallel 2 ZeRO-{stage} A={accumulate}{' QLoRA' if qlora else ''}", out,
+                    references(accumulate, qlora))
+    if (stage, accumulate) != (2, 1):
+        return
+    # resume from the step-2 checkpoint under sequence parallelism: same later losses, same final adapter
+    ref_losses, _, ref_adapter = references(accumulate, qlora)
+    resumed = root / "sp2-resumed"
+    _fit(_write_config(resumed, model, data, strategy=strategy, devices=2, batch=4), "--ckpt_path", str(_checkpoint(out)))
+    assert _losses(resumed) == pytest.approx(ref_losses[2:], rel=LOSS_RTOL)
+    _assert_same_adapter(_adapter(resumed), ref_adapter)
+
+
+def test_throughput_counts_a_sequence_parallel_groups_batch_once():
+    """Every rank of a sequence-parallel group holds the group's whole batch: counted N times, tokens_per_sec and
+    mfu would read N times too high."""
+    from types import SimpleNamespace
+
+    from litft.callbacks.throughput import Throughput
+
+    batch = {"input_ids": torch.zeros(2, 8, dtype=torch.long), "attention_mask": torch.ones(2, 8, dtype=torch.long)}
+    counted = {}
+    for n in (1, 2):
+        cb = Throughput(log_every_n_steps=1000)
+        cb._tokens, cb._last_step = 0, 0
+        trainer = SimpleNamespace(strategy=SimpleNamespace(sequence_parallel_size=n), log_every_n_steps=1000,
+                                  global_step=1)
+        cb.on_train_batch_end(trainer, None, None, batch, 0)
+        counted[n] = cb._tokens
+    assert counted == {1: 16, 2: 8}
