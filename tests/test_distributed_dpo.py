@@ -23,7 +23,7 @@ import pytest
 import torch
 import yaml
 
-from tests.test_distributed import LOSS_RTOL, _adapter, _assert_same_adapter, _fit, _metric, _report
+from tests.test_distributed import LOSS_RTOL, _adapter, _assert_same_adapter, _fit, _metric, _report, _strategy
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 
@@ -47,17 +47,6 @@ def _write_pairs(path: Path) -> str:
                 "rejected": " ".join([str(2 * i + 1)] * (1 + (5 * i + 3) % 11))} for i in range(PAIRS)]
     path.write_text(json.dumps(records))
     return str(path)
-
-
-def _strategy(name: str):
-    """ZeRO-3 partitions every parameter (``stage3_param_persistence_threshold`` 0: DeepSpeed's default of 1e5
-    elements would keep all of the tiny model's parameters whole); else the strategy's name."""
-    if name != "deepspeed_stage_3":
-        return name
-    zero = {"stage": 3, "contiguous_gradients": True, "overlap_comm": True, "allgather_partitions": True,
-            "reduce_scatter": True, "stage3_param_persistence_threshold": 0}
-    return {"class_path": "litft.strategies.LitFTDeepSpeedStrategy",
-            "init_args": {"config": {"zero_optimization": zero, "zero_allow_untested_optimizer": True}}}
 
 
 def _write_config(out: Path, model: str, data: str, *, strategy: str, devices: int, batch: int, accumulate: int = 1,
@@ -121,7 +110,7 @@ def references(setup_dirs):
             metrics, adapter = cache[accumulate, qlora] = _result(out)
             assert all(len(v) == STEPS for v in metrics.values()), metrics
             norms = metrics["train/grad_norm"]
-            assert max(norms) > CLIP > min(norms), f"gradient norms {norms}: gradient_clip_val={CLIP} clips no step or all"
+            assert max(norms) > CLIP > min(norms), f"gradient norms {norms}: gradient_clip_val={CLIP} clips none or all"
             assert metrics["train/loss"][0] != metrics["train/loss"][-1]
         return cache[accumulate, qlora]
 
