@@ -20,6 +20,7 @@ from litft.console import quiet_library_noise
 from litft.data.datamodule import LitFTDataModule
 from litft.errors import LitFTError
 from litft.io import atomic_write
+from litft.methods import data_kind
 from litft.model.module import LitFTModule
 from litft.slurm import setup_rank_logs
 from litft.trainer import LitFTTrainer
@@ -69,6 +70,8 @@ class LitFTCLI(LightningCLI):
         parser.link_arguments("model.trust_remote_code", "data.trust_remote_code")
         # Packed batches: varlen position_ids for flash attention, a 4-D block mask otherwise.
         parser.link_arguments("model.attn_implementation", "data.attn_implementation")
+        # The data a method consumes: sft -> conversations, dpo/orpo/simpo -> pairs, kto -> judged replies.
+        parser.link_arguments("model.method", "data.kind", compute_fn=data_kind)
         if self.command is not None:
             self.command.add_arguments(parser)
 

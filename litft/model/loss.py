@@ -7,7 +7,9 @@ logits outlive it:
 * ``chunked`` (any device): with a frozen head, each chunk's gradient with respect to its hidden states is
   computed right away in the forward pass (the logits are freed before the next chunk) and the backward
   pass only scales it; with a trainable head, each chunk is recomputed in the backward pass
-  (``torch.utils.checkpoint``). Memory: one chunk's logits, not trained tokens x vocabulary.
+  (``torch.utils.checkpoint``). Memory: one chunk's logits, not trained tokens x vocabulary. The same chunks
+  give one cross-entropy per trained token (:func:`token_losses_from_hidden`) for the preference methods'
+  per-sequence log-probabilities (``litft/methods/logps.py``).
 * ``liger`` (only when asked: ``model.loss_kernel: liger``): Liger's fused linear cross-entropy kernel
   (``liger_kernel.transformers.LigerFusedLinearCrossEntropyLoss``). It needs CUDA, ``liger-kernel`` installed and
   a whole plain ``nn.Linear`` head (not partitioned by ZeRO-3, not wrapped by PEFT); anything else stops with one
@@ -66,38 +68,57 @@ def _ce_sum(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.float(), targets, reduction="sum")
 
 
+def _ce_tokens(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits.float(), targets, reduction="none")
+
+
 def _chunks(n: int, chunk_size: int, n_chunks: int):
     for i in range(n_chunks):
         yield slice(min(i * chunk_size, n), min((i + 1) * chunk_size, n))
 
 
 class _FrozenHeadCE(torch.autograd.Function):
-    """Summed cross-entropy of ``project(hidden)``; each chunk's gradient with respect to ``hidden`` is computed in
-    the forward pass while its logits exist, then the logits are freed. Backward scales the stored gradient.
-    Only for a projection without trainable parameters (their gradients would be lost)."""
+    """Cross-entropy of ``project(hidden)``, summed (``per_token=False``) or one value per row of ``hidden``; each
+    chunk's gradient with respect to ``hidden`` is computed in the forward pass while its logits exist, then the
+    logits are freed. Backward scales the stored gradient (row by row for per-token values: a row's loss depends on
+    that row only). Only for a projection without trainable parameters (their gradients would be lost)."""
 
     @staticmethod
-    def forward(ctx, hidden, targets, project, chunk_size, n_chunks):
-        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+    def forward(ctx, hidden, targets, project, chunk_size, n_chunks, per_token=False):
+        n = hidden.shape[0]
+        out = torch.zeros((n,) if per_token else (), dtype=torch.float32, device=hidden.device)
         grad = torch.empty_like(hidden)
-        for part in _chunks(hidden.shape[0], chunk_size, n_chunks):
+        for part in _chunks(n, chunk_size, n_chunks):
             with torch.enable_grad():
                 h = hidden[part].detach().requires_grad_(True)
-                loss = _ce_sum(project(h), targets[part])
+                if per_token:
+                    tokens = _ce_tokens(project(h), targets[part])
+                    loss = tokens.sum()
+                else:
+                    loss = _ce_sum(project(h), targets[part])
                 (g,) = torch.autograd.grad(loss, h)
             grad[part] = g
-            total += loss.detach()
+            if per_token:
+                out[part] = tokens.detach()
+            else:
+                out += loss.detach()
         ctx.save_for_backward(grad)
-        return total
+        return out
 
     @staticmethod
     def backward(ctx, grad_output):
         (grad,) = ctx.saved_tensors
-        return grad * grad_output.to(grad.dtype), None, None, None, None
+        scale = grad_output.to(grad.dtype)
+        return grad * (scale.unsqueeze(-1) if scale.dim() else scale), None, None, None, None, None
 
 
-def _recomputed_chunks(hidden, targets, project, chunk_size, n_chunks) -> torch.Tensor:
-    """Summed cross-entropy, each chunk recomputed in backward (a trainable head gets its gradients normally)."""
+def _recomputed_chunks(hidden, targets, project, chunk_size, n_chunks, per_token=False) -> torch.Tensor:
+    """Cross-entropy (summed, or per token), each chunk recomputed in backward (a trainable head gets its gradients
+    normally)."""
+    if per_token:
+        parts = [checkpoint(_chunk_tokens, project, hidden[p], targets[p], use_reentrant=False)
+                 for p in _chunks(hidden.shape[0], chunk_size, n_chunks)]
+        return torch.cat(parts)
     total = torch.zeros((), dtype=torch.float32, device=hidden.device)
     for part in _chunks(hidden.shape[0], chunk_size, n_chunks):
         total = total + checkpoint(_chunk_loss, project, hidden[part], targets[part], use_reentrant=False)
@@ -106,6 +127,10 @@ def _recomputed_chunks(hidden, targets, project, chunk_size, n_chunks) -> torch.
 
 def _chunk_loss(project, hidden, targets):
     return _ce_sum(project(hidden), targets)
+
+
+def _chunk_tokens(project, hidden, targets):
+    return _ce_tokens(project(hidden), targets)
 
 
 def _agreed_chunk_count(n_chunks: int, device: torch.device) -> int:
@@ -198,9 +223,37 @@ def lm_loss_from_hidden(
             _log_once("loss: Liger fused linear cross-entropy (liger-kernel)")
             return _liger_sum(selected, head, wanted), mask.sum()
 
+    total = _chunked_ce(selected, wanted, head, chunk_size=chunk_size, symmetric=symmetric)
+    return total, mask.sum()
+
+
+def token_losses_from_hidden(
+    hidden: torch.Tensor,
+    head: torch.nn.Module,
+    labels: torch.Tensor,
+    *,
+    chunk_size: Optional[int] = None,
+    symmetric: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(cross-entropy of each trained position ``(n,)``, in row-major order; the trained-position mask
+    ``(B, T-1)``) for hidden states ``(B, T, H)``: the chunked head of :func:`lm_loss_from_hidden` (same memory bound,
+    same rank-symmetric calls of a sharded head), one value per token for losses made of per-row sums (preference
+    methods: ``-`` a row's sum is its log-probability)."""
+    targets = labels[..., 1:]
+    mask = targets != IGNORE_INDEX
+    tokens = _chunked_ce(hidden[..., :-1, :][mask], targets[mask], head, chunk_size=chunk_size, symmetric=symmetric,
+                         per_token=True)
+    return tokens, mask
+
+
+def _chunked_ce(selected: torch.Tensor, wanted: torch.Tensor, head: torch.nn.Module, *, chunk_size: Optional[int],
+                symmetric: bool, per_token: bool = False) -> torch.Tensor:
+    """Cross-entropy of ``head(selected)`` against ``wanted`` (hidden states ``(n, H)`` of trained positions and
+    their targets ``(n,)``), chunk by chunk: summed, or ``(n,)`` per token with ``per_token``."""
     size = int(chunk_size or default_chunk_size(zero3_head.full_rows(head.weight)))
     if size < 1:
         raise ValueError(f"loss chunk_size must be >= 1, got {size}")
+    n = selected.shape[0]
     n_chunks = max(1, -(-n // size))
     gathered = None
     project: Callable[[torch.Tensor], torch.Tensor] = head
@@ -212,7 +265,7 @@ def lm_loss_from_hidden(
         project = _linear_of(head)
         kind = "head gathered once per micro-batch (ZeRO-3)"
     elif symmetric:
-        n_chunks = _agreed_chunk_count(n_chunks, hidden.device)
+        n_chunks = _agreed_chunk_count(n_chunks, selected.device)
         kind = "chunk count agreed across ranks"
     else:
         kind = "local chunk count"
@@ -223,17 +276,20 @@ def lm_loss_from_hidden(
     # checkpointing), not a backward pass run inside the forward pass.
     recompute = not _frozen(head) or (zero3_head.is_partitioned(head) and not gathered_once)
     with gathered:
-        if not (torch.is_grad_enabled() and hidden.requires_grad):
+        if not (torch.is_grad_enabled() and selected.requires_grad):
             with torch.no_grad():
-                total = sum((_ce_sum(project(selected[p]), wanted[p]) for p in _chunks(n, size, n_chunks)),
-                            torch.zeros((), dtype=torch.float32, device=hidden.device))
+                if per_token:
+                    total = torch.cat([_ce_tokens(project(selected[p]), wanted[p]) for p in _chunks(n, size, n_chunks)])
+                else:
+                    total = sum((_ce_sum(project(selected[p]), wanted[p]) for p in _chunks(n, size, n_chunks)),
+                                torch.zeros((), dtype=torch.float32, device=selected.device))
         elif recompute:
-            total = _recomputed_chunks(selected, wanted, project, size, n_chunks)
+            total = _recomputed_chunks(selected, wanted, project, size, n_chunks, per_token)
         else:
-            total = _FrozenHeadCE.apply(selected, wanted, project, size, n_chunks)
+            total = _FrozenHeadCE.apply(selected, wanted, project, size, n_chunks, per_token)
     _log_once("loss: chunked head + cross-entropy, %d trained tokens per chunk, %s head%s, %s", size,
               "frozen" if _frozen(head) else "trainable", " (chunks recomputed in backward)" if recompute else "", kind)
-    return total, mask.sum()
+    return total
 
 
 def _linear_of(head: torch.nn.Linear) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -248,6 +304,14 @@ def lm_loss_from_logits(logits: torch.Tensor, labels: torch.Tensor, *, shifted: 
     mask = targets != IGNORE_INDEX
     loss = F.cross_entropy((logits if shifted else logits[..., :-1, :])[mask].float(), targets[mask], reduction="sum")
     return loss, mask.sum()
+
+
+def token_losses_from_logits(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(cross-entropy of each trained position ``(n,)``, the trained-position mask ``(B, T-1)``) for logits
+    ``(B, T, V)``."""
+    targets = labels[..., 1:]
+    mask = targets != IGNORE_INDEX
+    return F.cross_entropy(logits[..., :-1, :][mask].float(), targets[mask], reduction="none"), mask
 
 
 def hidden_shortcut_holds(model: torch.nn.Module, decoder: torch.nn.Module, head: torch.nn.Module,

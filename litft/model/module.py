@@ -9,6 +9,10 @@ import lightning.pytorch as L
 import torch
 
 from litft.errors import LitFTError
+from litft.methods import METHODS, DPOConfig, KTOConfig, ORPOConfig, SimPOConfig
+from litft.methods.logps import sequence_logps
+from litft.methods.objective import PreferenceObjective
+from litft.methods.totals import EpochTotals
 from litft.model import build
 from litft.model import loss as lm_loss
 from litft.model.build import AttnImplementation, DtypeName, ModelSpec
@@ -39,7 +43,14 @@ class LitFTModule(L.LightningModule):
         gradient_checkpointing: Recompute activations in the backward pass (less memory, ~30% slower); the mode
             (reentrant or not) follows the strategy: litft.model.grad_checkpointing.
         loss_kernel: Output head + cross-entropy: chunked (litft's, every device and strategy) or liger (Liger's fused
-            kernel: CUDA, pip install 'litft[liger]', a whole plain nn.Linear head, so not under ZeRO-3).
+            kernel: CUDA, pip install 'litft[liger]', a whole plain nn.Linear head, so not under ZeRO-3). SFT only:
+            preference methods always use the chunked head.
+        method: What the model learns from: sft (conversations), or preference fine-tuning: dpo, orpo or simpo
+            (pairs: data.kind preference) or kto (judged replies: data.kind feedback). data.kind follows it.
+        dpo: DPO's parameters (used when method is dpo).
+        orpo: ORPO's parameters (used when method is orpo).
+        simpo: SimPO's parameters (used when method is simpo).
+        kto: KTO's parameters (used when method is kto).
         optimizer: Optimizer settings.
         scheduler: Learning-rate schedule.
     """
@@ -56,6 +67,11 @@ class LitFTModule(L.LightningModule):
         lora: Optional[LoraConfig] = LoraConfig(),
         gradient_checkpointing: bool = False,
         loss_kernel: Literal["chunked", "liger"] = "chunked",
+        method: Literal["sft", "dpo", "orpo", "simpo", "kto"] = "sft",
+        dpo: DPOConfig = DPOConfig(),
+        orpo: ORPOConfig = ORPOConfig(),
+        simpo: SimPOConfig = SimPOConfig(),
+        kto: KTOConfig = KTOConfig(),
         optimizer: OptimizerConfig = OptimizerConfig(),
         scheduler: SchedulerConfig = SchedulerConfig(),
     ):
@@ -74,6 +90,12 @@ class LitFTModule(L.LightningModule):
         self.scheduler_cfg = scheduler
         if quantization is not None and lora is None:
             raise LitFTError("model.quantization needs model.lora: a quantized base can only be trained through adapters")
+        if method not in METHODS:
+            raise LitFTError(f"model.method: expected one of {', '.join(METHODS)}, got '{method}'")
+        self.method = method
+        self.objective = None if method == "sft" else PreferenceObjective(
+            method, {"dpo": dpo, "orpo": orpo, "simpo": simpo, "kto": kto}[method], lora=lora is not None)
+        """The preference method's loss and metrics (litft.methods); None for SFT."""
         self.model = None
         self._sharded = False  # parameters partitioned across ranks (ZeRO-3): set when configure_model builds
         self._tokenizer = None
@@ -152,17 +174,42 @@ class LitFTModule(L.LightningModule):
         logits = self.model(**inputs, use_cache=False).logits
         return lm_loss.lm_loss_from_logits(logits, labels, shifted=shifted)
 
+    def score(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+              labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(log-probability sum, trained positions) of each row: the preference methods' scorer, on the same
+        chunked head as the SFT loss (litft.methods.logps)."""
+        base = self.base_model()
+        if self._hidden_path_ok(base, {"input_ids": input_ids, "attention_mask": attention_mask}):
+            return sequence_logps(self.model, input_ids, attention_mask, labels, decoder=base.get_decoder(),
+                                  head=base.get_output_embeddings(), chunk_size=self.loss_chunk_size,
+                                  symmetric=self._sharded)
+        return sequence_logps(self.model, input_ids, attention_mask, labels)
+
+    def _reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        return self.trainer.strategy.reduce(tensor, reduce_op="sum")
+
+    def step_loss_sum(self, batch: dict, *, validation: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """(summed loss, its units) of one micro-batch: SFT's (token cross-entropy, trained tokens) or the preference
+        method's (per-pair or per-example losses, pairs or examples), whose metrics go to the step's or the
+        validation epoch's totals."""
+        if self.objective is None:
+            return self.loss_sum(batch)
+        out = self.objective.step(batch, self.model, self.score, self._reduce_sum)
+        (self.objective.val_totals if validation else self.objective.train_totals).add(out.metrics)
+        return out.loss_sum, out.units
+
     def forward(self, **inputs):
         return self.model(**inputs)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         batch = sequence_parallel.shard(self.trainer.strategy, batch)  # this rank's slice (sequence parallelism)
         step_tokens = batch.get("num_target_tokens")
-        loss_sum, n_tokens = self.loss_sum(batch)
+        loss_sum, n_tokens = self.step_loss_sum(batch)
         if step_tokens is None:  # a loader without the count: weight by this micro-batch alone
             step_tokens = n_tokens
         # Token-weighted over the whole optimizer step: every rank and micro-batch divides its summed loss by
         # the global count of trained tokens in the step; litft.strategies.scale owns the strategies' factors.
+        # Preference methods: the same with pairs (KTO: examples) for tokens.
         global_tokens = self.trainer.strategy.reduce(
             torch.as_tensor(step_tokens, device=loss_sum.device, dtype=torch.float32), reduce_op="sum"
         ).clamp(min=1)
@@ -183,6 +230,10 @@ class LitFTModule(L.LightningModule):
             )
         self.log("train/loss", step_loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=1)
         self.log("train/lr", optimizer.param_groups[0]["lr"], prog_bar=True, on_step=True, on_epoch=False, batch_size=1)
+        if self.objective is not None:  # every rank: one all-reduce of the step's metric sums
+            for name, value in self.objective.train_totals.pop(self._reduce_sum).items():
+                self.log(f"train/{name}", value, prog_bar=name == "rewards/accuracies", on_step=True, on_epoch=False,
+                         batch_size=1)
         if scale.grad_norm_after_step(self.trainer.strategy):
             self._grad_norm_pending = True  # logged in on_train_batch_end, once the strategy has computed it
             return
@@ -199,16 +250,23 @@ class LitFTModule(L.LightningModule):
 
     def on_validation_epoch_start(self) -> None:
         self._val_sums = LossTotals()  # exact host-side totals: no float64 tensor on the device (HCCL)
+        if self.objective is not None:
+            self.objective.val_totals = EpochTotals()
 
     def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
-        loss_sum, n_tokens = self.loss_sum(batch)
+        loss_sum, n_tokens = self.step_loss_sum(batch, validation=True)
         self._val_sums.add(loss_sum, n_tokens)
 
     def on_validation_epoch_end(self) -> None:
         loss_sum, n_tokens = self._val_sums.total(self.trainer.strategy, self.device)
         val_loss = torch.tensor(loss_sum / max(n_tokens, 1), dtype=torch.float32, device=self.device)
         self.log("val/loss", val_loss, prog_bar=True, sync_dist=False, batch_size=1)
-        self.log("val/ppl", torch.exp(val_loss), sync_dist=False, batch_size=1)
+        if self.objective is None:
+            self.log("val/ppl", torch.exp(val_loss), sync_dist=False, batch_size=1)
+            return
+        for name, value in self.objective.val_totals.means(self.trainer.strategy, self.device).items():
+            self.log(f"val/{name}", torch.tensor(value, dtype=torch.float32, device=self.device), sync_dist=False,
+                     batch_size=1)
 
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self):
