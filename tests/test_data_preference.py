@@ -313,8 +313,8 @@ def test_prepare_previews_pairs_and_reuses_the_cache(tmp_path, tiny_qwen2, capsy
     from litft.cli import run
 
     records = ALPACA_PAIRS + [{"instruction": "Same?", "chosen": "Yes.", "rejected": "Yes."}]
-    cfg = {"output_dir": str(tmp_path / "out"), "model": {"name_or_path": tiny_qwen2},
-           "data": {"dataset": "pairs", "dataset_dir": _alpaca_registry(tmp_path, records), "kind": "preference", "cutoff_len": 256}}
+    cfg = {"output_dir": str(tmp_path / "out"), "model": {"name_or_path": tiny_qwen2, "method": "dpo"},
+           "data": {"dataset": "pairs", "dataset_dir": _alpaca_registry(tmp_path, records), "cutoff_len": 256}}
     path = tmp_path / "cfg.yaml"
     path.write_text(yaml.safe_dump(cfg))
     assert run(["prepare", "--config", str(path), "--preview", "1"]) == 0
