@@ -53,6 +53,87 @@ def test_shard_shifts_labels_globally_and_splits_positions():
     assert sequence_parallel.shard(SimpleNamespace(), batch) is batch
 
 
+def test_shard_keeps_packed_positions():
+    """Packed rows: the halves hold the batch's own positions (restarting at 0 for every sample, in both halves);
+    padding columns continue a row's last sample, padding rows count from 0; a sample's first label (-100) keeps
+    the global shift from training one sample on the next. The flat row of a flash micro-batch: one row."""
+    ids = torch.arange(1, 15).reshape(2, 7)
+    pos = torch.tensor([[0, 1, 2, 0, 1, 2, 3], [0, 1, 2, 3, 4, 0, 1]])
+    labels = torch.tensor([[IGNORE_INDEX, 2, 3, IGNORE_INDEX, 5, 6, 7], [IGNORE_INDEX, 9, 10, 11, 12, IGNORE_INDEX, 14]])
+    batch = {"input_ids": ids, "labels": labels, "position_ids": pos, "attention_mask": torch.ones(2, 1, 7, 7).bool()}
+    parts = [sequence_parallel.shard(_strategy(r), batch) for r in (0, 1)]
+    assert all(set(p) == {"input_ids", "position_ids", sequence_parallel.SHIFTED_LABELS} for p in parts)
+    assert [p["position_ids"].tolist() for p in parts] == [
+        [[0, 1, 2, 0], [0, 1, 2, 3], [0, 1, 2, 3]],
+        [[1, 2, 3, 4], [4, 0, 1, 2], [4, 5, 6, 7]],
+    ]
+    assert [p[sequence_parallel.SHIFTED_LABELS].tolist() for p in parts] == [
+        [[2, 3, IGNORE_INDEX, 5], [9, 10, 11, 12], [IGNORE_INDEX] * 4],
+        [[6, 7, IGNORE_INDEX, IGNORE_INDEX], [IGNORE_INDEX, 14, IGNORE_INDEX, IGNORE_INDEX], [IGNORE_INDEX] * 4],
+    ]
+    flat = {key: batch[key].reshape(1, 14) for key in ("input_ids", "labels", "position_ids")}
+    parts = [sequence_parallel.shard(_strategy(r, micro_batch=1), flat) for r in (0, 1)]
+    assert [p["position_ids"].tolist() for p in parts] == [[[0, 1, 2, 0, 1, 2, 3]], [[0, 1, 2, 3, 4, 0, 1]]]
+    assert torch.equal(torch.cat([p["input_ids"] for p in parts], dim=1), flat["input_ids"])
+    with pytest.raises(LitFTError, match="a micro-batch of 2 rows exceeds data.batch_size=1"):
+        sequence_parallel.shard(_strategy(0, micro_batch=1), batch)
+
+
+def test_masking_samples_masks_by_the_gathered_positions():
+    """Called with no mask (as Ulysses calls it), the wrapped attention gets the block-diagonal causal mask of the
+    whole sequence's positions; a given mask, or positions of another length, pass through untouched."""
+    seen = []
+
+    def attention(module, query, key, value, attention_mask, *args, **kwargs):
+        seen.append(attention_mask)
+        return "out", None
+
+    attend = sequence_parallel.masking_samples(attention)
+    q = torch.zeros(1, 2, 5, 4)
+    pos = torch.tensor([[0, 1, 2, 0, 1]])
+    assert attend(None, q, q, q, None, position_ids=pos, dropout=0.0) == ("out", None)
+    expected = torch.tensor([[1, 0, 0, 0, 0], [1, 1, 0, 0, 0], [1, 1, 1, 0, 0], [0, 0, 0, 1, 0], [0, 0, 0, 1, 1]])
+    assert seen[-1].dtype == torch.bool and torch.equal(seen[-1], expected.bool()[None, None])
+    attend(None, q, q, q, None, position_ids=pos.clone())
+    assert seen[-1] is seen[-2]  # kept for the other layers of the forward
+    attend(None, q, q, q, None, position_ids=torch.tensor([[0, 1, 0, 1, 2]]))
+    assert torch.equal(seen[-1][0, 0, 4], torch.tensor([False, False, True, True, True]))
+    given = torch.ones(1, 1, 5, 5, dtype=torch.bool)
+    attend(None, q, q, q, given, position_ids=pos)
+    assert seen[-1] is given
+    attend(None, q, q, q, None, position_ids=pos[:, :3])
+    assert seen[-1] is None
+
+
+def test_masking_samples_restores_the_packed_logits(tiny_llama, monkeypatch):
+    """A tiny Llama on packed rows whose mask is discarded (what Ulysses does) gives the logits of the collator's
+    block-diagonal mask once sdpa is wrapped by masking_samples; without the wrapper the samples see each other."""
+    from transformers import AutoModelForCausalLM
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    from litft.data.packing import PackedCollator
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32, attn_implementation="sdpa").eval()
+    rows = [{"input_ids": list(range(10, 22)), "labels": [IGNORE_INDEX] * 12, "position_ids": [0, 1, 2, 3, 0, 1, 2, 0, 1, 2, 3, 4]},
+            {"input_ids": list(range(30, 40)), "labels": [IGNORE_INDEX] * 10, "position_ids": [0, 1, 2, 3, 4, 5, 0, 1, 2, 3]}]
+    batch = PackedCollator(0, attn_implementation="sdpa")(rows)
+    sdpa = ALL_ATTENTION_FUNCTIONS["sdpa"]
+
+    def logits(attention):
+        def discarding(module, query, key, value, attention_mask, *args, **kwargs):
+            return attention(module, query, key, value, None, *args, **kwargs)
+
+        monkeypatch.setitem(ALL_ATTENTION_FUNCTIONS, "sdpa", discarding)
+        with torch.no_grad():
+            return model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).logits
+
+    with torch.no_grad():
+        expected = model(**batch, use_cache=False).logits
+    torch.testing.assert_close(logits(sequence_parallel.masking_samples(sdpa)), expected, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(logits(sdpa)[:, 4:], expected[:, 4:], atol=1e-3)
+
+
 def test_data_rank_world():
     assert sequence_parallel.data_rank_world(_strategy(0, n=2), 3, 4) == (1, 2)
     assert sequence_parallel.data_rank_world(SimpleNamespace(), 3, 4) == (3, 4)
@@ -74,7 +155,7 @@ def _model(heads=4, kv=2):
     (_trainer(), _model(), "eager", "model.attn_implementation=eager cannot be split"),
     (_trainer(world=4, n=4), _model(heads=6, kv=6), "sdpa", "does not divide the model's 6 attention heads"),
     (_trainer(world=4, n=4), _model(heads=12, kv=3), "sdpa", "3 key/value heads"),
-    (_trainer(packing=True), _model(), "sdpa", "data.packing is not supported"),
+    (_trainer(packing=True), _model(), "flex_attention", "model.attn_implementation=flex_attention cannot be"),
     (_trainer(kind="preference"), _model(), "sdpa", "only SFT data"),
 ])
 def test_attach_refuses(trainer, model, attn, message):
@@ -88,9 +169,34 @@ def test_strategy_refuses_stage_1_and_ddp_has_no_key():
     with pytest.raises(LitFTError, match="needs DeepSpeed ZeRO stage 2 or 3, not stage 1"):
         LitFTDeepSpeedStrategy(stage=1, sequence_parallel_size=2)
     assert LitFTDeepSpeedStrategy(stage=3, sequence_parallel_size=2).sequence_parallel_size == 2
-    with pytest.raises(LitFTError, match="packed batches"):
-        sequence_parallel.shard(_strategy(0), {"input_ids": torch.ones(1, 4, dtype=torch.long),
-                                               "position_ids": torch.arange(4)[None], "labels": torch.ones(1, 4)})
+
+
+@pytest.mark.parametrize("attn,packing,rows,wrapped", [
+    ("sdpa", False, 2, False), ("sdpa", True, 2, True), ("flash_attention_2", False, 2, False),
+    ("flash_attention_2", True, 1, False), ("kernels-community/flash-attn2", True, 1, False),
+])
+def test_attach_builds_ulysses_for_the_batches_it_gets(monkeypatch, attn, packing, rows, wrapped):
+    """Flash attention with packing: Ulysses built for the collator's ONE flat row; sdpa with packing: the sdpa that
+    Ulysses wraps masks by samples (masking_samples); otherwise untouched."""
+    from deepspeed.runtime.sequence_parallel.ulysses_sp import UlyssesSPAttentionHF
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    got = {}
+
+    def register(**kwargs):
+        got.update(kwargs, core=ALL_ATTENTION_FUNCTIONS.get(kwargs["core_attn_implementation"]))
+        return _Groups(0)
+
+    monkeypatch.setattr(UlyssesSPAttentionHF, "register_with_transformers", register)
+    before = ALL_ATTENTION_FUNCTIONS.get(attn)
+    monkeypatch.setitem(ALL_ATTENTION_FUNCTIONS, attn, before)  # restored after the test
+    trainer = _trainer(packing=packing)
+    sequence_parallel.attach(trainer, _model(), attn)
+    assert got["micro_batch_size"] == trainer.strategy.sequence_parallel_micro_batch == rows
+    assert got["core_attn_implementation"] == attn and got["sequence_parallel_size"] == 2
+    assert (got["core"] is not before) == wrapped
+    if wrapped:
+        assert got["core"].__qualname__.startswith("masking_samples")
 
 
 # ---------------------------------------------------------------------------------------------- real processes
