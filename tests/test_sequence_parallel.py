@@ -9,6 +9,7 @@ micro-batch 4: per-step loss and gradient norm within 1e-4 relative and the same
 
 from __future__ import annotations
 
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -202,10 +203,81 @@ def test_attach_builds_ulysses_for_the_batches_it_gets(monkeypatch, attn, packin
 # ---------------------------------------------------------------------------------------------- real processes
 import json  # noqa: E402
 
+import yaml  # noqa: E402
+
 from tests.test_distributed import (  # noqa: E402  (launch helpers and the reference runs of the DDP/ZeRO matrix)
-    LOSS_RTOL, ROWS, _adapter, _assert_matches, _assert_same_adapter, _assert_tokenized_once, _checkpoint, _fit,
-    _losses, _write_config, references,  # noqa: F401
+    CLIP, LOSS_RTOL, ROWS, STEPS, _adapter, _assert_matches, _assert_same_adapter, _assert_tokenized_once,
+    _checkpoint, _fit, _losses, _result, _write_config, references,  # noqa: F401
 )
+from tests.test_packing_varlen import KERNEL_DIR, STANDIN  # noqa: E402  (the CPU stand-in flash kernel)
+
+PACKED_CUTOFF = 128
+"""Packed cells: rows of 128 tokens, 2-3 samples (35-65 tokens each) per row; the flash collator lays the 4 rows of a
+micro-batch end to end (~450 tokens, ~9 samples)."""
+
+
+def _packed(config: Path, attn: str) -> list[str]:
+    """The CLI arguments of a packed run; the stand-in kernel (which the CLI cannot name) through its callback."""
+    if attn != STANDIN:
+        return ["--data.packing=true", f"--data.cutoff_len={PACKED_CUTOFF}", f"--model.attn_implementation={attn}"]
+    data = yaml.safe_load(config.read_text())
+    data["trainer"]["callbacks"].append({"class_path": "tests.flash_standin.UseFlashStandin",
+                                         "init_args": {"record_dir": data["output_dir"]}})
+    config.write_text(yaml.safe_dump(data))
+    return ["--data.packing=true", f"--data.cutoff_len={PACKED_CUTOFF}"]
+
+
+def _assert_varlen_ran(out: Path, model: str, world_size: int, *, forwards: int) -> None:
+    """On every rank each layer's attention ran through the stand-in's varlen entry point (sample boundaries) in
+    each of the ``forwards`` training forwards; the dense one ran once per layer only, for the one-off eval check of
+    the loss shortcut (the first 16 tokens of the first row: one sample)."""
+    layers = json.loads((Path(model) / "config.json").read_text())["num_hidden_layers"]
+    for rank in range(world_size):
+        calls = json.loads((out / f"flash-rank{rank}.json").read_text())
+        assert calls == {"varlen": layers * forwards, "dense": layers}, (rank, calls)
+
+
+def _assert_samples_cross_the_split(model: str, data: str, attn: str, cache: Path) -> None:
+    """The first packed micro-batch the runs train on, split as the 2 ranks split it: a sample starts inside each
+    half (after the first column), and the halves hold different numbers of trained tokens."""
+    from litft.data.datamodule import LitFTDataModule
+    from litft.data.packing import is_varlen
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("LITFT_CACHE", str(cache))
+        dm = LitFTDataModule(dataset=data, tokenizer=model, cutoff_len=PACKED_CUTOFF, packing=True, batch_size=4,
+                             attn_implementation=attn)
+        dm.setup("fit")
+        batch = next(iter(dm.train_dataloader()))
+    rows = 1 if is_varlen(attn) else 4
+    assert batch["input_ids"].shape[0] == rows
+    halves = [sequence_parallel.shard(_strategy(r, micro_batch=rows), batch) for r in (0, 1)]
+    starts = [int((h["position_ids"][:, 1:] == 0).sum()) for h in halves]
+    trained = [int((h[sequence_parallel.SHIFTED_LABELS] != IGNORE_INDEX).sum()) for h in halves]
+    assert min(starts) > 0 and trained[0] != trained[1], (starts, trained)
+
+
+@pytest.fixture(scope="module")
+def packed_references(setup_dirs):
+    """One process, micro-batch 4, packed rows: what the packed sequence-parallel runs must reproduce (lazy)."""
+    root, model, data = setup_dirs
+    cache: dict[tuple, tuple] = {}
+
+    def get(accumulate: int, qlora: bool, attn: str):
+        if (accumulate, qlora, attn) not in cache:
+            out = root / f"single-packed-{attn.split('/')[-1]}-a{accumulate}{'-qlora' if qlora else ''}"
+            config = _write_config(out, model, data, strategy="auto", devices=1, batch=4, accumulate=accumulate,
+                                   qlora=qlora)
+            log = _fit(config, *_packed(config, attn))
+            assert "packing efficiency" in log, log[-3000:]
+            if attn == STANDIN:
+                _assert_varlen_ran(out, model, world_size=1, forwards=STEPS * accumulate)
+            losses, norms, _ = cache[accumulate, qlora, attn] = _result(out)
+            assert len(losses) == len(norms) == STEPS
+            assert max(norms) > CLIP, f"gradient norms {norms} never reach gradient_clip_val={CLIP}: nothing clips"
+        return cache[accumulate, qlora, attn]
+
+    return get
 
 
 @pytest.fixture(scope="module")
@@ -222,21 +294,36 @@ def setup_dirs(tmp_path_factory, tiny_llama):
 
 @pytest.mark.distributed
 @pytest.mark.slow
-@pytest.mark.parametrize("stage,accumulate,qlora", [(2, 1, False), (2, 3, True), (3, 1, False)],
-                         ids=["zero2-lora-a1", "zero2-qlora-a3", "zero3-lora-a1-gradckpt"])
-def test_two_ranks_splitting_sequences_match_one(setup_dirs, references, stage, accumulate, qlora):
+@pytest.mark.parametrize("stage,accumulate,qlora,packed", [(2, 1, False, None), (2, 3, True, "sdpa"),
+                                                           (3, 1, False, STANDIN)],
+                         ids=["zero2-lora-a1", "zero2-qlora-a3-packed-sdpa", "zero3-lora-a1-gradckpt-packed-flash"])
+def test_two_ranks_splitting_sequences_match_one(setup_dirs, references, packed_references, monkeypatch, stage,
+                                                 accumulate, qlora, packed):
+    """The packed cells (data.packing, rows of several samples) check that samples stay apart after the split: under
+    sdpa (the block mask rebuilt from the gathered positions) and under flash attention (the CPU stand-in kernel of
+    tests/cpu_flash_attn: varlen boundaries from the gathered positions of the one flat row)."""
     root, model, data = setup_dirs
-    out = root / f"sp2-zero{stage}-a{accumulate}{'-qlora' if qlora else ''}"
+    out = root / f"sp2-zero{stage}-a{accumulate}{'-qlora' if qlora else ''}{'-packed' if packed else ''}"
     strategy = {"class_path": "litft.strategies.LitFTDeepSpeedStrategy",
                 "init_args": {"stage": stage, "sequence_parallel_size": 2}}
     config = _write_config(out, model, data, strategy=strategy, devices=2, batch=4, accumulate=accumulate, qlora=qlora)
+    if packed == STANDIN:
+        pytest.importorskip("kernels")
+        monkeypatch.setenv("LOCAL_KERNELS", f"{STANDIN}={KERNEL_DIR}")  # read by every process the test starts
+    if packed:
+        _assert_samples_cross_the_split(model, data, packed, root / f"cache-{out.name}")
     # ZeRO-3 also recomputes activations (non-reentrant checkpointing: the all-to-all runs again in backward); the
     # reference runs without: checkpointing does not change the numbers (tests/test_distributed.py's note)
-    log = _fit(config, *(["--model.gradient_checkpointing=true"] if stage == 3 else []))
+    log = _fit(config, *(["--model.gradient_checkpointing=true"] if stage == 3 else []),
+               *(_packed(config, packed) if packed else []))
     assert "sequence parallelism: 2 ranks per sequence" in log, log[-3000:]
+    assert ("packed samples" in log) == bool(packed), log[-3000:]
+    if packed == STANDIN:
+        _assert_varlen_ran(out, model, world_size=2, forwards=STEPS * accumulate * (2 if stage == 3 else 1))
     _assert_tokenized_once(out, log, world_size=2)
-    _assert_matches(f"sequence parallel 2 ZeRO-{stage} A={accumulate}{' QLoRA' if qlora else ''}", out,
-                    references(accumulate, qlora))
+    _assert_matches(f"sequence parallel 2 ZeRO-{stage} A={accumulate}{' QLoRA' if qlora else ''}"
+                    f"{' packed ' + packed if packed else ''}", out,
+                    packed_references(accumulate, qlora, packed) if packed else references(accumulate, qlora))
     if (stage, accumulate) != (2, 1):
         return
     # resume from the step-2 checkpoint under sequence parallelism: same later losses, same final adapter
