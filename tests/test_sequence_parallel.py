@@ -60,7 +60,8 @@ def test_shard_keeps_packed_positions():
     the global shift from training one sample on the next. The flat row of a flash micro-batch: one row."""
     ids = torch.arange(1, 15).reshape(2, 7)
     pos = torch.tensor([[0, 1, 2, 0, 1, 2, 3], [0, 1, 2, 3, 4, 0, 1]])
-    labels = torch.tensor([[IGNORE_INDEX, 2, 3, IGNORE_INDEX, 5, 6, 7], [IGNORE_INDEX, 9, 10, 11, 12, IGNORE_INDEX, 14]])
+    labels = torch.tensor([[IGNORE_INDEX, 2, 3, IGNORE_INDEX, 5, 6, 7],
+                           [IGNORE_INDEX, 9, 10, 11, 12, IGNORE_INDEX, 14]])
     batch = {"input_ids": ids, "labels": labels, "position_ids": pos, "attention_mask": torch.ones(2, 1, 7, 7).bool()}
     parts = [sequence_parallel.shard(_strategy(r), batch) for r in (0, 1)]
     assert all(set(p) == {"input_ids", "position_ids", sequence_parallel.SHIFTED_LABELS} for p in parts)
@@ -116,8 +117,10 @@ def test_masking_samples_restores_the_packed_logits(tiny_llama, monkeypatch):
 
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32, attn_implementation="sdpa").eval()
-    rows = [{"input_ids": list(range(10, 22)), "labels": [IGNORE_INDEX] * 12, "position_ids": [0, 1, 2, 3, 0, 1, 2, 0, 1, 2, 3, 4]},
-            {"input_ids": list(range(30, 40)), "labels": [IGNORE_INDEX] * 10, "position_ids": [0, 1, 2, 3, 4, 5, 0, 1, 2, 3]}]
+    rows = [{"input_ids": list(range(10, 22)), "labels": [IGNORE_INDEX] * 12,
+             "position_ids": [0, 1, 2, 3, 0, 1, 2, 0, 1, 2, 3, 4]},
+            {"input_ids": list(range(30, 40)), "labels": [IGNORE_INDEX] * 10,
+             "position_ids": [0, 1, 2, 3, 4, 5, 0, 1, 2, 3]}]
     batch = PackedCollator(0, attn_implementation="sdpa")(rows)
     sdpa = ALL_ATTENTION_FUNCTIONS["sdpa"]
 
