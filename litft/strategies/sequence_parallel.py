@@ -36,6 +36,7 @@ from typing import Any
 
 import torch
 
+from litft.data.packing import block_causal_mask, is_varlen
 from litft.errors import LitFTError
 from litft.labels import IGNORE_INDEX
 
@@ -77,8 +78,6 @@ def attach(trainer: Any, base_model: torch.nn.Module, attn_implementation: str) 
     world = int(trainer.world_size)
     if world % n:
         raise LitFTError(f"{key} does not divide the {world} ranks (trainer.devices x trainer.num_nodes)")
-    from litft.data.packing import is_varlen  # here: litft.data imports this module
-
     varlen = is_varlen(attn_implementation)
     if attn_implementation != "sdpa" and not varlen:
         raise LitFTError(f"{key}: model.attn_implementation={attn_implementation} cannot be split by Ulysses; use "
@@ -115,8 +114,6 @@ def masking_samples(attention):
     ``position_ids`` (a sample starts where they restart at 0; :func:`litft.data.packing.block_causal_mask`).
     Ulysses calls it with no mask and with the WHOLE sequence's ``position_ids``, gathered from the group's ranks
     after the all-to-all. One (rows, 1, T, T) boolean mask, kept for the layers of a forward (same positions)."""
-    from litft.data.packing import block_causal_mask
-
     kept: list = []  # [position_ids, mask] of the last call
 
     def attend(module, query, key, value, attention_mask, *args, **kwargs):
@@ -147,7 +144,7 @@ def shard(strategy: Any, batch: dict) -> dict:
     width = -(-length // n) * n
     pad_rows, pad_cols = micro_batch - rows, width - length
     # Ignored padding (rows to the micro-batch Ulysses was built for, tokens to a multiple of N) on the right:
-    # Ulysses attends causally without a mask, which right padding never changes for the trained tokens.
+    # attention is causal (within each sample when packed), which right padding never changes for the trained tokens.
     input_ids = torch.nn.functional.pad(input_ids, (0, pad_cols, 0, pad_rows), value=0)
     labels = torch.nn.functional.pad(labels, (0, pad_cols + 1, 0, pad_rows), value=IGNORE_INDEX)
     shifted = labels[:, 1:]  # shifted over the whole sequence, before the split
