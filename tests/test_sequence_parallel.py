@@ -4,7 +4,9 @@ The distributed cells reuse tests/test_distributed.py's launch helpers and its s
 gradient clipping that bites, rows whose replies differ in length so a sequence's two halves hold different numbers
 of trained tokens). With ``sequence_parallel_size: 2`` both processes form ONE data-parallel rank: they get the same
 4 rows per micro-batch and each computes half of every sequence, so the run must reproduce one process with
-micro-batch 4: per-step loss and gradient norm within 1e-4 relative and the same adapter.
+micro-batch 4: per-step loss and gradient norm within 1e-4 relative and the same adapter. Two of the three cells train
+packed rows (data.packing, 2-3 samples per row, sample starts in both halves) against a packed one-process run: under
+sdpa and under the CPU stand-in flash kernel (tests/cpu_flash_attn, put under the launch by tests/flash_standin.py).
 """
 
 from __future__ import annotations
