@@ -26,6 +26,7 @@ import types
 from typing import Any, Optional
 
 import torch
+import transformers
 
 from litft.errors import LitFTError
 
@@ -52,7 +53,7 @@ def even_shards(rows: int, requested: int) -> int:
 
 def _tiled_forward(shards: int, original):
     """An MLP ``forward(x)`` that runs ``original`` through ``TiledMLP`` in ``shards`` slices when training."""
-    from deepspeed.runtime.sequence_parallel.ulysses_sp import TiledMLP
+    from deepspeed.runtime.sequence_parallel.ulysses_sp import TiledMLP  # optional, heavy (deepspeed)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not (self.training and torch.is_grad_enabled()):
@@ -106,7 +107,7 @@ def check_tiled_mlp(shards: Any) -> None:
     if isinstance(shards, bool) or not isinstance(shards, int) or shards < 1:
         raise LitFTError(f"model.tiled_mlp: expected a number of sequence slices >= 1 or null, got {shards!r}")
     try:
-        from deepspeed.runtime.sequence_parallel.ulysses_sp import TiledMLP  # noqa: F401
+        from deepspeed.runtime.sequence_parallel.ulysses_sp import TiledMLP  # noqa: F401  (optional: deepspeed)
     except ImportError:
         raise LitFTError("model.tiled_mlp needs DeepSpeed's TiledMLP: pip install 'litft[deepspeed]'") from None
 
@@ -124,8 +125,6 @@ def check_offload(offload: bool, *, gradient_checkpointing: bool, model: Optiona
         return
     enable = getattr(model, "activation_checkpointing_enable", None)
     if enable is None or "offload" not in inspect.signature(enable).parameters:
-        import transformers
-
         raise LitFTError(f"model.gradient_checkpointing_offload: transformers {transformers.__version__} cannot "
                          "offload checkpointed activations (activation_checkpointing_enable(offload=...)): upgrade it")
 
