@@ -15,6 +15,7 @@ preparation included), peak RSS of the process, and ratios to litft.
     python scripts/bench.py gpu --dry-run                             # GPU scenario: plan only (no GPU needed)
     python scripts/bench.py gpu --shape tiny --steps 3                # the GPU scenario's code path, tiny, on CPU
     python scripts/bench.py loss-memory --out loss.json               # loss memory: old vs new vs transformers (bench_loss.py)
+    python scripts/bench.py long-context --out long.json              # per-rank step memory: SP N=1/2, tiled MLP (bench_long.py)
     python scripts/bench.py micro --threads 1                         # components: head/loss, SDPA vs eager
 
 Runners (``--runners``):
@@ -754,6 +755,12 @@ def main(argv: list[str] | None = None) -> int:
         import bench_loss
 
         bench_loss.main(argv[1:])
+        return 0
+    if argv[:1] == ["long-context"]:  # its own script, with its own options (--help lists them)
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        import bench_long
+
+        bench_long.main(argv[1:])
         return 0
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("scenario", choices=["c1", "data", "gpu", "micro", "_one"])

@@ -16,6 +16,9 @@ Then pairs that must train alike are compared step by step (relative difference 
     lora_liger      Liger's fused linear cross-entropy            == lora
     lora_zero3      DeepSpeed ZeRO-3 on one device                == lora
     qlora           4-bit NF4 base (bitsandbytes), bf16 compute   (loss falls; memory below lora's)
+    long_gc         one row of --long-cutoff tokens per step (one long document, no packing), gradient checkpointing
+    long_tiled      + model.tiled_mlp (DeepSpeed's TiledMLP) and model.gradient_checkpointing_offload
+                                                                  == long_gc (peak memory below long_gc's)
 
 The JSON holds every case and comparison, the device name, library versions, and ``ok``: true when every case
 that ran trained (finite losses that fall) and every comparison is within tolerance. Nothing is downloaded: the
@@ -58,7 +61,12 @@ CASES: dict[str, tuple[dict, tuple[str, ...], str | None]] = {
     "lora_liger": ({"model": {"loss_kernel": "liger"}}, ("liger_kernel",), "lora"),
     "lora_zero3": ({"trainer": {"strategy": "deepspeed_stage_3"}}, ("deepspeed",), "lora"),
     "qlora": ({"model": {"quantization": {"bits": 4, "quant_type": "nf4", "double_quant": True}}}, ("bitsandbytes",), None),
+    "long_gc": ({"model": {"gradient_checkpointing": True}}, (), None),
+    "long_tiled": ({"model": {"gradient_checkpointing": True, "gradient_checkpointing_offload": True, "tiled_mlp": 8}},
+                   ("deepspeed",), "long_gc"),
 }
+LONG_CONTEXT = ("long_gc", "long_tiled")
+"""Cases that train on one row of ``--long-cutoff`` tokens per step (:func:`long_data`) instead of packed rows."""
 RTOL = {"bf16": 2e-2, "fp32": 1e-4}
 """Per-step loss, relative, between cases that must train alike: bf16 kernels differ in summation order (measured
 differences between SDPA and flash attention in bf16 are ~1e-3); in fp32 (the CPU smoke run) they must agree."""
@@ -98,6 +106,23 @@ def corpus(records: int) -> Path:
     import bench_data
 
     return bench_data.write_corpus(Path(tempfile.gettempdir()) / "litft-device-check-corpus", records)
+
+
+def long_data(args) -> dict:
+    """``data:`` of the long-context cases: ``--steps`` + 1 records of ``--long-cutoff`` words (more tokens than
+    that), each cut to exactly ``--long-cutoff`` tokens, one row per step, no packing."""
+    import random
+
+    sys.path.insert(0, str(SCRIPTS))
+    from bench_data import WORDS
+
+    path = Path(tempfile.gettempdir()) / f"litft-device-check-long-{args.long_cutoff}-{args.steps}.json"
+    if not path.exists():
+        rng = random.Random(0)
+        records = [{"instruction": "Continue the text.", "input": "",
+                    "output": " ".join(rng.choice(WORDS) for _ in range(args.long_cutoff))} for _ in range(args.steps + 1)]
+        path.write_text(json.dumps(records))
+    return {"data": {"dataset": str(path), "cutoff_len": args.long_cutoff, "batch_size": 1, "packing": False}}
 
 
 def base_config(args, out: Path) -> dict:
@@ -140,6 +165,8 @@ def run_case(name: str, args) -> dict:
     overrides, _, _ = CASES[name]
     out = Path(tempfile.mkdtemp(prefix=f"litft-device-check-{name}-"))
     config = merge(base_config(args, out), overrides)
+    if name in LONG_CONTEXT:
+        config = merge(config, long_data(args))
     (out / "config.yaml").write_text(yaml.safe_dump(config))
     cuda = args.accelerator == "cuda"
     if cuda:
@@ -169,7 +196,8 @@ def spawn(name: str, args) -> dict:
         part = f.name
     cmd = [sys.executable, __file__, "--case", name, "--part", part, "--shape", args.shape, "--steps", str(args.steps),
            "--accelerator", args.accelerator, "--cutoff", str(args.cutoff), "--batch", str(args.batch),
-           "--records", str(args.records), "--lr", str(args.lr)]
+           "--records", str(args.records), "--lr", str(args.lr),
+           "--long-cutoff", str(args.long_cutoff)]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=args.case_timeout)
@@ -215,6 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=8)
     p.add_argument("--cutoff", type=int, default=2048)
     p.add_argument("--batch", type=int, default=4, help="packed rows per micro-batch (>1: the flash-attention leak case)")
+    p.add_argument("--long-cutoff", type=int, default=16384, help="tokens per row of the long_* cases (batch 1)")
     p.add_argument("--records", type=int, default=4000)
     p.add_argument("--lr", type=float, default=2e-3, help="high enough that 8 LoRA steps visibly lower the loss")
     p.add_argument("--case-timeout", type=int, default=240, help="seconds per case before it counts as failed")
@@ -248,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
     ok = all("error" not in r and r.get("rc") == 0 and trained(r) for r in ran.values()) and all(
         c["ok"] for c in comparisons.values())
     report = {"ok": ok, **environment(), "shape": args.shape, "steps": args.steps, "cutoff_len": args.cutoff,
-              "batch_size": args.batch, "cases": results, "comparisons": comparisons}
+              "long_cutoff_len": args.long_cutoff, "batch_size": args.batch, "cases": results, "comparisons": comparisons}
     text = json.dumps(report, indent=1)
     if args.json:
         Path(args.json).write_text(text + "\n")

@@ -77,7 +77,7 @@ def test_both_modes_give_the_adapters_the_gradients_of_no_checkpointing(tiny_lla
 @pytest.mark.parametrize("quantized", [False, True], ids=["lora", "qlora"])
 def test_lora_and_qlora_paths_ask_the_one_function(tiny_llama, monkeypatch, quantized):
     seen = []
-    monkeypatch.setattr(grad_checkpointing, "enable", lambda model, reentrant: seen.append(reentrant))
+    monkeypatch.setattr(grad_checkpointing, "enable", lambda model, reentrant, **kw: seen.append(reentrant))
     module = LitFTModule(tiny_llama, lora=LoraConfig(r=4, alpha=8), gradient_checkpointing=True,
                          quantization=QuantizationConfig() if quantized else None)
     attach_trainer(module).configure_model()

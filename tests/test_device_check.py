@@ -39,15 +39,29 @@ def test_every_case_names_a_reference_that_exists():
         assert ref is None or ref in dc.CASES, name
 
 
+def test_long_cases_train_on_rows_of_the_long_cutoff(tmp_path):
+    dc = _module()
+    args = dc.argparse.Namespace(long_cutoff=300, steps=2)
+    data = dc.long_data(args)["data"]
+    assert (data["cutoff_len"], data["batch_size"], data["packing"]) == (300, 1, False)
+    records = json.loads(Path(data["dataset"]).read_text())
+    assert len(records) == 3 and all(len(r["output"].split()) == 300 for r in records)  # >= 300 tokens: cut to 300
+    assert dc.CASES["long_tiled"][0]["model"]["tiled_mlp"] and dc.CASES["long_tiled"][2] == "long_gc"
+
+
 @pytest.mark.slow
 def test_cpu_smoke_run_trains_and_matches(tmp_path):
     out = tmp_path / "dc.json"
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
     proc = subprocess.run([sys.executable, str(SCRIPT), "--shape", "tiny", "--accelerator", "cpu", "--steps", "3",
-                           "--cutoff", "256", "--batch", "2", "--records", "120", "--cases", "lora,lora_gc",
+                           "--cutoff", "256", "--batch", "2", "--records", "120", "--long-cutoff", "384",
+                           "--cases", "lora,lora_gc,long_gc,long_tiled",
                            "--json", str(out)], env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(out.read_text())
     assert report["ok"] and report["device"] == "cpu"
     assert len(report["cases"]["lora"]["loss"]) == 3
     assert report["comparisons"]["lora_gc == lora"]["ok"]
+    # the long-context case: tiled MLP + checkpoint offload (ignored on CPU) trains exactly like plain checkpointing
+    assert len(report["cases"]["long_tiled"]["loss"]) == 3 and report["long_cutoff_len"] == 384
+    assert report["comparisons"]["long_tiled == long_gc"]["ok"]

@@ -15,7 +15,7 @@ from transformers import AutoModelForCausalLM
 
 from litft.accelerators import accelerator_name, default_precision, precision_dtype
 from litft.errors import LitFTError
-from litft.model import grad_checkpointing, partition
+from litft.model import grad_checkpointing, long_context, partition
 from litft.model.adapters import apply_lora
 from litft.model.config import LoraConfig, QuantizationConfig
 from litft.model.dtypes import FLOAT_DTYPES, STORAGE_DTYPES
@@ -134,17 +134,24 @@ def training_model(
     strategy: Any,
     accelerator: Any,
     precision: Any,
+    gradient_checkpointing_offload: bool = False,
+    tiled_mlp: Optional[int] = None,
 ):
     """The model to train, in train mode: the base (:func:`load_base`; partitioned under ZeRO-3), frozen when
     adapters train, gradient checkpointing in the mode :func:`litft.model.grad_checkpointing.use_reentrant` picks,
-    the ``lora`` adapters (None: every weight trains).
+    the ``lora`` adapters (None: every weight trains); for long sequences (:mod:`litft.model.long_context`)
+    ``gradient_checkpointing_offload`` holds the checkpointed activations in host memory and ``tiled_mlp`` (a number
+    of sequence slices, None: off) tiles every decoder layer's MLP.
 
     QLoRA on one device, DDP or ZeRO-1/2: peft's ``prepare_model_for_kbit_training`` (the QLoRA recipe: the
     unquantized embeddings, norms and head upcast to fp32). QLoRA under ZeRO-3: no upcast — the base stays in its
     storage dtype, partitioned (TRL and Accelerate skip ``prepare_model_for_kbit_training`` for sharded QLoRA too);
     only the adapters are fp32.
     """
+    long_context.check_tiled_mlp(tiled_mlp)
     model = load_base(spec, precision=precision, trains_base=lora is None, strategy=strategy, accelerator=accelerator)
+    long_context.check_offload(gradient_checkpointing_offload, gradient_checkpointing=gradient_checkpointing,
+                               model=model)
     if spec.quantization is not None:
         if is_zero3(strategy):
             model.requires_grad_(False)
@@ -156,7 +163,9 @@ def training_model(
         keep_4bit_weights_trainable(model)
     if gradient_checkpointing:
         reentrant = grad_checkpointing.use_reentrant(strategy, frozen_base=lora is not None)
-        grad_checkpointing.enable(model, reentrant=reentrant)
+        grad_checkpointing.enable(model, reentrant=reentrant,
+                                  offload=long_context.offload_applies(gradient_checkpointing_offload))
+    long_context.apply_tiled_mlp(model, tiled_mlp)
     if lora is not None:
         # fp32 adapters (PEFT casts them up from the base's dtype) on every strategy. Under ZeRO-3 the base is
         # partitioned before they exist, so DeepSpeed's engine casts nothing: they stay fp32 beside the frozen

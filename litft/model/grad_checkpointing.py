@@ -64,15 +64,19 @@ def use_reentrant(strategy: Any, *, frozen_base: bool, deepspeed_version: Option
     return _release(deepspeed_version) < ZERO3_FROZEN_NON_REENTRANT
 
 
-def enable(model: torch.nn.Module, *, reentrant: bool) -> None:
+def enable(model: torch.nn.Module, *, reentrant: bool, offload: bool = False) -> None:
     """Checkpoint every decoder layer of the transformers ``model`` in the given mode.
+
+    offload: hold each layer's checkpointed input in host memory (transformers' ``offload``, torch's
+        ``save_on_cpu``; :mod:`litft.model.long_context` checks that the installed transformers has it).
 
     Reentrant checkpointing needs the embedding output to require a gradient (frozen embeddings give it none, and
     the adapters inside every checkpointed layer would then get no gradient): ``enable_input_require_grads``.
     """
     kwargs = {"use_reentrant": reentrant}
     if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5's name
-        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        extra = {"offload": True} if offload else {}
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs, **extra)
     else:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
     if reentrant:

@@ -13,7 +13,7 @@ from litft.methods import METHODS, DPOConfig, KTOConfig, ORPOConfig, SimPOConfig
 from litft.methods.logps import sequence_logps
 from litft.methods.objective import PreferenceObjective
 from litft.methods.totals import EpochTotals
-from litft.model import build
+from litft.model import build, long_context
 from litft.model import loss as lm_loss
 from litft.model.build import AttnImplementation, DtypeName, ModelSpec
 from litft.model.config import LoraConfig, OptimizerConfig, QuantizationConfig, SchedulerConfig
@@ -42,6 +42,10 @@ class LitFTModule(L.LightningModule):
         lora: LoRA adapters; null = full fine-tuning of every parameter.
         gradient_checkpointing: Recompute activations in the backward pass (less memory, ~30% slower); the mode
             (reentrant or not) follows the strategy: litft.model.grad_checkpointing.
+        gradient_checkpointing_offload: Hold the activations checkpointing keeps (each layer's input) in pinned host
+            memory instead of on the accelerator (transformers' offload; needs gradient_checkpointing; no saving on CPU).
+        tiled_mlp: Run every decoder layer's MLP in this many sequence slices (DeepSpeed's TiledMLP: less activation
+            memory at long sequences, one more MLP forward); null = off. litft.model.long_context.
         loss_kernel: Output head + cross-entropy: chunked (litft's, every device and strategy) or liger (Liger's fused
             kernel: CUDA, pip install 'litft[liger]', a whole plain nn.Linear head, so not under ZeRO-3). SFT only:
             preference methods always use the chunked head.
@@ -66,6 +70,8 @@ class LitFTModule(L.LightningModule):
         quantization: Optional[QuantizationConfig] = ModelSpec.quantization,
         lora: Optional[LoraConfig] = LoraConfig(),
         gradient_checkpointing: bool = False,
+        gradient_checkpointing_offload: bool = False,
+        tiled_mlp: Optional[int] = None,
         loss_kernel: Literal["chunked", "liger"] = "chunked",
         method: Literal["sft", "dpo", "orpo", "simpo", "kto"] = "sft",
         dpo: DPOConfig = DPOConfig(),
@@ -83,6 +89,10 @@ class LitFTModule(L.LightningModule):
         """The base model (litft.model.build: the one builder of training and inference)."""
         self.lora = lora
         self.gradient_checkpointing = gradient_checkpointing
+        long_context.check_offload(gradient_checkpointing_offload, gradient_checkpointing=gradient_checkpointing)
+        self.gradient_checkpointing_offload = gradient_checkpointing_offload
+        long_context.check_tiled_mlp(tiled_mlp)
+        self.tiled_mlp = tiled_mlp
         if loss_kernel not in lm_loss.KERNELS:
             raise LitFTError(f"model.loss_kernel={loss_kernel!r}: choose one of {', '.join(lm_loss.KERNELS)}")
         self.loss_kernel = loss_kernel
@@ -121,6 +131,7 @@ class LitFTModule(L.LightningModule):
         self.model = build.training_model(
             self.spec, lora=self.lora, gradient_checkpointing=self.gradient_checkpointing, strategy=strategy,
             accelerator=self.trainer.accelerator, precision=self.trainer.precision,
+            gradient_checkpointing_offload=self.gradient_checkpointing_offload, tiled_mlp=self.tiled_mlp,
         )
         self._sharded = is_zero3(strategy)
         sequence_parallel.attach(self.trainer, self.base_model(), self.spec.attn_implementation)
