@@ -64,7 +64,8 @@ def _config(root: Path, model: str, data: str, name: str, kill_at: int = -1) -> 
                          "init_args": {"stage": 2, "sequence_parallel_size": 2}},
             "log_every_n_steps": 1, "enable_progress_bar": False, "enable_model_summary": False,
             "callbacks": [
-                {"class_path": "litft.callbacks.checkpoint.LitFTCheckpoint", "init_args": {"every_n_train_steps": EVERY}},
+                {"class_path": "litft.callbacks.checkpoint.LitFTCheckpoint",
+                 "init_args": {"every_n_train_steps": EVERY}},
                 {"class_path": "tests.test_sequence_parallel_resume.GroupKill",
                  "init_args": {"path": str(root / f"{name}-{kill_at}.txt"), "kill_at_step": kill_at}},
             ],
