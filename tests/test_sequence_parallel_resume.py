@@ -18,12 +18,15 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import lightning.pytorch as pl
 import pytest
 import yaml
 
+from litft.data.datamodule import LitFTDataModule
 from litft.resume import checkpoint_step
+from tests.helpers import write_alpaca
 from tests.test_distributed import REPO, ROWS, _env
 
 EVERY, MAX_STEPS = 2, 7
@@ -48,6 +51,38 @@ class GroupKill(pl.Callback):
         self._last = step
         with open(self.path, "a") as f:
             f.write(f"{step} {float(trainer.callback_metrics['train/loss']).hex()}\n")
+
+
+def test_every_rank_resumes_its_groups_rows_from_rank_0s_loader_state(tmp_path, tiny_llama, monkeypatch):
+    """4 ranks, N=2: ranks 0-1 (group 0) and 2-3 (group 1) get the same rows, the groups disjoint rows. Lightning
+    saves rank 0's loader state (a data-parallel world of 2) and every rank loads it: each continues with the rest of
+    its own epoch -- its group's rows, not a neighbour's and not the single-rank order."""
+    monkeypatch.setenv("LITFT_CACHE", str(tmp_path / "cache"))
+    dm = LitFTDataModule(dataset=str(write_alpaca(tmp_path / "rows.json", n=24)), tokenizer=tiny_llama, batch_size=2,
+                         cutoff_len=48)
+    dm.setup("fit")
+
+    def loader(rank: int):
+        dm.trainer = SimpleNamespace(global_rank=rank, world_size=4, strategy=SimpleNamespace(sequence_parallel_size=2),
+                                     accumulate_grad_batches=1, num_training_batches=float("inf"))
+        return dm.train_dataloader()
+
+    def rows(batch) -> list[tuple[int, ...]]:
+        return [tuple(r[m.bool()].tolist()) for r, m in zip(batch["input_ids"], batch["attention_mask"])]
+
+    epoch = [[rows(b) for b in loader(rank)] for rank in range(4)]
+    assert len(epoch[0]) == 6 and epoch[0] == epoch[1] and epoch[2] == epoch[3]  # 24 rows / 2 groups / batch 2
+    group = [{r for b in epoch[rank] for r in b} for rank in (0, 2)]
+    assert len(group[0]) == len(group[1]) == 12 and not group[0] & group[1]
+    saved = loader(0)
+    batches = iter(saved)
+    next(batches), next(batches)
+    state = saved.state_dict()
+    assert (state["world_size"], state["batches_consumed"]) == (2, 2)
+    for rank in range(4):
+        resumed = loader(rank)
+        resumed.load_state_dict(state)
+        assert [rows(b) for b in resumed] == epoch[rank][2:], rank
 
 
 def _config(root: Path, model: str, data: str, name: str, kill_at: int = -1) -> Path:
