@@ -4,9 +4,9 @@ with ``--ckpt_path last``, logs the same per-step losses (float.hex) and ends on
 uninterrupted run.
 
 The run is made sensitive to everything a resume restores: AdamW (optimizer moments, DeepSpeed's ZeRO-2 shards), a
-cosine schedule with warm-up (scheduler state), LoRA dropout (each rank's RNG stream: the two ranks of the group drop
-different tokens), 20 rows = 5 batches of 4 per epoch over 7 steps (the loader position, across an epoch end), and
-replies long enough that the split falls inside them (tests/test_sequence_parallel.py's rows).
+cosine schedule with warm-up (scheduler state), LoRA dropout (the RNG streams, restored per rank), 20 rows = 5
+batches of 4 per epoch over 7 steps (the loader position, across an epoch end), and replies long enough that the
+split falls inside them (tests/test_sequence_parallel.py's rows). Set LITFT_TEST_KILL_AT to choose the step.
 """
 
 from __future__ import annotations
