@@ -15,7 +15,7 @@ preparation included), peak RSS of the process, and ratios to litft.
     python scripts/bench.py gpu --dry-run                             # GPU scenario: plan only (no GPU needed)
     python scripts/bench.py gpu --shape tiny --steps 3                # the GPU scenario's code path, tiny, on CPU
     python scripts/bench.py loss-memory --out loss.json               # loss memory: old vs new vs transformers (bench_loss.py)
-    python scripts/bench.py dpo --steps 6 --repeats 2                 # DPO: litft vs TRL's DPOTrainer (bench_dpo.py)
+    python scripts/bench.py dpo --threads 1 --steps 4 --cutoff 256    # DPO: litft vs TRL's DPOTrainer (bench_dpo.py)
     python scripts/bench.py micro --threads 1                         # components: head/loss, SDPA vs eager
 
 Runners (``--runners``):

@@ -14,7 +14,7 @@ for both; time to first step; peak RSS of the process; for ``trl-precompute`` th
 reference log-probabilities before training (outside the timed steps) and the rate with that time spread over the
 pairs it covered (``amortized``).
 
-    python scripts/bench.py dpo --steps 6 --repeats 2
+    python scripts/bench.py dpo --threads 1 --steps 4 --repeats 2 --cutoff 256 --batch 2   # docs/benchmarks.md
     python scripts/bench_dpo.py --runners litft,trl-precompute --steps 3 --repeats 1 --cutoff 256
 
 Runners (``--runners``):
@@ -32,6 +32,7 @@ TRL 1.16's ``padding_free`` warns and falls back to padding ("temporarily unavai
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import statistics
@@ -256,6 +257,10 @@ def spawn(runner: str, args) -> dict:
            "--lr", str(args.lr), "--beta", str(args.beta), "--attn", args.attn, "--data", args.data]
     if args.profile:
         cmd += ["--profile", args.profile]
+    if runner.startswith("trl") and importlib.util.find_spec("trl") is None:
+        import bench_data
+
+        cmd[0] = str(bench_data.trl_python())  # TRL in its own venv (created once), as bench.py's c1 runners
     env = dict(os.environ, TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO))
     if args.threads:
         env["OMP_NUM_THREADS"] = str(args.threads)
