@@ -16,6 +16,7 @@ preparation included), peak RSS of the process, and ratios to litft.
     python scripts/bench.py gpu --shape tiny --steps 3                # the GPU scenario's code path, tiny, on CPU
     python scripts/bench.py loss-memory --out loss.json               # loss memory: old vs new vs transformers (bench_loss.py)
     python scripts/bench.py long-context --out long.json              # per-rank step memory: SP N=1/2, tiled MLP (bench_long.py)
+    python scripts/bench.py dpo --threads 1 --steps 4 --cutoff 256    # DPO: litft vs TRL's DPOTrainer (bench_dpo.py)
     python scripts/bench.py micro --threads 1                         # components: head/loss, SDPA vs eager
 
 Runners (``--runners``):
@@ -762,6 +763,11 @@ def main(argv: list[str] | None = None) -> int:
 
         bench_long.main(argv[1:])
         return 0
+    if argv[:1] == ["dpo"]:  # its own script, with its own options (--help lists them)
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        import bench_dpo
+
+        return bench_dpo.main(argv[1:])
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("scenario", choices=["c1", "data", "gpu", "micro", "_one"])
     parser.add_argument("runner", nargs="?", help="(internal, with _one) the runner to run in this process")
