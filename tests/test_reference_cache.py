@@ -151,6 +151,26 @@ def test_wrong_reference_values_change_the_training(live_run, tiny_llama, monkey
         _assert_same_training(damaged, live)
 
 
+@pytest.mark.parametrize("pairs,world,batch", [(7, 2, 2), (9, 3, 4), (2, 4, 1)])
+def test_rank_shares_reassemble_the_table(pairs, world, batch):
+    """Each rank scores pairs rank, rank + world, ... (padded to the same number of micro-batches on every rank); the
+    gathered shares give pair i's values at row i, as one process computes them."""
+    from litft.data.collate import PairCollator
+
+    rows = [{"chosen_input_ids": [i, 1], "chosen_labels": [-100, 1], "rejected_input_ids": [i, 2, 2],
+             "rejected_labels": [-100, 2, 2]} for i in range(pairs)]
+
+    def fake(ids, mask, labels):  # a row's "log-probability": its first id and its length, distinct per row
+        return ids[:, 0].double() + mask.sum(-1) / 10, mask.sum(-1)
+
+    collate = PairCollator(0)
+    one = precompute.score_pairs(rows, collate, fake, batch_size=batch)
+    assert one.tolist() == [[i + 0.2, i + 0.3] for i in range(pairs)]
+    shares = [precompute.score_pairs(rows, collate, fake, batch_size=batch, rank=r, world=world) for r in range(world)]
+    assert len({len(s) for s in shares}) == 1  # the same number of rows (and micro-batches) on every rank
+    torch.testing.assert_close(precompute.interleave(torch.stack(shares), pairs), one, rtol=0, atol=0)
+
+
 def test_kto_refuses_a_precomputed_reference():
     with pytest.raises(LitFTError, match=r"^model.kto.precompute_reference: KTO's KL rows pair each example"):
         KTOConfig(precompute_reference=True)
