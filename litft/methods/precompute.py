@@ -58,12 +58,12 @@ def model_files_digest(folder: Path) -> dict[str, str]:
 
 def model_folder(spec) -> Path:
     """The local folder the base model's weights are read from (a hub id's cached snapshot)."""
-    from litft.model.loading import resolve_model_path
+    from litft.model.loading import resolve_model_path  # heavy (transformers): litft.methods stays light
 
     path = resolve_model_path(spec.name_or_path, gguf_file=spec.gguf_file, trust_remote_code=spec.trust_remote_code)
     if Path(path).is_dir():
         return Path(path)
-    from huggingface_hub import snapshot_download
+    from huggingface_hub import snapshot_download  # heavy-ish, and only for a hub id
 
     try:
         return Path(snapshot_download(path, local_files_only=True))
