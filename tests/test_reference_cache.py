@@ -161,11 +161,11 @@ def test_rank_shares_reassemble_the_table(pairs, world, batch):
              "rejected_labels": [-100, 2, 2]} for i in range(pairs)]
 
     def fake(ids, mask, labels):  # a row's "log-probability": its first id and its length, distinct per row
-        return ids[:, 0].double() + mask.sum(-1) / 10, mask.sum(-1)
+        return (ids[:, 0] * 10 + mask.sum(-1)).double(), mask.sum(-1)
 
     collate = PairCollator(0)
     one = precompute.score_pairs(rows, collate, fake, batch_size=batch)
-    assert one.tolist() == [[i + 0.2, i + 0.3] for i in range(pairs)]
+    assert one.tolist() == [[10 * i + 2, 10 * i + 3] for i in range(pairs)]
     shares = [precompute.score_pairs(rows, collate, fake, batch_size=batch, rank=r, world=world) for r in range(world)]
     assert len({len(s) for s in shares}) == 1  # the same number of rows (and micro-batches) on every rank
     torch.testing.assert_close(precompute.interleave(torch.stack(shares), pairs), one, rtol=0, atol=0)
