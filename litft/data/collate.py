@@ -60,7 +60,38 @@ class PairCollator:
         flat = [{"input_ids": r[f"{side}_input_ids"], "labels": r[f"{side}_labels"]} for side in ("chosen", "rejected") for r in rows]
         batch = self.pad(flat)
         batch["num_pairs"] = torch.tensor(len(rows), dtype=torch.long)
+        if rows and REFERENCE_LOGPS in rows[0]:  # precomputed (ReferenceRows): row order like input_ids
+            values = torch.stack([torch.as_tensor(r[REFERENCE_LOGPS]) for r in rows])  # (B, 2): chosen, rejected
+            batch[REFERENCE_LOGPS] = torch.cat([values[:, 0], values[:, 1]])
         return batch
+
+
+REFERENCE_LOGPS = "reference_logps"
+"""A row's (chosen, rejected) reference log-probabilities, and the batch's ``(2B,)`` in row order (chosen then
+rejected), when they were precomputed (litft.methods.precompute)."""
+
+
+class ReferenceRows:
+    """Training rows with their precomputed reference log-probabilities: row ``i`` gains ``reference_logps`` =
+    ``table[i]`` once :attr:`table` is set (``(rows, 2)``); before that, the rows as they are."""
+
+    def __init__(self, rows):
+        self.rows = rows
+        self.table: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def _with(self, i: int, row: dict) -> dict:
+        return row if self.table is None else {**row, REFERENCE_LOGPS: self.table[i]}
+
+    def __getitem__(self, i: int) -> dict:
+        return self._with(i, self.rows[i])
+
+    def __getitems__(self, indices: list[int]) -> list[dict]:
+        many = getattr(self.rows, "__getitems__", None)
+        rows = many(indices) if many is not None else [self.rows[i] for i in indices]
+        return [self._with(i, r) for i, r in zip(indices, rows)]
 
 
 class FeedbackCollator:

@@ -14,7 +14,7 @@ import lightning.pytorch as pl
 from torch.utils.data import DataLoader
 
 from litft.data import cache, pipeline
-from litft.data.collate import FeedbackCollator, PadCollator, PairCollator
+from litft.data.collate import FeedbackCollator, PadCollator, PairCollator, ReferenceRows
 from litft.data.conversation import KINDS
 from litft.data.loader import ResumableBatchSampler, ResumableLoader, epoch_generator
 from litft.data.packing import PackedCollator
@@ -156,6 +156,18 @@ class LitFTDataModule(pl.LightningDataModule):
         self.stats: Stats | None = None
         self.cache_dir: Path | None = None
         self.cache_hit: bool | None = None
+        self._reference_rows: ReferenceRows | None = None
+        self.reference_logps = None
+        """Precomputed reference log-probabilities of the training pairs ``(pairs, 2)`` (litft.methods.precompute),
+        carried by the training batches once set with :meth:`set_reference_logps`; None = the step scores them."""
+
+    def set_reference_logps(self, table) -> None:
+        """Give training row ``i`` the reference log-probabilities ``table[i]`` (chosen, rejected) from now on."""
+        if table is not None and len(table) != len(self.train_rows):
+            raise ValueError(f"{len(table)} reference log-probabilities for {len(self.train_rows)} training rows")
+        self.reference_logps = table
+        if self._reference_rows is not None:
+            self._reference_rows.table = table
 
     # ------------------------------------------------------------------ tokenizer
     @property
@@ -413,6 +425,9 @@ class LitFTDataModule(pl.LightningDataModule):
         if len(sampler) == 0:
             raise LitFTError(f"data: {len(self.train_rows)} training rows are too few for {world} ranks")
         rows = self.train_rows
+        if self.kind == "preference":  # the loader may exist before the reference table does (set_reference_logps)
+            rows = self._reference_rows = ReferenceRows(rows)
+            rows.table = self.reference_logps
         return ResumableLoader(
             rows,
             self._column("num_targets", lambda r: r["num_targets"]),

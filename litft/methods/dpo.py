@@ -36,6 +36,8 @@ class DPOConfig:
     """Probability that a pair's labels are flipped, in [0, 0.5): sigmoid = conservative DPO, robust = robust DPO."""
     sft_weight: float = 0.0
     """Weight of an SFT term: the chosen reply's mean token NLL per pair (LLaMA-Factory's pref_ftx); 0 = none."""
+    precompute_reference: bool = False
+    """Score the training pairs with the reference once, cached beside the tokenized data: one forward per step."""
 
     def __post_init__(self):
         check_range("model.dpo.beta", self.beta, low=0, low_open=True)

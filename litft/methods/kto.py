@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
+from litft.errors import LitFTError
 from litft.methods.base import check_range
 
 
@@ -30,8 +31,15 @@ class KTOConfig:
     """Weight of undesirable examples' losses."""
     sft_weight: float = 0.0
     """Weight of an SFT term on desirable examples: their reply's mean token NLL per example; 0 = none."""
+    precompute_reference: bool = False
+    """Not available for KTO (must stay false): its KL rows pair each example with its shuffled micro-batch neighbour."""
 
     def __post_init__(self):
+        if self.precompute_reference:
+            raise LitFTError(
+                "model.kto.precompute_reference: KTO's KL rows pair each example's prompt with the reply of the example "
+                "before it in the micro-batch, which the shuffle changes every epoch, so their reference "
+                "log-probabilities cannot be computed once per dataset; set it to false (model.dpo has it)")
         check_range("model.kto.beta", self.beta, low=0, low_open=True)
         check_range("model.kto.desirable_weight", self.desirable_weight, low=0)
         check_range("model.kto.undesirable_weight", self.undesirable_weight, low=0)

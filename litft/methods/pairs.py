@@ -2,7 +2,8 @@
 
 The batch is :class:`litft.data.collate.PairCollator`'s ``(2B, L)`` layout: rows ``0..B-1`` chosen, ``B..2B-1``
 rejected, pair i = rows i and B + i. The policy scores all 2B rows in one forward; DPO's reference scores them in a
-second one (adapters off, no gradients). The loss is per pair (summed here; the training step divides by the pairs
+second one (adapters off, no gradients), unless the batch carries them (``reference_logps`` ``(2B,)``, precomputed
+once per dataset: :mod:`litft.methods.precompute`). The loss is per pair (summed here; the training step divides by the pairs
 of the optimizer step on all ranks).
 """
 
@@ -13,6 +14,7 @@ from typing import Callable, Optional, Union
 import torch
 import torch.nn.functional as F
 
+from litft.data.collate import REFERENCE_LOGPS
 from litft.methods.base import StepOutput, detached
 from litft.methods.dpo import DPOConfig
 from litft.methods.orpo import ORPOConfig
@@ -32,9 +34,12 @@ def pair_step(config: PairConfig, batch: dict, policy: Callable, reference: Opti
     chosen_avg, rejected_avg = chosen / n_chosen.clamp(min=1), rejected / n_rejected.clamp(min=1)
     metrics = {}
     if isinstance(config, DPOConfig):
-        if reference is None:
+        if REFERENCE_LOGPS in batch:  # precomputed once per dataset (litft.methods.precompute): no second forward
+            ref = batch[REFERENCE_LOGPS].to(device=logps.device, dtype=logps.dtype)
+        elif reference is None:
             raise ValueError("DPO needs a reference scorer")
-        ref, _ = reference(ids, mask, labels)
+        else:
+            ref, _ = reference(ids, mask, labels)
         losses, rewards_c, rewards_r = config.pair_losses(chosen, rejected, ref[:b], ref[b:], n_chosen, n_rejected)
         sft_weight, shown_c, shown_r = config.sft_weight, chosen, rejected  # TRL logs summed log-probabilities
     elif isinstance(config, SimPOConfig):

@@ -10,8 +10,10 @@ import torch
 
 from litft.errors import LitFTError
 from litft.methods import METHODS, DPOConfig, KTOConfig, ORPOConfig, SimPOConfig
+from litft.methods import precompute
 from litft.methods.logps import sequence_logps
 from litft.methods.objective import PreferenceObjective
+from litft.methods.reference import reference_scorer
 from litft.methods.totals import EpochTotals
 from litft.model import build, long_context
 from litft.model import loss as lm_loss
@@ -195,6 +197,23 @@ class LitFTModule(L.LightningModule):
                                   head=base.get_output_embeddings(), chunk_size=self.loss_chunk_size,
                                   symmetric=self._sharded)
         return sequence_logps(self.model, input_ids, attention_mask, labels)
+
+    def on_fit_start(self) -> None:
+        """With ``model.dpo.precompute_reference``: the training pairs' reference log-probabilities, read from the
+        cache beside the tokenized data or scored once now (every rank), handed to the data module's training rows
+        (litft.methods.precompute)."""
+        if self.objective is None or not getattr(self.objective.config, "precompute_reference", False):
+            return
+        if sequence_parallel.size(self.trainer.strategy) > 1:
+            raise LitFTError("model.dpo.precompute_reference is not supported with sequence parallelism: set it to false")
+        datamodule = self.trainer.datamodule
+        if datamodule is None or not hasattr(datamodule, "set_reference_logps"):
+            raise LitFTError("model.dpo.precompute_reference needs litft's data module (the data: section)")
+        first = next(self.base_model().parameters())
+        table = precompute.reference_table(
+            trainer=self.trainer, datamodule=datamodule, spec=self.spec, weights_dtype=first.dtype,
+            reference=reference_scorer(self.model, self.score), model=self.model, device=self.device)
+        datamodule.set_reference_logps(table)
 
     def _reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
         return self.trainer.strategy.reduce(tensor, reduce_op="sum")
