@@ -114,7 +114,7 @@ def run_pairs(cli, data_args: dict, split: str, source: str) -> int:
     dm = LitFTDataModule(**data_args)
     dm.setup("validate")
     rows = evaluation.first(dm.train_rows if split == "train" else dm.val_rows, cfg.max_samples)
-    if not rows or not len(rows):
+    if not len(rows):
         raise LitFTError(f"evaluate: no pairs to score in {source} (none left after tokenization)")
     batches = DataLoader(rows, batch_size=dm.eval_batch_size, shuffle=False, collate_fn=dm.collator())
     module.model, _ = load_model(module.spec, adapter=adapter, dtype=cfg.dtype, precision=cfg.get("trainer.precision"))
