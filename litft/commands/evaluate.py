@@ -19,6 +19,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from torch.utils.data import DataLoader
+
+from litft.data.datamodule import LitFTDataModule
 from litft.errors import DataError, LitFTError
 from litft.generation import cut_at_stop
 from litft.inference import (
@@ -105,10 +108,6 @@ def fine_tuned_adapter(cfg) -> str:
 def run_pairs(cli, data_args: dict, split: str, source: str) -> int:
     """Preference evaluation (:mod:`litft.methods.evaluation`): pairs from the data module's builder, scored by the
     training scorer with the adapter on (fine-tuned) and off (base); one model in memory."""
-    from torch.utils.data import DataLoader
-
-    from litft.data.datamodule import LitFTDataModule
-
     cfg, module = cli.config, cli.model
     adapter = fine_tuned_adapter(cfg)
     dm = LitFTDataModule(**data_args)

@@ -30,6 +30,8 @@ from typing import Callable, Optional
 
 import torch
 
+from litft.data.records import entry_kind
+from litft.data.registry import resolve
 from litft.errors import LitFTError
 from litft.methods import METHODS
 from litft.methods.reference import reference_scorer
@@ -146,9 +148,6 @@ def first(rows: Sequence, max_samples: Optional[int]):
 # ---------------------------------------------------------------------------------------------------- which pairs
 def is_pairs(dataset: str, *, dataset_dir: str, on_bad_record: str = "error") -> bool:
     """Whether every dataset named by ``dataset`` is preference pairs (read from the registry or the first record)."""
-    from litft.data.records import entry_kind
-    from litft.data.registry import resolve
-
     return all(entry_kind(e, on_bad_record=on_bad_record) == "preference" for e in resolve(dataset, dataset_dir))
 
 
