@@ -43,9 +43,9 @@ def test_real_llamafactory_registry(tiny_qwen2, lf_data):
 
 
 @pytest.mark.parametrize("name,message", [
-    ("dpo_en_demo", r"preference data \(ranking: true\) needs a preference method \(model\.method: dpo, orpo or simpo; "
-                    r"data\.kind: preference\), not SFT"),
-    ("kto_en_demo", r"feedback data \(kto_tag\) needs model\.method: kto \(data\.kind: feedback\), not SFT"),
+    ("dpo_en_demo", r"preference data \(ranking: true\) needs model\.method: dpo, orpo or simpo "
+                    r"\(this run's model\.method is sft\)$"),
+    ("kto_en_demo", r"feedback data \(kto_tag\) needs model\.method: kto \(this run's model\.method is sft\)$"),
 ], ids=["dpo", "kto"])
 def test_sft_refuses_preference_and_kto_entries(tmp_path, tiny_qwen2, name, message):
     # The two entries as LLaMA-Factory's dataset_info.json declares them (preference and KTO data).

@@ -48,7 +48,6 @@ def test_every_present_sft_dataset_trains(tmp_path, tiny_qwen2, lf_data, packing
 def test_unsupported_datasets_give_one_line(tmp_path, tiny_qwen2, lf_data, name, capsys):
     assert _fit(tmp_path, tiny_qwen2, name, lf_data) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    needs = {"dpo_en_demo": "preference data (ranking: true) needs a preference method (model.method: dpo, orpo or simpo; "
-                            "data.kind: preference)",
-             "kto_en_demo": "feedback data (kto_tag) needs model.method: kto (data.kind: feedback)"}[name]
-    assert err[-1] == f"litft: error: dataset '{name}': {needs}, not SFT"
+    needs = {"dpo_en_demo": "preference data (ranking: true) needs model.method: dpo, orpo or simpo",
+             "kto_en_demo": "feedback data (kto_tag) needs model.method: kto"}[name]
+    assert err[-1] == f"litft: error: dataset '{name}': {needs} (this run's model.method is sft)"

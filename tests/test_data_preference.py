@@ -254,7 +254,8 @@ def test_kinds_must_agree(tmp_path, tiny_qwen2):
     with pytest.raises(LitFTError, match=r"^data: the datasets mix kinds of data: '.*sft\.json' is SFT data \(conversations\), "
                                          r"'pairs' is preference data \(ranking: true\); "):
         _dm(f"{sft},pairs", tiny_qwen2, kind="preference", dataset_dir=ddir).setup()
-    with pytest.raises(LitFTError, match=r"^dataset '.*sft\.json': SFT data \(conversations\) needs model\.method: sft"):
+    with pytest.raises(LitFTError, match=r"^dataset '.*sft\.json': SFT data \(conversations\) needs model\.method: sft "
+                                         r"\(this run's model\.method is dpo, orpo or simpo\)$"):
         _dm(sft, tiny_qwen2, kind="preference").setup()
     with pytest.raises(LitFTError, match=r"^data\.packing is not supported for preference data"):
         _dm(sft, tiny_qwen2, kind="preference", packing=True)

@@ -24,8 +24,11 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "configs" / "examples"
 CPU_OVERRIDES = {
     # Chinese text is ~3 byte-level tokens per character with the tiny test tokenizer.
     "qwen2.5-14b-esg-lora-npu.yaml": ["--data.cutoff_len", "1024"],
+    # The tiny model is a plain checkpoint, not SmolLM2's GGUF file.
+    "dpo_smollm2.yaml": ["--model.gguf_file", "null"],
 }
 ARCH = {
+    "dpo_smollm2.yaml": "llama",
     "llama2-7b-dolly-qlora.yaml": "llama",
     "llama2-7b-lima-lora.yaml": "llama",
     "phi2-dialogsum-qlora.yaml": "phi",
@@ -117,6 +120,13 @@ def test_example_trains_with_a_tiny_model_of_its_architecture(name, tmp_path):
         text = exported.apply_chat_template(conv.messages(), tokenize=False)
         assert text == render_with_spans(dm.tokenizer, conv, template=dm.template)[0]
         assert text.endswith("### Output:\nThey greet.\n\n### End")
+    if name == "dpo_smollm2.yaml":  # evaluate scores the 12 held-out pairs, base vs fine-tuned
+        assert litft_run(["evaluate", "--config", str(EXAMPLES / name), "--model.name_or_path", str(tmp_path / "model"),
+                          "--model.gguf_file", "null", "--data.dataset_dir", str(tmp_path / "data"),
+                          "--output_dir", str(tmp_path / "out")]) == 0
+        report = json.loads((tmp_path / "out" / "eval_results.json").read_text())
+        assert report["pairs"] == 12 and report["method"] == "dpo"
+        assert set(report["scores"]["fine-tuned"]) > set(report["scores"]["base"]) >= {"preference/accuracy"}
 
 
 def test_phi2_prepare_preview_shows_the_blurb_and_end_trained(tmp_path, capsys):
@@ -131,6 +141,13 @@ def test_phi2_prepare_preview_shows_the_blurb_and_end_trained(tmp_path, capsys):
             "request.\n\n### Instruct: Summarize the below conversation.\n\n#Person1#: Is it") in sample
     assert "### Output:\n«They agree on" in sample and "\n\n### End»" in sample
     assert "validation rows: 24" in out  # DialogSum's validation split, not a split of the training data
+
+
+def test_dpo_example_ships_its_pairs():
+    pairs = json.loads((EXAMPLES / "facts_preference.json").read_text())
+    assert len(pairs) == 56 and len({p["instruction"] for p in pairs}) == 56
+    assert all(set(p) == {"instruction", "chosen", "rejected"} and p["chosen"] != p["rejected"] for p in pairs)
+    assert json.loads((EXAMPLES / "dataset_info.json").read_text())["facts_preference"]["ranking"] is True
 
 
 def test_esg_example_ships_its_chinese_yaml_dataset():

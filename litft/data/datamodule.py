@@ -39,8 +39,8 @@ class LitFTDataModule(pl.LightningDataModule):
         kind: What the training method consumes: ``sft`` (conversations), ``preference`` (pairs: LLaMA-Factory's
             ``ranking: true`` entries, TRL's prompt/chosen/rejected) or ``feedback`` (KTO: a ``kto_tag`` column,
             TRL's prompt/completion/label). Every dataset (and eval_dataset) must be of this kind (else a one-line
-            error naming the dataset); a bare file's kind is read from its first record. To be linked from
-            ``model.method`` once the preference methods arrive. See litft/data/preference.py for the rows and
+            error naming the dataset); a bare file's kind is read from its first record. The CLI links it from
+            ``model.method`` (not set by hand). See litft/data/preference.py for the rows and
             litft/data/collate.py for the batches.
         dataset_dir: Folder holding ``dataset_info.json`` and the data files it names.
         tokenizer: Model name or path the tokenizer is loaded from (linked from ``model.name_or_path``).

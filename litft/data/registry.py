@@ -132,23 +132,21 @@ _KIND_IS = {
     "preference": "preference data (ranking: true)",
     "feedback": "feedback data (kto_tag)",
 }
-_KIND_NEEDS = {
-    "sft": "model.method: sft (data.kind: sft)",
-    "preference": "a preference method (model.method: dpo, orpo or simpo; data.kind: preference)",
-    "feedback": "model.method: kto (data.kind: feedback)",
-}
-_KIND_NOT = {"sft": "SFT", "preference": "a preference method", "feedback": "KTO"}
+_METHODS_FOR = {"sft": "sft", "preference": "dpo, orpo or simpo", "feedback": "kto"}
+"""The ``model.method`` values that train on each kind (the CLI links ``data.kind`` from ``model.method``)."""
 
 
 def check_kinds(kinds: Mapping[str, str], want: str) -> None:
-    """Stop unless every dataset (name → kind) is of one kind, the kind ``want`` (``data.kind``) trains on."""
+    """Stop unless every dataset (name → kind) is of one kind, the kind ``want`` (``data.kind``) trains on. The
+    message names ``model.method``, the key a user sets (``data.kind`` follows it)."""
     if len(set(kinds.values())) > 1:
         listing = ", ".join(f"'{name}' is {_KIND_IS[kind]}" for name, kind in kinds.items())
         raise LitFTError(f"data: the datasets mix kinds of data: {listing}; the datasets of a run (data.dataset and "
                          "data.eval_dataset) must be of one kind")
     for name, kind in kinds.items():
         if kind != want:
-            raise LitFTError(f"dataset '{name}': {_KIND_IS[kind]} needs {_KIND_NEEDS[kind]}, not {_KIND_NOT[want]}")
+            raise LitFTError(f"dataset '{name}': {_KIND_IS[kind]} needs model.method: {_METHODS_FOR[kind]} "
+                             f"(this run's model.method is {_METHODS_FOR[want]})")
 
 
 def resolve(dataset: str, dataset_dir: str | os.PathLike = "data") -> list[DatasetEntry]:
