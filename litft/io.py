@@ -7,6 +7,7 @@ POSIX within one filesystem). Folders are built in a temporary sibling and swapp
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import shutil
 import tempfile
@@ -14,6 +15,15 @@ from pathlib import Path
 from typing import Callable, Iterator, Union
 
 PathLike = Union[str, os.PathLike]
+
+
+def file_digest(path: PathLike) -> str:
+    """sha256 of a file's bytes, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def fsync_dir(path: Path) -> None:

@@ -51,6 +51,18 @@ WORDS = ("time data model answer question system value people water number light
          "explain describe compare list write create analyse summarise translate classify give find make").split()
 
 
+def write_results(results: dict, out: str | None) -> None:
+    """Print a benchmark's results as JSON and, with ``out``, write them there atomically (litft.io)."""
+    text = json.dumps(results, indent=1)
+    print(text)
+    if out:
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+        from litft.io import atomic_write_text
+
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out, text + "\n")
+
+
 def write_corpus(folder: Path, records: int, seed: int = 0, fmt: str = "alpaca") -> Path:
     """``folder/synth.json`` (alpaca or sharegpt records, written one at a time) + ``folder/dataset_info.json``
     naming it ``synth``."""

@@ -34,6 +34,9 @@ from pathlib import Path
 import lightning.pytorch as pl
 
 REPO = Path(__file__).resolve().parents[1]
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_data import write_results  # noqa: E402  (the scripts folder: one helper for the benchmark scripts)
 SCRIPTS = Path(__file__).resolve().parent
 SHAPE = dict(hidden_size=128, intermediate_size=1536, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
              max_position_embeddings=1 << 17, tie_word_embeddings=False)
@@ -184,14 +187,7 @@ def main(argv: list[str] | None = None) -> None:
         if "max_peak_mib" in plain and "max_peak_mib" in tiled_run:
             ratios[f"n1-tiled/n1@{length}"] = round(tiled_run["max_peak_mib"] / plain["max_peak_mib"], 3)
     results["peak_ratios"] = ratios
-    text = json.dumps(results, indent=1)
-    print(text)
-    if args.out:
-        sys.path.insert(0, str(REPO))
-        from litft.io import atomic_write_text
-
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(args.out, text + "\n")
+    write_results(results, args.out)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,9 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_data import write_results  # noqa: E402  (the scripts folder: one helper for the benchmark scripts)
 VOCAB = 151_936
 VARIANTS = ("old", "new", "hf")
 
@@ -169,14 +172,7 @@ def main(argv: list[str] | None = None) -> None:
         results["hf_over_new_memory"] = round(done["hf"]["step_peak_above_start_mib"]
                                               / max(done["new"]["step_peak_above_start_mib"], 1e-9), 2)
         results["new_over_hf_time"] = round(done["new"]["step_s"] / done["hf"]["step_s"], 3)
-    text = json.dumps(results, indent=1)
-    print(text)
-    if args.out:
-        sys.path.insert(0, str(REPO))
-        from litft.io import atomic_write_text
-
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(args.out, text + "\n")
+    write_results(results, args.out)
 
 
 if __name__ == "__main__":

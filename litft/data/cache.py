@@ -32,20 +32,12 @@ from pathlib import Path
 from typing import Any
 
 from litft.errors import LitFTError
-from litft.io import atomic_dir, atomic_write_text
+from litft.io import atomic_dir, atomic_write_text, file_digest
 
 log = logging.getLogger(__name__)
 CACHE_VERSION = 2  # 2: rows carry a length column
 _FAILED = ".failed"
 _ALIVE = ".alive"
-
-
-def _file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def tokenizer_digest(tokenizer) -> str:
@@ -84,7 +76,7 @@ def fingerprint(entries, tokenizer, options: dict[str, Any], files: list[Path]) 
         "version": CACHE_VERSION,
         "code": code_digest(),
         "entries": [e.describe() for e in entries],
-        "files": {str(p.resolve()): _file_digest(p) for p in files},
+        "files": {str(p.resolve()): file_digest(p) for p in files},
         "tokenizer": tokenizer_digest(tokenizer),
         "options": options,
     }

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from litft.errors import LitFTError
-from litft.io import atomic_write
+from litft.io import atomic_write, file_digest
 
 log = logging.getLogger(__name__)
 
@@ -40,20 +40,12 @@ _SCORING_CODE = ("methods/logps.py", "methods/reference.py", "methods/precompute
                  "model/zero3_head.py")
 
 
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def model_files_digest(folder: Path) -> dict[str, str]:
     """sha256 of the files that decide the base model's outputs: config.json and the weights (and remote code)."""
     files = sorted(p for p in folder.iterdir() if p.is_file() and (p.name == "config.json" or p.suffix in _WEIGHT_SUFFIXES))
     if not any(p.suffix in _WEIGHT_SUFFIXES for p in files):
         raise LitFTError(f"model.dpo.precompute_reference: no weight files in {folder} to key the reference cache by")
-    return {p.name: _file_sha256(p) for p in files}
+    return {p.name: file_digest(p) for p in files}
 
 
 def model_folder(spec) -> Path:
