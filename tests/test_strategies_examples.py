@@ -25,7 +25,15 @@ def _print_config(config: Path) -> dict:
 def test_every_example_is_checked():
     assert sorted(p.name for p in EXAMPLES.glob("*.yaml")) == sorted(
         ["llama2-7b-dolly-qlora.yaml", "qwen2.5-14b-esg-lora-npu.yaml", "phi2-dialogsum-qlora.yaml",
-         "llama2-7b-lima-lora.yaml"])
+         "llama2-7b-lima-lora.yaml", "dpo_smollm2.yaml"])
+
+
+def test_dpo_smollm2():
+    """The preference example (trained and evaluated at tiny size by tests/test_examples_tiny.py): DPO, its pairs."""
+    c = _print_config(EXAMPLES / "dpo_smollm2.yaml")
+    assert c["model"]["method"] == "dpo" and c["model"]["dpo"]["beta"] == 0.1
+    assert c["data"]["dataset"] == "facts_preference"  # data.kind is linked from model.method (not printed)
+    assert c["data"]["val_size"] == 12
 
 
 def test_llama2_dolly_qlora():
