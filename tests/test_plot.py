@@ -33,6 +33,31 @@ def test_loss_png_written_with_train_and_val(tmp_path):
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temp file left
 
 
+class _RewardModule(ToyModule):
+    """Logs a reward accuracy like the preference methods (litft.methods): step/4 in training, 0.75 in validation."""
+
+    def training_step(self, batch, batch_idx):
+        self.log("train/rewards/accuracies", float(self.global_step % 4) / 4)
+        return super().training_step(batch, batch_idx)
+
+    def validation_step(self, batch, batch_idx):
+        self.log("val/rewards/accuracies", 0.75)
+        return super().validation_step(batch, batch_idx)
+
+
+def test_loss_png_gets_a_reward_accuracy_panel_when_the_run_logs_one(tmp_path):
+    plot = LossPlot()
+    trainer = _trainer(tmp_path, [plot], val_check_interval=4, num_sanity_val_steps=0)
+    trainer.fit(_RewardModule(), loader(toy_batches(8)), loader(toy_batches(2)))
+    assert plot.second["train"] == [(s, ((s - 1) % 4) / 4) for s in range(1, 9)]  # logged before the step counted
+    assert plot.second["val"] == [(4, 0.75), (8, 0.75)]
+    with Image.open(tmp_path / "loss.png") as img:
+        assert img.size == (1300, 450)  # two panels (an SFT run: 700 wide, above)
+    restored = LossPlot()
+    restored.load_state_dict(plot.state_dict())
+    assert restored.second == plot.second and restored.train == plot.train
+
+
 def test_loss_plot_counts_optimizer_steps_under_accumulation(tmp_path):
     plot = LossPlot()
     trainer = _trainer(tmp_path, [plot], accumulate_grad_batches=2, limit_val_batches=0)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from PIL import Image
 
 from litft.errors import LitFTError
 from litft.model.module import LitFTModule
@@ -78,3 +79,5 @@ def test_fit_logs_the_method_metrics_for_steps_and_validation(tmp_path, tiny_lla
         assert all(math.isfinite(float(r[f"train/{name}"])) for r in train), name
         assert math.isfinite(float(val[0][f"val/{name}"])), name
     assert "val/ppl" not in val[0] or not val[0]["val/ppl"]  # perplexity is SFT's
+    with Image.open(out_dir / "loss.png") as img:  # DPO: the reward accuracy in a second panel; KTO logs none
+        assert img.size == ((1300, 450) if method == "dpo" else (700, 450))
