@@ -31,9 +31,10 @@ Runners (``--runners``):
     trl              DPOTrainer, reference forward in every step (adapters off), gradient checkpointing off, fp32
     trl-precompute   the same with precompute_ref_log_probs=True (its documented fastest setting: the reference
                      log-probabilities of every pair computed once before training, batch precompute_ref_batch_size)
+    trl-grouped      trl with length grouping, as trl-precompute-grouped (next)
     trl-precompute-grouped  trl-precompute with length grouping (train_sampling_strategy="group_by_length"). DPO's
                      tokenized rows have no input_ids and TRL drops columns outside its signature before the sampler,
-                     so transformers cannot infer lengths (ValueError); the runner adds a "length" column (the longer
+                     so transformers cannot infer lengths (ValueError, checked on TRL 1.16 / transformers 5.25); the runner adds a "length" column (the longer
                      of the pair's two rows, tokens) and sets remove_unused_columns=False (its collator ignores the
                      other columns)
 
@@ -62,8 +63,8 @@ from bench_data import load_average  # noqa: E402
 
 REPO = bench.REPO
 RUNNERS = ("litft", "litft-random", "litft-precompute", "litft-random-precompute", "trl", "trl-precompute",
-           "trl-precompute-grouped")
-TRL_RUNNERS = ("trl", "trl-precompute", "trl-precompute-grouped")
+           "trl-grouped", "trl-precompute-grouped")
+TRL_RUNNERS = ("trl", "trl-precompute", "trl-grouped", "trl-precompute-grouped")
 DATASET = "dpo_en_demo"
 ROLES = {"human": "user", "gpt": "assistant", "system": "system", "observation": "user"}
 
@@ -304,6 +305,8 @@ def one(runner: str, args) -> dict:
         return run_trl(args, precompute=False)
     if runner == "trl-precompute":
         return run_trl(args, precompute=True)
+    if runner == "trl-grouped":
+        return run_trl(args, precompute=False, grouped=True)
     if runner == "trl-precompute-grouped":
         return run_trl(args, precompute=True, grouped=True)
     raise SystemExit(f"unknown runner {runner}; choose from {', '.join(RUNNERS)}")
