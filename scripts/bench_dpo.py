@@ -10,19 +10,33 @@ subprocess, runners alternate (A B A B ...) so a change in machine load hits all
 
 Reported per runner: median real tokens/s over the timed optimizer steps (the first step is untimed), where real
 tokens are the non-padding tokens (attention-mask ones) of the step's chosen and rejected rows, counted the same way
-for both; time to first step; peak RSS of the process; for ``trl-precompute`` the seconds TRL spends computing the
+for both; time to first step; peak RSS of the process; for the precompute runners the seconds spent computing the
 reference log-probabilities before training (outside the timed steps) and the rate with that time spread over the
-pairs it covered (``amortized``).
+pairs it covered (``amortized``); the whole run's rate (all real tokens over every step's time plus the precompute).
+The last lines compare litft's best runner with TRL's best on each of the three rates.
 
     python scripts/bench.py dpo --threads 1 --steps 4 --repeats 2 --cutoff 256 --batch 2   # docs/benchmarks.md
+    python scripts/bench.py dpo --threads 1 --runners litft-precompute,trl-precompute-grouped,trl-precompute,litft \
+        --steps 4 --repeats 2 --cutoff 256 --batch 2 --keep-going --json docs/bench/dpo_precompute.json
+    python scripts/bench.py dpo --report-from docs/bench/dpo_precompute.json     # its report again
     python scripts/bench_dpo.py --runners litft,trl-precompute --steps 3 --repeats 1 --cutoff 256
 
 Runners (``--runners``):
     litft            python -m litft fit (LitFTCLI in-process), model.method: dpo, group_by_length batches
     litft-random     the same with random batches (no length grouping)
+    litft-precompute the same as litft with model.dpo.precompute_reference: true (the reference log-probabilities of
+                     every pair scored once before training; the bench makes every run score them, never reading a
+                     table an earlier run cached, and counts that time, model hashing included, like TRL's)
+    litft-random-precompute  litft-random with model.dpo.precompute_reference: true
     trl              DPOTrainer, reference forward in every step (adapters off), gradient checkpointing off, fp32
     trl-precompute   the same with precompute_ref_log_probs=True (its documented fastest setting: the reference
                      log-probabilities of every pair computed once before training, batch precompute_ref_batch_size)
+    trl-grouped      trl with length grouping, as trl-precompute-grouped (next)
+    trl-precompute-grouped  trl-precompute with length grouping (train_sampling_strategy="group_by_length"). DPO's
+                     tokenized rows have no input_ids and TRL drops columns outside its signature before the sampler,
+                     so transformers cannot infer lengths (ValueError, checked on TRL 1.16 / transformers 5.25); the runner adds a "length" column (the longer
+                     of the pair's two rows, tokens) and sets remove_unused_columns=False (its collator ignores the
+                     other columns)
 
 TRL 1.16's ``padding_free`` warns and falls back to padding ("temporarily unavailable"), and it has no
 ``use_logits_to_keep``: its log-probabilities already come from a fused head on completion tokens only
@@ -48,8 +62,9 @@ import bench  # noqa: E402  (shared helpers: model path, timing summary, RSS, re
 from bench_data import load_average  # noqa: E402
 
 REPO = bench.REPO
-RUNNERS = ("litft", "litft-random", "trl", "trl-precompute")
-TRL_RUNNERS = ("trl", "trl-precompute")
+RUNNERS = ("litft", "litft-random", "litft-precompute", "litft-random-precompute", "trl", "trl-precompute",
+           "trl-grouped", "trl-precompute-grouped")
+TRL_RUNNERS = ("trl", "trl-precompute", "trl-grouped", "trl-precompute-grouped")
 DATASET = "dpo_en_demo"
 ROLES = {"human": "user", "gpt": "assistant", "system": "system", "observation": "user"}
 
@@ -90,12 +105,33 @@ def fitting_pairs(path: Path, cutoff: int, count: int) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------- litft
-def run_litft(args, *, grouped: bool) -> dict:
+def run_litft(args, *, grouped: bool, precompute: bool = False) -> dict:
     import yaml
 
     sys.path.insert(0, str(REPO))
     import litft.trainer as litft_trainer
     from litft.cli import run
+    from litft.methods import precompute as litft_precompute
+
+    state = {"precompute_s": 0.0, "precomputed_pairs": 0, "model_key_s": 0.0}
+    if precompute:
+        litft_precompute.read_table = lambda path, pairs: None  # score in every run, as TRL does (no cached table)
+        table_fn, key_fn = litft_precompute.reference_table, litft_precompute.model_key
+
+        def timed_table(**kw):
+            t0 = time.perf_counter()
+            table = table_fn(**kw)
+            state["precompute_s"] += time.perf_counter() - t0
+            state["precomputed_pairs"] += int(table.shape[0])
+            return table
+
+        def timed_key(*a, **kw):
+            t0 = time.perf_counter()
+            key = key_fn(*a, **kw)
+            state["model_key_s"] += time.perf_counter() - t0
+            return key
+
+        litft_precompute.reference_table, litft_precompute.model_key = timed_table, timed_key
 
     timer = bench._litft_step_timer()
     original = litft_trainer.default_callbacks
@@ -110,7 +146,7 @@ def run_litft(args, *, grouped: bool) -> dict:
             "dtype": "float32",
             "attn_implementation": args.attn,
             "method": "dpo",
-            "dpo": {"beta": args.beta, "loss_type": "sigmoid"},
+            "dpo": {"beta": args.beta, "loss_type": "sigmoid", "precompute_reference": precompute},
             "lora": {"r": 16, "alpha": 32, "dropout": 0.0, "target_modules": "all"},
             "optimizer": {"lr": args.lr},
             "scheduler": {"name": "constant"},
@@ -140,7 +176,21 @@ def run_litft(args, *, grouped: bool) -> dict:
     rc = run(["fit", "--config", str(cfg)])
     if rc:
         raise SystemExit(f"litft fit failed with exit code {rc}")
-    return bench.summary(timer.ends, timer.tokens, timer.start)
+    res = bench.summary(timer.ends, timer.tokens, timer.start)
+    if precompute:
+        res["model_key_s"] = round(state["model_key_s"], 3)
+    return _amortized(res, state, args)
+
+
+def _amortized(res: dict, state: dict, args) -> dict:
+    """The precompute's seconds and pairs, and (when it ran) the rate with its time per pair added to every timed
+    step's pairs: the rate the steps cost in all (one epoch)."""
+    res["precompute_s"] = round(state["precompute_s"], 3)
+    res["precomputed_pairs"] = state["precomputed_pairs"]
+    if res["median_step_s"] and state["precomputed_pairs"]:
+        per_pair = state["precompute_s"] / state["precomputed_pairs"]
+        res["amortized_tok_s"] = res["median_tokens_per_step"] / (res["median_step_s"] + per_pair * args.batch)
+    return res
 
 
 def _profiled(fit, timer, path: str) -> dict:
@@ -156,7 +206,7 @@ def _profiled(fit, timer, path: str) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------- TRL
-def run_trl(args, *, precompute: bool) -> dict:
+def run_trl(args, *, precompute: bool, grouped: bool = False) -> dict:
     import torch
     from datasets import Dataset
     from peft import LoraConfig
@@ -210,6 +260,7 @@ def run_trl(args, *, precompute: bool) -> dict:
         use_cpu=True,
         seed=42,
         data_seed=42,
+        **({"train_sampling_strategy": "group_by_length", "remove_unused_columns": False} if grouped else {}),
         logging_steps=1,
         save_strategy="no",
         report_to=[],
@@ -218,24 +269,26 @@ def run_trl(args, *, precompute: bool) -> dict:
     )
     peft_config = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules=bench.LORA_TARGETS,
                              task_type="CAUSAL_LM")
+    records = json.loads(Path(args.data).read_text(encoding="utf-8"))
+    dataset = Dataset.from_list(records)
+    if grouped:  # LengthGroupedSampler's lengths: the longer row of each pair (prompt + reply, chat template)
+        def row(messages):
+            ids = tokenizer.apply_chat_template(messages, tokenize=True)
+            return len(ids["input_ids"] if hasattr(ids, "keys") else ids)
+
+        dataset = dataset.add_column("length", [max(row(r["prompt"] + r["chosen"]), row(r["prompt"] + r["rejected"]))
+                                                for r in records])
     trainer = TimedDPOTrainer(
         model=model,
         ref_model=None,  # with a PEFT model: the reference is the base with the adapters off, as in litft
         args=config,
-        train_dataset=Dataset.from_list(json.loads(Path(args.data).read_text(encoding="utf-8"))),
+        train_dataset=dataset,
         processing_class=tokenizer,
         peft_config=peft_config,
         callbacks=[Timer()],
     )
     trainer.train()
-    res = bench.summary(ends, tokens, state["start"])
-    res["precompute_s"] = round(state["precompute_s"], 3)
-    res["precomputed_pairs"] = state["precomputed_pairs"]
-    if precompute and res["median_step_s"] and state["precomputed_pairs"]:
-        # the precompute's time per pair added to every timed step's pairs: the rate the steps cost in all
-        per_pair = state["precompute_s"] / state["precomputed_pairs"]
-        res["amortized_tok_s"] = res["median_tokens_per_step"] / (res["median_step_s"] + per_pair * args.batch)
-    return res
+    return _amortized(bench.summary(ends, tokens, state["start"]), state, args)
 
 
 # ---------------------------------------------------------------------------------------------- driver
@@ -244,10 +297,18 @@ def one(runner: str, args) -> dict:
         return run_litft(args, grouped=True)
     if runner == "litft-random":
         return run_litft(args, grouped=False)
+    if runner == "litft-precompute":
+        return run_litft(args, grouped=True, precompute=True)
+    if runner == "litft-random-precompute":
+        return run_litft(args, grouped=False, precompute=True)
     if runner == "trl":
         return run_trl(args, precompute=False)
     if runner == "trl-precompute":
         return run_trl(args, precompute=True)
+    if runner == "trl-grouped":
+        return run_trl(args, precompute=False, grouped=True)
+    if runner == "trl-precompute-grouped":
+        return run_trl(args, precompute=True, grouped=True)
     raise SystemExit(f"unknown runner {runner}; choose from {', '.join(RUNNERS)}")
 
 
@@ -269,7 +330,9 @@ def spawn(runner: str, args) -> dict:
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("BENCH_RESULT ")]
     if proc.returncode or not lines:
         sys.stderr.write(proc.stderr[-4000:])
-        raise SystemExit(f"{runner} failed (exit {proc.returncode})")
+        if not args.keep_going:
+            raise SystemExit(f"{runner} failed (exit {proc.returncode})")
+        return {"failed": proc.returncode, "stderr_tail": proc.stderr[-2000:]}
     result = json.loads(lines[-1][len("BENCH_RESULT "):])
     result["wall_s"] = time.perf_counter() - t0
     return result
@@ -278,6 +341,9 @@ def spawn(runner: str, args) -> dict:
 def report(results: dict[str, list[dict]]) -> str:
     agg = {}
     for runner, runs in results.items():
+        runs = [r for r in runs if not r.get("failed")]
+        if not runs:
+            continue
         rates = [r["median_tok_s"] for r in runs if r["median_tok_s"]]
         amortized = [r["amortized_tok_s"] for r in runs if r.get("amortized_tok_s")]
         agg[runner] = {
@@ -290,23 +356,32 @@ def report(results: dict[str, list[dict]]) -> str:
             "first": statistics.median(r["time_to_first_step_s"] for r in runs),
             "precompute": statistics.median(r.get("precompute_s", 0.0) for r in runs),
             "rss": max(r["peak_rss_mib"] for r in runs),
+            "rss_runs": [round(r["peak_rss_mib"]) for r in runs],
+            # every step (the first too) and the precompute: all the run's real tokens over the time they cost
+            "run": statistics.median(sum(r["step_tokens"]) / (sum(r["step_s"]) + r.get("precompute_s", 0.0)) for r in runs),
         }
-    lead = agg.get("litft", {})
+    lead = agg.get("litft") or next((a for r, a in agg.items() if r.startswith("litft")), {})
     rows = ["| runner | real tok/s (median) | per run | real tok/CPU-s | s/step | real tok/step | ref precompute s | amortized tok/s | "
-            "first step s | peak RSS MiB | litft / runner (speed) | runner / litft (RSS) |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+            "whole run tok/s | first step s | peak RSS MiB (max; per run) | litft / runner (speed) | runner / litft (RSS) |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for runner, a in agg.items():
         speed = lead["tok_s"] / a["tok_s"] if lead.get("tok_s") and a["tok_s"] else None
         rss = a["rss"] / lead["rss"] if lead.get("rss") else None
         rows.append(f"| {runner} | {bench._fmt(a['tok_s'])} | {a['runs']} | {bench._fmt(a['cpu'])} | {bench._fmt(a['step_s'], '.2f')} | "
                     f"{bench._fmt(a['tokens'], '.0f')} | {bench._fmt(a['precompute'])} | {bench._fmt(a['amortized'])} | "
-                    f"{bench._fmt(a['first'])} | {bench._fmt(a['rss'], '.0f')} | {bench._fmt(speed, '.2f')} | "
+                    f"{bench._fmt(a['run'])} | {bench._fmt(a['first'])} | {bench._fmt(a['rss'], '.0f')}; {a['rss_runs']} | {bench._fmt(speed, '.2f')} | "
                     f"{bench._fmt(rss, '.2f')} |")
-    trl = {r: agg[r]["tok_s"] for r in TRL_RUNNERS if r in agg and agg[r]["tok_s"]}
-    if trl and lead.get("tok_s"):
-        best = max(trl, key=trl.get)
-        rows.append(f"\nlitft / TRL's best ({best}, among {', '.join(trl)}): {lead['tok_s'] / trl[best]:.2f}x real "
-                    f"tokens/s; peak RSS litft {lead['rss']:.0f} MiB vs {best} {agg[best]['rss']:.0f} MiB")
+    # a runner's rate counting its reference precompute (amortized) where it has one: the like-for-like figure
+    total = {r: (a["amortized"] or a["tok_s"]) for r, a in agg.items() if a["tok_s"]}
+    for label, rate in (("timed steps only", {r: a["tok_s"] for r, a in agg.items() if a["tok_s"]}),
+                        ("precompute counted", total), ("whole run", {r: a["run"] for r, a in agg.items()})):
+        trl = {r: v for r, v in rate.items() if r in TRL_RUNNERS}
+        ours = {r: v for r, v in rate.items() if r.startswith("litft")}
+        if trl and ours:
+            best, mine = max(trl, key=trl.get), max(ours, key=ours.get)
+            rows.append(f"\n{label}: litft's best ({mine}) / TRL's best ({best}, among {', '.join(trl)}): "
+                        f"{rate[mine]:.1f} / {rate[best]:.1f} = {rate[mine] / rate[best]:.2f}x real tokens/s; peak RSS "
+                        f"{agg[mine]['rss']:.0f} vs {agg[best]['rss']:.0f} MiB ({agg[mine]['rss'] / agg[best]['rss']:.2f}x)")
     return "\n".join(rows)
 
 
@@ -325,11 +400,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=0, help="OMP_NUM_THREADS for the runs (0 = torch default)")
     parser.add_argument("--profile", help="litft runners: write a cProfile of the run (pstats) to this file")
     parser.add_argument("--json", help="write all results to this JSON file (rewritten after every run)")
+    parser.add_argument("--keep-going", action="store_true", help="record a failed run and go on with the others")
+    parser.add_argument("--report-from", help="print the report of a --json file written earlier, run nothing")
     parser.add_argument("--_one", help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)  # (internal) the pairs file fitting_pairs wrote
     args = parser.parse_args(argv)
     if args.pairs is None:
         args.pairs = args.steps * args.batch
+    if args.report_from:  # the report of a saved --json file
+        print(report(json.loads(Path(args.report_from).read_text(encoding="utf-8"))["results"]))
+        return 0
     if args._one:
         print("BENCH_RESULT " + json.dumps(one(args._one, args)), flush=True)
         return 0
