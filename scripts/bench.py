@@ -95,12 +95,13 @@ def real_tokens(batch: dict, pad_id: int | None = None) -> int:
     ids = batch["input_ids"]
     if pad_id is None:
         return int(ids.numel())
-    total = 0
-    for row in ids.tolist():
+    segments = batch.get("reply_segments")  # one row per DPO pair (data.share_prompt): count its prefix twice,
+    total = 0                               # the tokens of the pair's chosen and rejected rows, as the other runners
+    for i, row in enumerate(ids.tolist()):
         k = len(row)
         while k and row[k - 1] == pad_id:
             k -= 1
-        total += k
+        total += k + (int((segments[i, :k] == 0).sum()) if segments is not None else 0)
     return total
 
 

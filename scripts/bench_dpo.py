@@ -28,6 +28,9 @@ Runners (``--runners``):
                      every pair scored once before training; the bench makes every run score them, never reading a
                      table an earlier run cached, and counts that time, model hashing included, like TRL's)
     litft-random-precompute  litft-random with model.dpo.precompute_reference: true
+    litft-shared     litft with data.share_prompt: true (one row per pair, the prompt computed once; real tokens
+                     counted as the pair's two rows, like every runner)
+    litft-shared-precompute  litft-precompute with data.share_prompt: true
     trl              DPOTrainer, reference forward in every step (adapters off), gradient checkpointing off, fp32
     trl-precompute   the same with precompute_ref_log_probs=True (its documented fastest setting: the reference
                      log-probabilities of every pair computed once before training, batch precompute_ref_batch_size)
@@ -62,7 +65,8 @@ import bench  # noqa: E402  (shared helpers: model path, timing summary, RSS, re
 from bench_data import load_average  # noqa: E402
 
 REPO = bench.REPO
-RUNNERS = ("litft", "litft-random", "litft-precompute", "litft-random-precompute", "trl", "trl-precompute",
+RUNNERS = ("litft", "litft-random", "litft-precompute", "litft-random-precompute", "litft-shared",
+           "litft-shared-precompute", "trl", "trl-precompute",
            "trl-grouped", "trl-precompute-grouped")
 TRL_RUNNERS = ("trl", "trl-precompute", "trl-grouped", "trl-precompute-grouped")
 DATASET = "dpo_en_demo"
@@ -105,7 +109,7 @@ def fitting_pairs(path: Path, cutoff: int, count: int) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------- litft
-def run_litft(args, *, grouped: bool, precompute: bool = False) -> dict:
+def run_litft(args, *, grouped: bool, precompute: bool = False, share: bool = False) -> dict:
     import yaml
 
     sys.path.insert(0, str(REPO))
@@ -156,6 +160,7 @@ def run_litft(args, *, grouped: bool, precompute: bool = False) -> dict:
             "cutoff_len": args.cutoff,
             "batch_size": args.batch,
             "group_by_length": grouped,
+            "share_prompt": share,
             "num_workers": 0,
         },
         "trainer": {
@@ -299,6 +304,10 @@ def one(runner: str, args) -> dict:
         return run_litft(args, grouped=False)
     if runner == "litft-precompute":
         return run_litft(args, grouped=True, precompute=True)
+    if runner == "litft-shared":
+        return run_litft(args, grouped=True, share=True)
+    if runner == "litft-shared-precompute":
+        return run_litft(args, grouped=True, precompute=True, share=True)
     if runner == "litft-random-precompute":
         return run_litft(args, grouped=False, precompute=True)
     if runner == "trl":

@@ -13,6 +13,7 @@ Flow (one module per step)::
     preference.py preference pairs → chosen/rejected rows, feedback examples → rows (same templates, exact masks)
     stats.py      the figures of a preparation (records, skipped, samples, tokens, truncated, dropped, ...)
     packing.py    best-fit decreasing packing, block-diagonal mask / varlen position_ids
+    shared_prompt.py  preference pairs as one row each, the prompt once (data.share_prompt: a 4-D branch mask)
     pipeline.py   corpus-scale preparation on datasets: Arrow all the way, batched map with worker processes
     cache.py      fingerprinted Arrow cache, prepared on one rank, others wait (heartbeat + timeout)
     loader.py     resumable, sharded training loader with num_target_tokens

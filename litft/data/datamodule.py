@@ -17,10 +17,11 @@ from litft.data import cache, pipeline
 from litft.data.collate import FeedbackCollator, PadCollator, PairCollator, ReferenceRows
 from litft.data.conversation import KINDS
 from litft.data.loader import ResumableBatchSampler, ResumableLoader, epoch_generator
-from litft.data.packing import PackedCollator
+from litft.data.packing import PackedCollator, is_varlen
 from litft.data.reader import data_files
 from litft.data.records import entry_kind, iter_conversations, mix, sample_indices
 from litft.data.registry import check_kinds, resolve
+from litft.data.shared_prompt import SharedPromptCollator
 from litft.data.stats import Stats
 from litft.data.templates import resolve_template
 from litft.errors import LitFTError
@@ -77,6 +78,8 @@ class LitFTDataModule(pl.LightningDataModule):
         cache_wait_timeout: Seconds a rank waits for the cache with no sign of the preparing rank (its heartbeat)
             before stopping with an error that names data.shared_filesystem.
         preprocessing_num_workers: Worker processes that tokenize (and pack) in parallel (None or 1: in-process).
+        share_prompt: Preference pairs as one row each, the prompt computed once for chosen and rejected (a 4-D
+            mask; exact; litft.data.shared_prompt). SDPA or eager attention; not with sequence parallelism.
         overwrite_cache: Rebuild the tokenized dataset even when a cached copy exists.
         group_by_length: Batch rows of similar length together (less padding, faster); ignored when packing.
     """
@@ -111,6 +114,7 @@ class LitFTDataModule(pl.LightningDataModule):
         group_by_length: bool = False,
         cache_wait_timeout: float = 600.0,
         preprocessing_num_workers: int | None = None,
+        share_prompt: bool = False,
     ):
         super().__init__()
         if on_bad_record not in ("error", "skip"):
@@ -131,9 +135,14 @@ class LitFTDataModule(pl.LightningDataModule):
             # Exact packing of pairs is possible (a block-diagonal mask per sample, the loss gathering each sample's
             # log-probability by segment) but not built: the loss would have to know which packed sample is which.
             raise LitFTError(f"data.packing is not supported for {kind} data (rows are padded): set data.packing: false")
+        if share_prompt and kind != "preference":
+            raise LitFTError(f"data.share_prompt applies to preference pairs, not {kind} data: set it to false")
+        if share_prompt and is_varlen(attn_implementation):
+            raise LitFTError(f"data.share_prompt needs a 4-D attention mask, which {attn_implementation} does not take: "
+                             "set model.attn_implementation: sdpa (or data.share_prompt: false)")
         if kind != "sft" and train_on_prompt:
             raise LitFTError(f"data.train_on_prompt does not apply to {kind} data (only the replies are scored)")
-        self.kind = kind
+        self.kind, self.share_prompt = kind, share_prompt
         self.eval_dataset = eval_dataset
         self.dataset, self.dataset_dir = dataset, dataset_dir
         self.tokenizer_name, self.gguf_file, self.trust_remote_code = tokenizer, gguf_file, trust_remote_code
@@ -399,6 +408,9 @@ class LitFTDataModule(pl.LightningDataModule):
     def collator(self, *, packed: bool | None = None):
         """The batch collator of this data: :class:`PairCollator` (preference), :class:`FeedbackCollator` (feedback,
         with KL rows), else padded or packed SFT rows."""
+        if self.kind == "preference" and self.share_prompt:
+            return SharedPromptCollator(self.tokenizer.pad_token_id, attn_implementation=self.attn_implementation,
+                                        pad_to_multiple_of=self.pad_to_multiple_of)
         if self.kind == "preference":
             return PairCollator(self.tokenizer.pad_token_id, pad_to_multiple_of=self.pad_to_multiple_of)
         if self.kind == "feedback":

@@ -34,6 +34,7 @@ from litft.data.records import entry_kind
 from litft.data.registry import resolve
 from litft.errors import LitFTError
 from litft.methods import METHODS
+from litft.methods.logps import layout
 from litft.methods.reference import reference_scorer
 
 MEAN_SCORE = ("orpo", "simpo")
@@ -65,10 +66,11 @@ def pair_logps(batches: Iterable[dict], score: Callable, model: torch.nn.Module,
     parts: dict[str, dict[str, list]] = {label: {} for label in ("base", "fine-tuned")}
     for batch in batches:
         ids, mask, labels = (batch[k].to(device) for k in ("input_ids", "attention_mask", "labels"))
-        b = ids.shape[0] // 2
+        extra = {k: v.to(device) for k, v in layout(batch).items()}  # one row per pair (data.share_prompt)
         with torch.no_grad():
             for label, scorer in (("fine-tuned", score), ("base", base_score)):
-                logps, tokens = scorer(ids, mask, labels)
+                logps, tokens = scorer(ids, mask, labels, **extra)
+                b = logps.shape[0] // 2
                 logps, tokens = logps.detach().double().cpu(), tokens.detach().cpu()
                 for key, value in (("chosen", logps[:b]), ("rejected", logps[b:]),
                                    ("chosen_tokens", tokens[:b]), ("rejected_tokens", tokens[b:])):

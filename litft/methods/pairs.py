@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from litft.data.collate import REFERENCE_LOGPS
 from litft.methods.base import StepOutput, detached
 from litft.methods.dpo import DPOConfig
+from litft.methods.logps import layout
 from litft.methods.orpo import ORPOConfig
 from litft.methods.simpo import SimPOConfig
 
@@ -27,8 +28,9 @@ def pair_step(config: PairConfig, batch: dict, policy: Callable, reference: Opti
     """Loss sum and metrics of one preference micro-batch. ``policy`` / ``reference`` are scorers
     (:class:`litft.methods.logps.Scorer`); ``reference`` is needed by DPO only."""
     ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
-    b = ids.shape[0] // 2
-    logps, tokens = policy(ids, mask, labels)
+    extra = layout(batch)  # one row per pair (data.share_prompt): positions and reply segments
+    logps, tokens = policy(ids, mask, labels, **extra)
+    b = logps.shape[0] // 2
     chosen, rejected = logps[:b], logps[b:]
     n_chosen, n_rejected = tokens[:b], tokens[b:]
     chosen_avg, rejected_avg = chosen / n_chosen.clamp(min=1), rejected / n_rejected.clamp(min=1)
@@ -39,7 +41,7 @@ def pair_step(config: PairConfig, batch: dict, policy: Callable, reference: Opti
         elif reference is None:
             raise ValueError("DPO needs a reference scorer")
         else:
-            ref, _ = reference(ids, mask, labels)
+            ref, _ = reference(ids, mask, labels, **extra)
         losses, rewards_c, rewards_r = config.pair_losses(chosen, rejected, ref[:b], ref[b:], n_chosen, n_rejected)
         sft_weight, shown_c, shown_r = config.sft_weight, chosen, rejected  # TRL logs summed log-probabilities
     elif isinstance(config, SimPOConfig):

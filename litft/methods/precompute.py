@@ -32,6 +32,7 @@ import torch
 
 from litft.errors import LitFTError
 from litft.io import atomic_write, file_digest
+from litft.methods.logps import layout
 
 log = logging.getLogger(__name__)
 
@@ -122,8 +123,8 @@ def score_pairs(rows, collate: Callable, reference: Callable, *, batch_size: int
     for start in range(0, share, batch_size):
         batch = collate([rows[i] for i in mine[start : start + batch_size]])
         ids, mask, labels = (batch[k].to(device) for k in ("input_ids", "attention_mask", "labels"))
-        logps, _ = reference(ids, mask, labels)
-        b = ids.shape[0] // 2
+        logps, _ = reference(ids, mask, labels, **{k: v.to(device) for k, v in layout(batch).items()})
+        b = logps.shape[0] // 2
         out.append(torch.stack([logps[:b], logps[b:]], dim=1).detach())
     return torch.cat(out)
 

@@ -187,16 +187,22 @@ class LitFTModule(L.LightningModule):
         logits = self.model(**inputs, use_cache=False).logits
         return lm_loss.lm_loss_from_logits(logits, labels, shifted=shifted)
 
-    def score(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-              labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(log-probability sum, trained positions) of each row: the preference methods' scorer, on the same
-        chunked head as the SFT loss (litft.methods.logps)."""
+    def score(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor,
+              position_ids: Optional[torch.Tensor] = None,
+              segments: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(log-probability sum, trained positions) of each row (per reply with ``segments``: one row per pair,
+        litft.data.shared_prompt): the preference methods' scorer, on the same chunked head as the SFT loss
+        (litft.methods.logps)."""
         base = self.base_model()
-        if self._hidden_path_ok(base, {"input_ids": input_ids, "attention_mask": attention_mask}):
+        inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if position_ids is not None:
+            inputs["position_ids"] = position_ids
+        layout = {"position_ids": position_ids, "segments": segments}
+        if self._hidden_path_ok(base, inputs):
             return sequence_logps(self.model, input_ids, attention_mask, labels, decoder=base.get_decoder(),
                                   head=base.get_output_embeddings(), chunk_size=self.loss_chunk_size,
-                                  symmetric=self._sharded)
-        return sequence_logps(self.model, input_ids, attention_mask, labels)
+                                  symmetric=self._sharded, **layout)
+        return sequence_logps(self.model, input_ids, attention_mask, labels, **layout)
 
     def on_fit_start(self) -> None:
         """With ``model.dpo.precompute_reference``: the training pairs' reference log-probabilities, read from the
