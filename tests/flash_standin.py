@@ -1,5 +1,5 @@
-"""A callback that runs a ``litft fit`` launch on the CPU stand-in flash kernel (tests/cpu_flash_attn), which the CLI
-cannot name: ``model.attn_implementation`` accepts transformers' named implementations only, not a kernel repo id.
+"""A callback that runs a ``litft fit`` launch on the CPU stand-in flash kernel (tests/cpu_flash_attn) and records its
+calls (the CLI also takes the kernel's id as ``model.attn_implementation``; the callback adds the call counts).
 
 Before the model is built (``setup`` runs before ``configure_model``) it switches the model spec and the data's
 collator to ``litft-tests/cpu-flash-attn``; the launching test sets ``LOCAL_KERNELS`` to point that id at the

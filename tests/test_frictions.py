@@ -33,6 +33,16 @@ def test_flash_attention_without_the_package_is_one_line(tiny_qwen2, tmp_path, c
     assert err.strip().splitlines()[-1].startswith("litft: error: model.attn_implementation: flash_attention_2 needs")
 
 
+def test_attn_implementation_names_and_hub_kernels(tiny_qwen2):
+    """A typo stops when the module is built (before any data is prepared); a hub kernel id is accepted (transformers
+    loads it with the kernels package: tests/test_packing_varlen.py runs one)."""
+    with pytest.raises(LitFTError, match=r"model.attn_implementation: 'sdpaa' is not one of sdpa, eager, "
+                                         r"flash_attention_2, flash_attention_3 or a hub kernel id"):
+        LitFTModule(tiny_qwen2, attn_implementation="sdpaa")
+    for name in ("kernels-community/flash-attn2", "kernels-community/vllm-flash-attn3@v1:flash_attn_varlen_func"):
+        assert LitFTModule(tiny_qwen2, attn_implementation=name).spec.attn_implementation == name
+
+
 @pytest.mark.parametrize("name,cls", [("adamw_torch", "torch.optim.adamw.AdamW"),
                                       ("adamw_torch_fused", "torch.optim.adamw.AdamW"),
                                       ("paged_adamw_32bit", "bitsandbytes.optim.adamw.PagedAdamW"),

@@ -19,7 +19,7 @@ from litft.model import grad_checkpointing, long_context, partition
 from litft.model.adapters import apply_lora
 from litft.model.config import LoraConfig, QuantizationConfig
 from litft.model.dtypes import FLOAT_DTYPES, STORAGE_DTYPES
-from litft.model.loading import check_attn_implementation, resolve_model_path
+from litft.model.loading import check_attn_implementation, check_attn_name, resolve_model_path
 from litft.model.params import count_parameters
 from litft.model.quantization import bnb_config
 from litft.shims.bitsandbytes import keep_4bit_weights_trainable
@@ -28,7 +28,8 @@ from litft.strategies import check_quantization, is_zero3
 log = logging.getLogger(__name__)
 
 DtypeName = Literal["auto", "float32", "bfloat16", "float16"]
-AttnImplementation = Literal["sdpa", "eager", "flash_attention_2", "flash_attention_3"]
+AttnImplementation = str
+"""sdpa, eager, flash_attention_2, flash_attention_3, or a hub kernel id (:func:`check_attn_name`)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,11 +44,15 @@ class ModelSpec:
     dtype: DtypeName = "auto"
     """dtype of the frozen base weights; auto follows the precision (:func:`weights_dtype`)."""
     attn_implementation: AttnImplementation = "sdpa"
-    """transformers attention kernel: sdpa, eager, flash_attention_2 or flash_attention_3."""
+    """transformers attention kernel: sdpa, eager, flash_attention_2, flash_attention_3, or a hub kernel that
+    transformers loads through the ``kernels`` package (e.g. kernels-community/flash-attn2)."""
     trust_remote_code: bool = False
     """Run modelling code shipped with the model (off unless you trust the source)."""
     quantization: Optional[QuantizationConfig] = None
     """Quantize the frozen base with bitsandbytes (QLoRA); None = no quantization."""
+
+    def __post_init__(self):
+        check_attn_name(self.attn_implementation)  # a typo stops here, before any data is prepared
 
 
 def weights_dtype(dtype: str = "auto", *, precision: Any = "32-true", trains_base: bool = False) -> torch.dtype:

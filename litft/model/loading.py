@@ -14,6 +14,7 @@ import hashlib
 import importlib.util
 import logging
 import os
+import re
 from pathlib import Path
 
 import torch
@@ -114,10 +115,25 @@ def _convert_gguf(gguf: Path, target: Path, *, trust_remote_code: bool) -> None:
 
 
 _FLASH_PACKAGES = {"flash_attention_2": "flash_attn", "flash_attention_3": "flash_attn_interface"}
+NAMED_ATTENTION = ("sdpa", "eager", "flash_attention_2", "flash_attention_3")
+_HUB_KERNEL = re.compile(r"[\w.-]+/[\w.-]+(@[\w.-]+)?(:[\w.-]+)?")
+"""A hub kernel id as transformers takes it: ``org/repo``, optionally ``@revision`` and ``:function``."""
+
+
+def check_attn_name(name: str | None) -> None:
+    """``model.attn_implementation`` is one of transformers' named implementations or a hub kernel id."""
+    if name is None or name in NAMED_ATTENTION or _HUB_KERNEL.fullmatch(name):
+        return
+    raise LitFTError(f"model.attn_implementation: '{name}' is not one of {', '.join(NAMED_ATTENTION)} or a hub "
+                     "kernel id such as kernels-community/flash-attn2")
 
 
 def check_attn_implementation(name: str | None) -> None:
     """One line instead of transformers' ImportError traceback when a flash-attention kernel is not installed."""
+    check_attn_name(name)
+    if name and "/" in name and importlib.util.find_spec("kernels") is None:
+        raise LitFTError(f"model.attn_implementation: {name} is a hub kernel, which transformers loads with the "
+                         "kernels package, not installed: pip install kernels (or set model.attn_implementation: sdpa)")
     package = _FLASH_PACKAGES.get(name or "")
     if package is not None and importlib.util.find_spec(package) is None:
         install = "pip install flash-attn --no-build-isolation" if name == "flash_attention_2" else "build flash-attn 3 (hopper/)"
