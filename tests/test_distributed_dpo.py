@@ -9,7 +9,8 @@ match within 1e-4. Scale-sensitive as for SFT: plain SGD (the update is lr x gra
 reference checks that it clips), pairs whose replies run from 1 to 11 words (ranks hold pairs of different lengths),
 and with A=3 the epoch's last group has 2 micro-batches, not 3: a loss divided by anything but the pairs of the
 whole optimizer step on all ranks gives other gradients. The reference model is the base with the adapters off,
-QLoRA included; the ZeRO-3 cells take it precomputed once before training (model.dpo.precompute_reference). Also: accumulation against one big batch (the ground truth of per-step normalisation), and KTO
+QLoRA included; the ZeRO-3 cells take it precomputed once before training (model.dpo.precompute_reference). The ZeRO-2
+cells and the ZeRO-3 QLoRA cell run with one row per pair (data.share_prompt), against two-row references. Also: accumulation against one big batch (the ground truth of per-step normalisation), and KTO
 under ZeRO-3 against DDP (its KL all-reduce inside the step; a smoke of symmetry, blind to a KL computed per rank,
 which both strategies would share).
 """
@@ -50,7 +51,7 @@ def _write_pairs(path: Path) -> str:
 
 
 def _write_config(out: Path, model: str, data: str, *, strategy: str, devices: int, batch: int, accumulate: int = 1,
-                  qlora: bool = False, precompute: bool = False) -> Path:
+                  qlora: bool = False, precompute: bool = False, share_prompt: bool = False) -> Path:
     config = {
         "output_dir": str(out),
         "seed_everything": 0,
@@ -58,7 +59,7 @@ def _write_config(out: Path, model: str, data: str, *, strategy: str, devices: i
                   "lora": {"r": 4, "alpha": 8, "dropout": 0.0},
                   "optimizer": {"name": "sgd", "lr": LR}, "scheduler": {"name": "constant"},
                   **({"quantization": {"bits": 4}} if qlora else {})},
-        "data": {"dataset": data, "cutoff_len": 48, "batch_size": batch},
+        "data": {"dataset": data, "cutoff_len": 48, "batch_size": batch, "share_prompt": share_prompt},
         "trainer": {
             "accelerator": "cpu", "devices": devices, "strategy": _strategy(strategy), "max_steps": STEPS,
             "accumulate_grad_batches": accumulate, "gradient_clip_val": CLIP, "log_every_n_steps": 1,
@@ -125,8 +126,11 @@ def test_dpo_two_processes_match_one(setup_dirs, references, strategy, accumulat
     # ZeRO-3 with the reference precomputed (litft/methods/precompute.py: each rank scores a share of the pairs with
     # the same sharded calls, shares all-gathered) must reproduce the live reference of the one-process run.
     precompute = strategy == "deepspeed_stage_3"
+    # ZeRO-2, and ZeRO-3 with QLoRA, with one row per pair (data.share_prompt: the prompt once, a 4-D branch mask):
+    # the one-process reference has two rows per pair
+    share = strategy == "deepspeed_stage_2" or (strategy == "deepspeed_stage_3" and qlora)
     _fit(_write_config(out, model, data, strategy=strategy, devices=2, batch=2, accumulate=accumulate, qlora=qlora,
-                       precompute=precompute))
+                       precompute=precompute, share_prompt=share))
     if precompute:
         assert len(list((out / "cache").glob("data/*/reference-*.npy"))) == 1
     _assert_matches(f"DPO {strategy} A={accumulate}", _result(out), references(accumulate, qlora))
