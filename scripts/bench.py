@@ -86,6 +86,22 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
+def cpu_trainer(steps: int) -> dict:
+    """The ``trainer:`` section of every CPU runner of litft: one fp32 process, ``steps`` optimizer steps, no logger,
+    checkpoints, progress bar or summary."""
+    return {"accelerator": "cpu", "devices": 1, "precision": "32-true", "max_steps": steps, "logger": False,
+            "enable_checkpointing": False, "enable_progress_bar": False, "enable_model_summary": False}
+
+
+def write_config(config: dict, out) -> Path:
+    """``config`` as ``<out>/bench.yaml`` (the file ``litft fit --config`` reads)."""
+    import yaml  # the litft environment's (the TRL runners' environments need not have it)
+
+    cfg = Path(out) / "bench.yaml"
+    cfg.write_text(yaml.safe_dump(config))
+    return cfg
+
+
 def real_tokens(batch: dict, pad_id: int | None = None) -> int:
     """Non-padding tokens of a batch: the 2-D attention mask's ones; for packed rows (4-D block mask or
     position_ids only) every token but each row's trailing run of pad tokens (exact to one token per row)."""
@@ -154,8 +170,6 @@ def _litft_step_timer():
 
 
 def run_litft(args, *, grouped: bool, packing: bool = False) -> dict:
-    import yaml
-
     sys.path.insert(0, str(REPO))
     import litft.trainer as litft_trainer
     from litft.cli import run
@@ -186,19 +200,9 @@ def run_litft(args, *, grouped: bool, packing: bool = False) -> dict:
             "packing": packing,
             "num_workers": args.workers,
         },
-        "trainer": {
-            "accelerator": "cpu",
-            "devices": 1,
-            "precision": "32-true",
-            "max_steps": args.steps,
-            "logger": False,
-            "enable_checkpointing": False,
-            "enable_progress_bar": False,
-            "enable_model_summary": False,
-        },
+        "trainer": cpu_trainer(args.steps),
     }
-    cfg = Path(out) / "bench.yaml"
-    cfg.write_text(yaml.safe_dump(config))
+    cfg = write_config(config, out)
     rc = run(["fit", "--config", str(cfg)])
     if rc:
         raise SystemExit(f"litft fit failed with exit code {rc}")

@@ -110,8 +110,6 @@ def fitting_pairs(path: Path, cutoff: int, count: int) -> dict:
 
 # ---------------------------------------------------------------------------------------------- litft
 def run_litft(args, *, grouped: bool, precompute: bool = False, share: bool = False) -> dict:
-    import yaml
-
     sys.path.insert(0, str(REPO))
     import litft.trainer as litft_trainer
     from litft.cli import run
@@ -163,19 +161,9 @@ def run_litft(args, *, grouped: bool, precompute: bool = False, share: bool = Fa
             "share_prompt": share,
             "num_workers": 0,
         },
-        "trainer": {
-            "accelerator": "cpu",
-            "devices": 1,
-            "precision": "32-true",
-            "max_steps": args.steps,
-            "logger": False,
-            "enable_checkpointing": False,
-            "enable_progress_bar": False,
-            "enable_model_summary": False,
-        },
+        "trainer": bench.cpu_trainer(args.steps),
     }
-    cfg = Path(out) / "bench.yaml"
-    cfg.write_text(yaml.safe_dump(config))
+    cfg = bench.write_config(config, out)
     if args.profile:
         return _profiled(lambda: run(["fit", "--config", str(cfg)]), timer, args.profile)
     rc = run(["fit", "--config", str(cfg)])

@@ -97,10 +97,14 @@ def block_causal_mask(position_ids: torch.Tensor, dtype: torch.dtype = torch.flo
     same = seq[:, :, None] == seq[:, None, :]
     L = position_ids.shape[-1]
     causal = torch.ones(L, L, dtype=torch.bool, device=position_ids.device).tril()
-    allowed = same & causal
+    return attention_mask_4d(same & causal, dtype)
+
+
+def attention_mask_4d(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``(batch, 1, L, L)`` from ``allowed`` ``(batch, L, L)``: bool (True = may attend) or additive (0 / dtype min)."""
     if dtype == torch.bool:
         return allowed[:, None]
-    mask = torch.zeros(allowed.shape, dtype=dtype, device=position_ids.device)
+    mask = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device)
     mask.masked_fill_(~allowed, torch.finfo(dtype).min)
     return mask[:, None]
 

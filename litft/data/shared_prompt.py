@@ -27,6 +27,7 @@ from typing import Any
 import torch
 
 from litft.data.collate import REFERENCE_LOGPS
+from litft.data.packing import attention_mask_4d
 from litft.labels import IGNORE_INDEX
 
 SEGMENTS = "reply_segments"
@@ -66,11 +67,7 @@ def branch_mask(segments: torch.Tensor, valid: torch.Tensor, dtype: torch.dtype 
     prefix = (segments == 0) & valid
     allowed = causal & (same | prefix[:, None, :]) & valid[:, :, None] & valid[:, None, :]
     allowed |= torch.eye(t, dtype=torch.bool, device=segments.device) & ~valid[:, :, None]
-    if dtype == torch.bool:
-        return allowed[:, None]
-    mask = torch.zeros(allowed.shape, dtype=dtype, device=segments.device)
-    mask.masked_fill_(~allowed, torch.finfo(dtype).min)
-    return mask[:, None]
+    return attention_mask_4d(allowed, dtype)
 
 
 class SharedPromptCollator:
