@@ -57,7 +57,7 @@ TRL_RUNNERS = ("trl", "trl-grouped", "trl-packing")  # litft's headline ratio is
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_data import load_average  # noqa: E402  (one helper for both benchmark scripts)
+from bench_data import alternate, load_average  # noqa: E402  (helpers shared by the benchmark scripts)
 
 
 LLAMAFACTORY_ENV = "LITFT_LLAMAFACTORY_DATA"
@@ -827,23 +827,14 @@ def main(argv: list[str] | None = None) -> int:
             Path(args.json).write_text(json.dumps({**header, **out}, indent=1))
         return 0
     runners = [args.scenario] if args.scenario == "micro" else [r.strip() for r in args.runners.split(",") if r.strip()]
-    results: dict[str, list[dict]] = {r: [] for r in runners}
-    for rep in range(args.repeats):
-        for runner in runners:
-            res = spawn(runner, args)
-            res["load_after"] = load_average()
-            results[runner].append(res)
-            brief = {k: res.get(k) for k in ("median_tok_s", "median_tok_per_cpu_s", "time_to_first_step_s", "peak_rss_mib", "step_s",
-                                             "wall_s", "mfu", "peak_gpu_mem_gib")}
-            print(f"[{rep + 1}/{args.repeats}] {runner}: {json.dumps(brief if args.scenario in ('c1', 'gpu') else res)}", flush=True)
-            if args.json:  # partial results survive an interrupted benchmark
-                Path(args.json).write_text(json.dumps({**header, "results": results}, indent=1))
-    header["load_after"] = load_average()
+    keys = ("median_tok_s", "median_tok_per_cpu_s", "time_to_first_step_s", "peak_rss_mib", "step_s", "wall_s", "mfu",
+            "peak_gpu_mem_gib")
+    results = alternate(
+        runners, args.repeats, lambda runner: spawn(runner, args), header=header, json_path=args.json,
+        brief=(lambda res: {k: res.get(k) for k in keys}) if args.scenario in ("c1", "gpu") else (lambda res: res))
     if args.scenario in ("c1", "gpu"):
         print(report_c1(results))
     print(f"load average before {header['load_before']}, after {header['load_after']}")
-    if args.json:
-        Path(args.json).write_text(json.dumps({**header, "results": results}, indent=1))
     return 0
 
 

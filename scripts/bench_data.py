@@ -51,6 +51,26 @@ WORDS = ("time data model answer question system value people water number light
          "explain describe compare list write create analyse summarise translate classify give find make").split()
 
 
+def alternate(runners: list[str], repeats: int, spawn, *, header: dict, json_path: str | None,
+              brief=lambda res: res) -> dict[str, list[dict]]:
+    """Run ``spawn(runner)`` for runners in turn (A B C A B C ...: a change of machine load hits them alike), each
+    result with the load average after it; one line per run (``brief(res)``); with ``json_path`` the results so far
+    are written after every run (an interrupted benchmark keeps them) and at the end, with ``header``."""
+    results: dict[str, list[dict]] = {r: [] for r in runners}
+    for rep in range(repeats):
+        for runner in runners:
+            res = spawn(runner)
+            res["load_after"] = load_average()
+            results[runner].append(res)
+            print(f"[{rep + 1}/{repeats}] {runner}: {json.dumps(brief(res))}", flush=True)
+            if json_path:
+                Path(json_path).write_text(json.dumps({**header, "results": results}, indent=1))
+    header["load_after"] = load_average()
+    if json_path:
+        Path(json_path).write_text(json.dumps({**header, "results": results}, indent=1))
+    return results
+
+
 def write_results(results: dict, out: str | None) -> None:
     """Print a benchmark's results as JSON and, with ``out``, write them there atomically (litft.io)."""
     text = json.dumps(results, indent=1)

@@ -62,7 +62,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import bench  # noqa: E402  (shared helpers: model path, timing summary, RSS, real tokens, machine/versions)
-from bench_data import load_average  # noqa: E402
+from bench_data import alternate, load_average  # noqa: E402
 
 REPO = bench.REPO
 RUNNERS = ("litft", "litft-random", "litft-precompute", "litft-random-precompute", "litft-shared",
@@ -285,28 +285,26 @@ def run_trl(args, *, precompute: bool, grouped: bool = False) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------- driver
+RUNNER_SETTINGS: dict[str, tuple] = {
+    "litft": (run_litft, {"grouped": True}),
+    "litft-random": (run_litft, {"grouped": False}),
+    "litft-precompute": (run_litft, {"grouped": True, "precompute": True}),
+    "litft-random-precompute": (run_litft, {"grouped": False, "precompute": True}),
+    "litft-shared": (run_litft, {"grouped": True, "share": True}),
+    "litft-shared-precompute": (run_litft, {"grouped": True, "precompute": True, "share": True}),
+    "trl": (run_trl, {"precompute": False}),
+    "trl-precompute": (run_trl, {"precompute": True}),
+    "trl-grouped": (run_trl, {"precompute": False, "grouped": True}),
+    "trl-precompute-grouped": (run_trl, {"precompute": True, "grouped": True}),
+}
+"""Each runner: its function and settings (the RUNNERS docstring above says what they mean)."""
+
+
 def one(runner: str, args) -> dict:
-    if runner == "litft":
-        return run_litft(args, grouped=True)
-    if runner == "litft-random":
-        return run_litft(args, grouped=False)
-    if runner == "litft-precompute":
-        return run_litft(args, grouped=True, precompute=True)
-    if runner == "litft-shared":
-        return run_litft(args, grouped=True, share=True)
-    if runner == "litft-shared-precompute":
-        return run_litft(args, grouped=True, precompute=True, share=True)
-    if runner == "litft-random-precompute":
-        return run_litft(args, grouped=False, precompute=True)
-    if runner == "trl":
-        return run_trl(args, precompute=False)
-    if runner == "trl-precompute":
-        return run_trl(args, precompute=True)
-    if runner == "trl-grouped":
-        return run_trl(args, precompute=False, grouped=True)
-    if runner == "trl-precompute-grouped":
-        return run_trl(args, precompute=True, grouped=True)
-    raise SystemExit(f"unknown runner {runner}; choose from {', '.join(RUNNERS)}")
+    if runner not in RUNNER_SETTINGS:
+        raise SystemExit(f"unknown runner {runner}; choose from {', '.join(RUNNERS)}")
+    run, settings = RUNNER_SETTINGS[runner]
+    return run(args, **settings)
 
 
 def spawn(runner: str, args) -> dict:
@@ -418,23 +416,12 @@ def main(argv: list[str] | None = None) -> int:
               "args": {k: (os.path.basename(v) if k in ("json", "profile", "data") and v else v) for k, v in vars(args).items()}}
     print(json.dumps(header), flush=True)
     runners = [r.strip() for r in args.runners.split(",") if r.strip()]
-    results: dict[str, list[dict]] = {r: [] for r in runners}
-    for rep in range(args.repeats):
-        for runner in runners:
-            res = spawn(runner, args)
-            res["load_after"] = load_average()
-            results[runner].append(res)
-            brief = {k: res.get(k) for k in ("median_tok_s", "median_tok_per_cpu_s", "median_tokens_per_step", "time_to_first_step_s",
-                                             "peak_rss_mib", "step_s", "precompute_s", "amortized_tok_s", "wall_s",
-                                             "load_after")}
-            print(f"[{rep + 1}/{args.repeats}] {runner}: {json.dumps(brief)}", flush=True)
-            if args.json:  # partial results survive an interrupted benchmark
-                Path(args.json).write_text(json.dumps({**header, "results": results}, indent=1))
-    header["load_after"] = load_average()
+    keys = ("median_tok_s", "median_tok_per_cpu_s", "median_tokens_per_step", "time_to_first_step_s", "peak_rss_mib",
+            "step_s", "precompute_s", "amortized_tok_s", "wall_s", "load_after")
+    results = alternate(runners, args.repeats, lambda runner: spawn(runner, args), header=header, json_path=args.json,
+                        brief=lambda res: {k: res.get(k) for k in keys})
     print(report(results))
     print(f"load average before {header['load_before']}, after {header['load_after']}")
-    if args.json:
-        Path(args.json).write_text(json.dumps({**header, "results": results}, indent=1))
     return 0
 
 
